@@ -1,0 +1,523 @@
+//! The PKCS#11 token: module, slot, one logged-in anchor session, and a bounded pool of
+//! sessions checked out per operation. Sessions are `Send` but not `Sync`, so each
+//! operation owns one for its duration, on a blocking thread, never on the async runtime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::profile::{EcPointEncoding, Ed25519Params, Quirks};
+use crate::algorithm::Algorithm;
+use crate::metrics as m;
+use crate::secret::Secret;
+
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+const PRINTABLE_EDWARDS25519: &[u8] = b"\x13\x0cedwards25519";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HsmError {
+    #[error("cannot load PKCS#11 module: {0}")]
+    Load(String),
+    #[error("no token with {0}")]
+    TokenNotFound(String),
+    #[error("{0} matches more than one token")]
+    TokenAmbiguous(String),
+    #[error("all {0} HSM sessions are busy")]
+    Busy(usize),
+    #[error("key object {0} is not on the token")]
+    KeyMissing(String),
+    #[error("key id {0} matches more than one object on the token")]
+    KeyAmbiguous(String),
+    #[error("the token returned a public key point it cannot parse ({0} bytes)")]
+    BadPoint(usize),
+    #[error("{function}: {code}")]
+    Pkcs11 { function: String, code: String },
+    #[error("HSM worker stopped")]
+    Stopped,
+}
+
+impl HsmError {
+    fn from_ck(e: CkError) -> Self {
+        match &e {
+            CkError::Pkcs11(rv, f) => HsmError::Pkcs11 {
+                function: format!("C_{f:?}"),
+                code: ckr_name(rv),
+            },
+            other => HsmError::Pkcs11 {
+                function: "cryptoki".into(),
+                code: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `SessionHandleInvalid` -> `CKR_SESSION_HANDLE_INVALID`.
+pub fn ckr_name(rv: &RvError) -> String {
+    let debug = format!("{rv:?}");
+    let mut out = String::from("CKR");
+    for c in debug.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Return codes after which a session is dropped rather than returned to the pool.
+const POISONING: &[&str] = &[
+    "CKR_SESSION_HANDLE_INVALID",
+    "CKR_SESSION_CLOSED",
+    "CKR_DEVICE_ERROR",
+    "CKR_DEVICE_REMOVED",
+    "CKR_TOKEN_NOT_PRESENT",
+    "CKR_USER_NOT_LOGGED_IN",
+    "CKR_OPERATION_ACTIVE",
+];
+
+pub enum TokenSelector {
+    Label(String),
+    Serial(String),
+}
+
+impl std::fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSelector::Label(l) => write!(f, "label {l:?}"),
+            TokenSelector::Serial(s) => write!(f, "serial {s:?}"),
+        }
+    }
+}
+
+/// Loads and initialises a module with OS locking, as a multi-threaded application must.
+pub fn load_module(path: &std::path::Path) -> Result<Pkcs11, HsmError> {
+    let p = Pkcs11::new(path).map_err(|e| HsmError::Load(format!("{}: {e}", path.display())))?;
+    p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| HsmError::Load(format!("{}: {e}", path.display())))?;
+    Ok(p)
+}
+
+/// The one slot whose token matches; zero or several matches are errors.
+pub fn find_slot(pkcs11: &Pkcs11, selector: &TokenSelector) -> Result<Slot, HsmError> {
+    let mut found = Vec::new();
+    for slot in pkcs11.get_slots_with_token().map_err(HsmError::from_ck)? {
+        let info = pkcs11.get_token_info(slot).map_err(HsmError::from_ck)?;
+        if !info.token_initialized() {
+            continue;
+        }
+        let hit = match selector {
+            TokenSelector::Label(l) => info.label().trim() == l,
+            TokenSelector::Serial(s) => info.serial_number().trim() == s,
+        };
+        if hit {
+            found.push(slot);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(HsmError::TokenNotFound(selector.to_string())),
+        _ => Err(HsmError::TokenAmbiguous(selector.to_string())),
+    }
+}
+
+pub fn auth_pin(pin: &Secret) -> AuthPin {
+    AuthPin::from(pin.expose().to_string())
+}
+
+pub struct Hsm {
+    pkcs11: Pkcs11,
+    slot: Slot,
+    pin: Secret,
+    quirks: Quirks,
+    /// Held open and logged in for the life of the process: closing a module's last
+    /// session logs the token out for every other session.
+    anchor: Mutex<Option<Session>>,
+    idle: Mutex<Vec<Session>>,
+    permits: Arc<Semaphore>,
+    pool_size: usize,
+    wait: Duration,
+    /// CKA_ID -> private key handle; cleared on destroy and on any session fault.
+    handles: RwLock<HashMap<Vec<u8>, ObjectHandle>>,
+}
+
+impl Hsm {
+    pub fn open(
+        pkcs11: Pkcs11,
+        slot: Slot,
+        pin: Secret,
+        quirks: Quirks,
+        pool_size: usize,
+        wait: Duration,
+    ) -> Result<Arc<Hsm>, HsmError> {
+        let anchor = pkcs11.open_rw_session(slot).map_err(HsmError::from_ck)?;
+        login(&anchor, &pin)?;
+        metrics::gauge!(m::HSM_SESSION_POOL_SIZE).set(pool_size as f64);
+        metrics::gauge!(m::HSM_SESSIONS_IN_USE).set(0.0);
+        Ok(Arc::new(Hsm {
+            pkcs11,
+            slot,
+            pin,
+            quirks,
+            anchor: Mutex::new(Some(anchor)),
+            idle: Mutex::new(Vec::with_capacity(pool_size)),
+            permits: Arc::new(Semaphore::new(pool_size)),
+            pool_size,
+            wait,
+            handles: RwLock::new(HashMap::new()),
+        }))
+    }
+
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// Whether the anchor session still answers and is logged in.
+    pub fn is_ready(&self) -> bool {
+        let anchor = self.anchor.lock().expect("anchor lock");
+        anchor
+            .as_ref()
+            .and_then(|s| s.get_session_info().ok())
+            .is_some()
+    }
+
+    /// Runs `f` on a pooled session on a blocking thread. Waits at most the configured
+    /// bound for a free session, then answers `Busy`. When `retry` is set, an operation
+    /// that failed with a transient code runs once more on a fresh session.
+    pub async fn run<T, F>(
+        self: &Arc<Self>,
+        op: &'static str,
+        alg: &'static str,
+        retry: bool,
+        f: F,
+    ) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: Fn(&Hsm, &Session) -> Result<T, HsmError> + Send + 'static,
+    {
+        let permit = match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(HsmError::Stopped),
+            Err(_) => {
+                metrics::counter!(m::HSM_SESSION_WAIT_TIMEOUTS_TOTAL).increment(1);
+                return Err(HsmError::Busy(self.pool_size));
+            }
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _lease = Lease::new(&this, permit);
+            this.run_blocking(op, alg, retry, &f)
+        })
+        .await
+        .map_err(|_| HsmError::Stopped)?
+    }
+
+    fn run_blocking<T>(
+        &self,
+        op: &'static str,
+        alg: &'static str,
+        retry: bool,
+        f: &dyn Fn(&Hsm, &Session) -> Result<T, HsmError>,
+    ) -> Result<T, HsmError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let session = self.checkout()?;
+            let started = Instant::now();
+            let result = f(self, &session);
+            metrics::histogram!(m::HSM_OPERATION_SECONDS, "operation" => op, "algorithm" => alg)
+                .record(started.elapsed().as_secs_f64());
+            let code = match &result {
+                Err(HsmError::Pkcs11 { code, .. }) => Some(code.clone()),
+                _ => None,
+            };
+            let Some(code) = code else {
+                self.checkin(session);
+                return result;
+            };
+            metrics::counter!(m::HSM_ERRORS_TOTAL, "code" => code.clone()).increment(1);
+            if POISONING.contains(&code.as_str()) {
+                tracing::warn!(%code, op, "dropping a faulted PKCS#11 session");
+                drop(session);
+                self.handles.write().expect("handles lock").clear();
+                if code == "CKR_USER_NOT_LOGGED_IN" {
+                    self.relogin();
+                }
+            } else {
+                self.checkin(session);
+            }
+            let transient = self.quirks.transient_errors.iter().any(|t| *t == code);
+            if !(retry && transient && attempt < 2) {
+                return result;
+            }
+        }
+    }
+
+    fn checkout(&self) -> Result<Session, HsmError> {
+        if let Some(s) = self.idle.lock().expect("idle lock").pop() {
+            return Ok(s);
+        }
+        // Read-write, because key generation and destruction create and delete token objects.
+        self.pkcs11
+            .open_rw_session(self.slot)
+            .map_err(HsmError::from_ck)
+    }
+
+    fn checkin(&self, session: Session) {
+        self.idle.lock().expect("idle lock").push(session);
+    }
+
+    /// After the token forgot our login (a device reset), log the anchor in again.
+    fn relogin(&self) {
+        let mut anchor = self.anchor.lock().expect("anchor lock");
+        let fresh = anchor
+            .take()
+            .filter(|s| s.get_session_info().is_ok())
+            .map(Ok)
+            .unwrap_or_else(|| self.pkcs11.open_rw_session(self.slot));
+        match fresh.map_err(HsmError::from_ck).and_then(|s| {
+            login(&s, &self.pin)?;
+            Ok(s)
+        }) {
+            Ok(s) => *anchor = Some(s),
+            Err(e) => tracing::error!(error = %e, "cannot log in to the token again"),
+        }
+    }
+
+    // === key operations, each run on a checked-out session ===
+
+    /// Generates a key pair inside the token; returns the public point (bare, not DER).
+    pub fn generate(
+        &self,
+        session: &Session,
+        alg: Algorithm,
+        id: &[u8],
+        label: &str,
+    ) -> Result<Vec<u8>, HsmError> {
+        let (mechanism, params) = match alg {
+            Algorithm::EcdsaP256 => (Mechanism::EccKeyPairGen, OID_P256),
+            Algorithm::EcdsaSecp256k1 => (Mechanism::EccKeyPairGen, OID_SECP256K1),
+            Algorithm::Ed25519 => (
+                Mechanism::EccEdwardsKeyPairGen,
+                match self.quirks.ed25519_params {
+                    Ed25519Params::Oid => OID_ED25519,
+                    Ed25519Params::Printable => PRINTABLE_EDWARDS25519,
+                },
+            ),
+            Algorithm::Sm2 => {
+                return Err(HsmError::Pkcs11 {
+                    function: "C_GenerateKeyPair".into(),
+                    code: "CKR_MECHANISM_INVALID".into(),
+                })
+            }
+        };
+        let public = [
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Verify(true),
+            Attribute::EcParams(params.to_vec()),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let (pub_handle, priv_handle) = session
+            .generate_key_pair(&mechanism, &public, &private)
+            .map_err(HsmError::from_ck)?;
+        self.handles
+            .write()
+            .expect("handles lock")
+            .insert(id.to_vec(), priv_handle);
+        let attrs = session
+            .get_attributes(pub_handle, &[AttributeType::EcPoint])
+            .map_err(HsmError::from_ck)?;
+        let point = attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p),
+                _ => None,
+            })
+            .ok_or(HsmError::BadPoint(0))?;
+        unwrap_point(alg, &point, self.quirks.ec_point)
+    }
+
+    /// Signs each input with the private key whose CKA_ID is `id`.
+    pub fn sign(
+        &self,
+        session: &Session,
+        alg: Algorithm,
+        id: &[u8],
+        inputs: &[Vec<u8>],
+    ) -> Result<Vec<Vec<u8>>, HsmError> {
+        let key = self.private_handle(session, id)?;
+        let mechanism = match alg {
+            Algorithm::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+            _ => Mechanism::Ecdsa,
+        };
+        inputs
+            .iter()
+            .map(|data| session.sign(&mechanism, key, data).map_err(HsmError::from_ck))
+            .collect()
+    }
+
+    /// Destroys every object (private and public) with this CKA_ID.
+    pub fn destroy(&self, session: &Session, id: &[u8]) -> Result<usize, HsmError> {
+        self.handles.write().expect("handles lock").remove(id);
+        let objects = session
+            .find_objects(&[Attribute::Id(id.to_vec())])
+            .map_err(HsmError::from_ck)?;
+        for o in &objects {
+            session.destroy_object(*o).map_err(HsmError::from_ck)?;
+        }
+        Ok(objects.len())
+    }
+
+    fn private_handle(&self, session: &Session, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+        if let Some(h) = self.handles.read().expect("handles lock").get(id) {
+            return Ok(*h);
+        }
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.to_vec()),
+            ])
+            .map_err(HsmError::from_ck)?;
+        match found.as_slice() {
+            [one] => {
+                self.handles
+                    .write()
+                    .expect("handles lock")
+                    .insert(id.to_vec(), *one);
+                Ok(*one)
+            }
+            [] => Err(HsmError::KeyMissing(hex::encode(id))),
+            _ => Err(HsmError::KeyAmbiguous(hex::encode(id))),
+        }
+    }
+
+    /// Closes every session and finalises the module.
+    pub fn shutdown(self: Arc<Self>) {
+        self.idle.lock().expect("idle lock").clear();
+        self.anchor.lock().expect("anchor lock").take();
+        match Arc::try_unwrap(self) {
+            Ok(hsm) => {
+                if let Err(e) = hsm.pkcs11.finalize() {
+                    tracing::warn!(error = %e, "C_Finalize failed");
+                }
+            }
+            Err(_) => tracing::warn!("HSM still in use at shutdown; not finalising"),
+        }
+    }
+}
+
+fn login(session: &Session, pin: &Secret) -> Result<(), HsmError> {
+    match session.login(UserType::User, Some(&auth_pin(pin))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(HsmError::from_ck(e)),
+    }
+}
+
+/// Strips the DER OCTET STRING that PKCS#11 puts around CKA_EC_POINT, where there is one.
+pub fn unwrap_point(
+    alg: Algorithm,
+    value: &[u8],
+    encoding: EcPointEncoding,
+) -> Result<Vec<u8>, HsmError> {
+    let bare_len = match alg {
+        Algorithm::Ed25519 => 32,
+        _ => 65,
+    };
+    let wrapped = value.len() == bare_len + 2 && value[0] == 0x04 && value[1] as usize == bare_len;
+    let bare = match encoding {
+        EcPointEncoding::Der if wrapped => &value[2..],
+        EcPointEncoding::Raw if value.len() == bare_len => value,
+        EcPointEncoding::Auto if wrapped => &value[2..],
+        EcPointEncoding::Auto if value.len() == bare_len => value,
+        _ => return Err(HsmError::BadPoint(value.len())),
+    };
+    Ok(bare.to_vec())
+}
+
+/// Keeps the sessions-in-use gauge true for as long as a permit is held.
+struct Lease<'a> {
+    hsm: &'a Hsm,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> Lease<'a> {
+    fn new(hsm: &'a Hsm, permit: OwnedSemaphorePermit) -> Self {
+        let lease = Lease {
+            hsm,
+            _permit: permit,
+        };
+        lease.report(1);
+        lease
+    }
+
+    fn report(&self, pending_release: usize) {
+        let free = self.hsm.permits.available_permits();
+        let in_use = self.hsm.pool_size - free - 1 + pending_release;
+        metrics::gauge!(m::HSM_SESSIONS_IN_USE).set(in_use as f64);
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.report(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_code_names_follow_pkcs11() {
+        assert_eq!(
+            ckr_name(&RvError::SessionHandleInvalid),
+            "CKR_SESSION_HANDLE_INVALID"
+        );
+        assert_eq!(ckr_name(&RvError::DeviceError), "CKR_DEVICE_ERROR");
+    }
+
+    #[test]
+    fn points_are_unwrapped_per_quirk() {
+        let mut der = vec![0x04, 65, 0x04];
+        der.extend([7u8; 64]);
+        let bare = unwrap_point(Algorithm::EcdsaP256, &der, EcPointEncoding::Der).unwrap();
+        assert_eq!(bare.len(), 65);
+        assert_eq!(
+            unwrap_point(Algorithm::EcdsaP256, &bare, EcPointEncoding::Auto).unwrap(),
+            bare
+        );
+        assert!(unwrap_point(Algorithm::EcdsaP256, &bare, EcPointEncoding::Der).is_err());
+        let mut ed = vec![0x04, 32];
+        ed.extend([9u8; 32]);
+        assert_eq!(
+            unwrap_point(Algorithm::Ed25519, &ed, EcPointEncoding::Der)
+                .unwrap()
+                .len(),
+            32
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! HSM profiles: one TOML file per PKCS#11 device family (module paths, pool size,
+//! algorithms, quirks). Device differences live here as data, not as code paths.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::algorithm::Algorithm;
+
+/// Profiles shipped inside the binary, so the embedded default runs from anywhere.
+const BUILT_IN: &[(&str, &str)] = &[(
+    "softhsm2",
+    include_str!("../../../hsm-profiles/softhsm2.toml"),
+)];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub module_paths: Vec<PathBuf>,
+    pub default_pool_size: usize,
+    /// Device limit on open sessions; 0 when the device has none.
+    #[serde(default)]
+    pub max_sessions: usize,
+    pub algorithms: Vec<Algorithm>,
+    #[serde(default)]
+    pub quirks: Quirks,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quirks {
+    #[serde(default)]
+    pub ec_point: EcPointEncoding,
+    #[serde(default)]
+    pub ed25519_params: Ed25519Params,
+    #[serde(default = "default_transient")]
+    pub transient_errors: Vec<String>,
+}
+
+impl Default for Quirks {
+    fn default() -> Self {
+        Quirks {
+            ec_point: EcPointEncoding::default(),
+            ed25519_params: Ed25519Params::default(),
+            transient_errors: default_transient(),
+        }
+    }
+}
+
+fn default_transient() -> Vec<String> {
+    vec!["CKR_DEVICE_ERROR".into(), "CKR_SESSION_HANDLE_INVALID".into()]
+}
+
+/// How the token returns CKA_EC_POINT.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EcPointEncoding {
+    /// DER OCTET STRING around the point, as PKCS#11 specifies.
+    Der,
+    /// The bare point, as some tokens do.
+    Raw,
+    /// Either; decided per value.
+    #[default]
+    Auto,
+}
+
+/// How CKA_EC_PARAMS names the Ed25519 curve on key generation.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Ed25519Params {
+    /// OID 1.3.101.112 (RFC 8410).
+    #[default]
+    Oid,
+    /// PrintableString "edwards25519" (PKCS#11 3.0).
+    Printable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown built-in HSM profile {0:?} (built in: softhsm2); use hsm.profile_file for others")]
+    Unknown(String),
+    #[error("cannot read HSM profile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid HSM profile {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("none of the profile's module paths exists: {0:?}; set hsm.module")]
+    NoModule(Vec<PathBuf>),
+}
+
+impl Profile {
+    pub fn built_in(name: &str) -> Result<Profile, ProfileError> {
+        let (_, text) = BUILT_IN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| ProfileError::Unknown(name.to_string()))?;
+        Self::parse(text, name)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
+        toml::from_str(text).map_err(|e| ProfileError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The configured module, or the first of the profile's paths that exists.
+    pub fn module_path(&self, configured: Option<&Path>) -> Result<PathBuf, ProfileError> {
+        if let Some(p) = configured {
+            return Ok(p.to_path_buf());
+        }
+        self.module_paths
+            .iter()
+            .find(|p| p.exists())
+            .cloned()
+            .ok_or_else(|| ProfileError::NoModule(self.module_paths.clone()))
+    }
+
+    pub fn supports(&self, alg: Algorithm) -> bool {
+        self.algorithms.contains(&alg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_softhsm2_profile_parses() {
+        let p = Profile::built_in("softhsm2").unwrap();
+        assert_eq!(p.name, "softhsm2");
+        assert!(p.supports(Algorithm::Ed25519));
+        assert!(!p.supports(Algorithm::Sm2));
+        assert_eq!(p.quirks.ec_point, EcPointEncoding::Der);
+        assert!(matches!(
+            Profile::built_in("nope"),
+            Err(ProfileError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Profile::parse(
+            "name='x'\nmodule_paths=[]\ndefault_pool_size=1\nalgorithms=[]\nbogus=1",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"));
+    }
+}

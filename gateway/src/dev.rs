@@ -1,0 +1,135 @@
+//! The embedded default (`serve --dev`): everything under one data dir. On first start it
+//! writes a SoftHSM2 config, random SO and user PINs and an admin token (all mode 0600),
+//! and initialises the token; later starts reuse them and the keys.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cryptoki::context::Pkcs11;
+use cryptoki::session::UserType;
+
+use crate::app::DevToken;
+use crate::auth::ClientConfig;
+use crate::config::{Config, LogConfig};
+use crate::custody::hsm::{auth_pin, find_slot, HsmError, TokenSelector};
+use crate::custody::HsmConfig;
+use crate::http::{Limits, ServerConfig};
+use crate::secret::{Secret, SecretSource};
+
+pub const TOKEN_LABEL: &str = "bsn-gateway-dev";
+
+/// Prepares DIR and returns the config it implies. Sets `SOFTHSM2_CONF`, so it must run
+/// before any thread starts (the environment is process-wide).
+pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, DevToken)> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir.join("tokens"))
+        .with_context(|| format!("create {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolve {}", data_dir.display()))?;
+    let conf = data_dir.join("softhsm2.conf");
+    if !conf.exists() {
+        let text = format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            data_dir.join("tokens").display()
+        );
+        write_private(&conf, &text)?;
+    }
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+
+    let so_pin = read_or_create(&data_dir.join("so.pin"), || hex::encode(crate::util::random_bytes(16)))?;
+    read_or_create(&data_dir.join("user.pin"), || hex::encode(crate::util::random_bytes(16)))?;
+    let admin = read_or_create(&data_dir.join("admin.token"), || {
+        crate::auth::new_token().0.expose().to_string()
+    })?;
+    let admin_hash = crate::util::hex0x(&crate::util::sha256(admin.expose().as_bytes()));
+
+    let config = Config {
+        data_dir: data_dir.clone(),
+        server: ServerConfig {
+            listen,
+            tls: None,
+            shutdown_grace_seconds: 10,
+        },
+        hsm: HsmConfig {
+            profile: "softhsm2".into(),
+            profile_file: None,
+            module: None,
+            token_label: Some(TOKEN_LABEL.into()),
+            token_serial: None,
+            pin: SecretSource::File(data_dir.join("user.pin")),
+            pool_size: None,
+            session_wait_ms: 2000,
+        },
+        limits: Limits::default(),
+        log: LogConfig::default(),
+        clients: vec![ClientConfig {
+            name: "admin".into(),
+            token_sha256: admin_hash,
+            operations: vec!["*".into()],
+            keys: vec!["*".into()],
+        }],
+    };
+    config.validate()?;
+    Ok((
+        config,
+        DevToken {
+            label: TOKEN_LABEL.into(),
+            so_pin,
+        },
+    ))
+}
+
+/// Initialises the token and its user PIN unless a token with this label exists.
+pub fn ensure_token(pkcs11: &Pkcs11, label: &str, so_pin: &Secret, user_pin: &Secret) -> Result<(), HsmError> {
+    let selector = TokenSelector::Label(label.to_string());
+    match find_slot(pkcs11, &selector) {
+        Ok(_) => return Ok(()),
+        Err(HsmError::TokenNotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let ck = |e: cryptoki::error::Error| HsmError::Load(format!("token initialisation: {e}"));
+    let free = pkcs11
+        .get_slots_with_token()
+        .map_err(ck)?
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).is_ok_and(|t| !t.token_initialized()))
+        .ok_or_else(|| HsmError::Load("no uninitialised token slot".into()))?;
+    pkcs11.init_token(free, &auth_pin(so_pin), label).map_err(ck)?;
+    // SoftHSM2 renumbers slots after C_InitToken: look the token up again.
+    let slot = find_slot(pkcs11, &selector)?;
+    let session = pkcs11.open_rw_session(slot).map_err(ck)?;
+    session.login(UserType::So, Some(&auth_pin(so_pin))).map_err(ck)?;
+    session.init_pin(&auth_pin(user_pin)).map_err(ck)?;
+    session.logout().map_err(ck)?;
+    tracing::info!(label, "initialised a new SoftHSM2 token");
+    Ok(())
+}
+
+fn read_or_create(path: &PathBuf, make: impl FnOnce() -> String) -> anyhow::Result<Secret> {
+    if !path.exists() {
+        write_private(path, &make())?;
+    }
+    SecretSource::File(path.clone())
+        .read()
+        .with_context(|| format!("read {}", path.display()))
+}
+
+/// Creates a file readable only by its owner, and syncs it.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}

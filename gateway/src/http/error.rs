@@ -1,0 +1,117 @@
+//! The one mapping from every module's errors to an HTTP status and a stable error code.
+//! Bodies are always `{"error": {"code", "message"}}`; messages never carry secrets.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+
+use crate::audit::AuditError;
+use crate::auth::AuthError;
+use crate::custody::hsm::HsmError;
+use crate::custody::CustodyError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+    }
+
+    fn busy(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = super::router::json_response(self.status, &body);
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, secs.into());
+        }
+        resp
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", e.to_string())
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        ApiError::busy("audit_unavailable", e.to_string())
+    }
+}
+
+impl From<HsmError> for ApiError {
+    fn from(e: HsmError) -> Self {
+        match e {
+            HsmError::Busy(_) => ApiError::busy("hsm_busy", e.to_string()),
+            HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "key_object_error", e.to_string())
+            }
+            HsmError::Stopped => ApiError::busy("hsm_unavailable", e.to_string()),
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "hsm_error", e.to_string()),
+        }
+    }
+}
+
+impl From<CustodyError> for ApiError {
+    fn from(e: CustodyError) -> Self {
+        let msg = e.to_string();
+        match e {
+            CustodyError::UnsupportedAlgorithm(_) => {
+                ApiError::unprocessable("unsupported_algorithm", msg)
+            }
+            CustodyError::UnsupportedFormat { .. } => {
+                ApiError::unprocessable("unsupported_format", msg)
+            }
+            CustodyError::DuplicateLabel(_) => {
+                ApiError::new(StatusCode::CONFLICT, "duplicate_label", msg)
+            }
+            CustodyError::Disabled(_) => ApiError::unprocessable("key_disabled", msg),
+            CustodyError::VerifyOnly(_) => ApiError::unprocessable("key_verify_only", msg),
+            CustodyError::PublicKey(_) => ApiError::unprocessable("bad_public_key", msg),
+            CustodyError::Hsm(h) => h.into(),
+            CustodyError::Signature(_) | CustodyError::Store(_) => {
+                tracing::error!(error = %msg, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg)
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Unauthenticated operations endpoints: liveness, readiness and Prometheus metrics.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use super::router::{json_response, Resp};
+use crate::app::AppState;
+
+pub fn healthz() -> Resp {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// Ready when the HSM anchor session answers and the audit log is writable.
+pub async fn readyz(state: &AppState) -> Resp {
+    let hsm = state.custody.hsm().clone();
+    let hsm_ok = tokio::task::spawn_blocking(move || hsm.is_ready())
+        .await
+        .unwrap_or(false);
+    let audit_ok = state.audit.is_healthy();
+    let ready = hsm_ok && audit_ok;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(
+        status,
+        &json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "checks": {"hsm": hsm_ok, "audit": audit_ok},
+        }),
+    )
+}
+
+pub fn metrics(state: &AppState) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(state.metrics.render())));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

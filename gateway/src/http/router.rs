@@ -1,0 +1,170 @@
+//! Request dispatch: authentication, routing by method and path, request ids, per-route
+//! metrics, and JSON bodies read within the size limit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::{keys, ops};
+use crate::app::AppState;
+use crate::audit::AuditEntry;
+use crate::auth::Client;
+use crate::metrics as m;
+
+pub type Resp = Response<Full<Bytes>>;
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| hex::encode(crate::util::random_bytes(8)));
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", id = %request_id, method = %method, path = %req.uri().path());
+    let (route, result) = dispatch(&state, req).instrument(span.clone()).await;
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => route, "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(m::HTTP_REQUEST_SECONDS, "route" => route).record(elapsed);
+    span.in_scope(|| tracing::debug!(status, elapsed, route, "answered"));
+    resp
+}
+
+async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, Result<Resp, ApiError>) {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = req.method().clone();
+    let route: &'static str = match segments.as_slice() {
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        ["v1", "keys"] => "/v1/keys",
+        ["v1", "keys", "import"] => "/v1/keys/import",
+        ["v1", "keys", _] => "/v1/keys/{id}",
+        ["v1", "keys", _, "disable"] => "/v1/keys/{id}/disable",
+        ["v1", "keys", _, "sign"] => "/v1/keys/{id}/sign",
+        ["v1", "keys", _, "sign-batch"] => "/v1/keys/{id}/sign-batch",
+        _ => {
+            return (
+                "unmatched",
+                Err(ApiError::not_found("not_found", format!("no route for {path}"))),
+            )
+        }
+    };
+    let allowed: &[Method] = match route {
+        "/v1/keys" => &[Method::GET, Method::POST],
+        "/v1/keys/{id}" => &[Method::GET, Method::DELETE],
+        "/healthz" | "/readyz" | "/metrics" => &[Method::GET],
+        _ => &[Method::POST],
+    };
+    if !allowed.contains(&method) {
+        return (
+            route,
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {route}"),
+            )),
+        );
+    }
+    match route {
+        "/healthz" => return (route, Ok(ops::healthz())),
+        "/readyz" => return (route, Ok(ops::readyz(state).await)),
+        "/metrics" => return (route, Ok(ops::metrics(state))),
+        _ => {}
+    }
+    let client = match authenticate(state, &req).await {
+        Ok(c) => c,
+        Err(e) => return (route, Err(e)),
+    };
+    let id = segments.get(2).copied().unwrap_or("").to_string();
+    let result = match (route, method) {
+        ("/v1/keys", Method::GET) => keys::list(state, &client),
+        ("/v1/keys", _) => keys::create(state, &client, req).await,
+        ("/v1/keys/import", _) => keys::import(state, &client, req).await,
+        ("/v1/keys/{id}", Method::GET) => keys::get(state, &client, &id),
+        ("/v1/keys/{id}", _) => keys::destroy(state, &client, &id).await,
+        ("/v1/keys/{id}/disable", _) => keys::disable(state, &client, &id).await,
+        ("/v1/keys/{id}/sign", _) => keys::sign(state, &client, &id, req).await,
+        _ => keys::sign_batch(state, &client, &id, req).await,
+    };
+    (route, result)
+}
+
+async fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Arc<Client>, ApiError> {
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match state.auth.authenticate(header) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            let entry = AuditEntry {
+                client: "-".into(),
+                operation: "authenticate",
+                key_id: None,
+                subject_sha256: None,
+                result: "unauthenticated".into(),
+            };
+            state.audit.append(entry).await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// Reads a JSON body of at most the configured size.
+pub async fn read_json<T: DeserializeOwned>(state: &AppState, req: Request<Incoming>) -> Result<T, ApiError> {
+    let limit = state.limits.max_body_bytes;
+    let too_large = || ApiError::too_large("body_too_large", format!("the body exceeds {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::bad_request("bad_body", "the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            }
+            Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
+        }
+    })
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).expect("JSON values serialise"),
+    )));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

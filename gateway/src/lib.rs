@@ -1,0 +1,15 @@
+//! bsn-gateway: an edge appliance that keeps keys in a PKCS#11 token, checks signatures and
+//! forwards vetted transactions. `app` is the one place where the parts are wired together.
+
+pub mod algorithm;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod custody;
+pub mod dev;
+pub mod http;
+pub mod metrics;
+pub mod secret;
+pub mod util;

@@ -1,0 +1,130 @@
+//! `bsn-gateway`: parse the command line, load config, build the runtime, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use bsn_gateway::config::{Config, LogConfig, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "bsn-gateway", version, about = "HSM-backed crypto gateway for blockchain service networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Client token tools.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The config file (TOML).
+    #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// The embedded default: a SoftHSM2 token and all state under --data-dir.
+    #[arg(long, requires = "data_dir")]
+    dev: bool,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file without starting.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an audit log.
+    Verify { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new bearer token and the token_sha256 to put in [[clients]].
+    New,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = Config::load(&file)?;
+            config.hsm.profile()?;
+            println!("{}: ok ({} clients)", file.display(), config.clients.len());
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { file }) => {
+            let n = bsn_gateway::audit::verify(&file)?;
+            println!("{}: {n} entries, chain intact", file.display());
+            Ok(())
+        }
+        Command::Token(TokenCommand::New) => {
+            let (token, hash) = bsn_gateway::auth::new_token();
+            println!("token = {}\ntoken_sha256 = \"{hash}\"", token.expose());
+            Ok(())
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // The dev setup edits the environment, so it runs before the runtime starts threads.
+    let (config, dev) = match (&args.config, &args.data_dir) {
+        (Some(path), _) => (Config::load(path)?, None),
+        (None, Some(dir)) => {
+            let (c, d) = bsn_gateway::dev::prepare(dir, args.listen)?;
+            (c, Some(d))
+        }
+        (None, None) => unreachable!("clap requires --config or --dev --data-dir"),
+    };
+    let mut log = config.log.clone();
+    if args.log_json {
+        log.format = LogFormat::Json;
+    }
+    init_logging(&log);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?
+        .block_on(bsn_gateway::app::run(config, dev))
+}
+
+fn init_logging(cfg: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BSN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,65 @@
+//! Metric names (all `bsn_gateway_*`), their descriptions, and the Prometheus recorder.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS_TOTAL: &str = "bsn_gateway_http_requests_total";
+pub const HTTP_REQUEST_SECONDS: &str = "bsn_gateway_http_request_duration_seconds";
+pub const HSM_OPERATION_SECONDS: &str = "bsn_gateway_hsm_operation_duration_seconds";
+pub const HSM_ERRORS_TOTAL: &str = "bsn_gateway_hsm_errors_total";
+pub const HSM_SESSIONS_IN_USE: &str = "bsn_gateway_hsm_sessions_in_use";
+pub const HSM_SESSION_POOL_SIZE: &str = "bsn_gateway_hsm_session_pool_size";
+pub const HSM_SESSION_WAIT_TIMEOUTS_TOTAL: &str = "bsn_gateway_hsm_session_wait_timeouts_total";
+pub const AUDIT_FSYNC_SECONDS: &str = "bsn_gateway_audit_fsync_duration_seconds";
+pub const KEYS: &str = "bsn_gateway_keys";
+pub const BUILD_INFO: &str = "bsn_gateway_build_info";
+
+/// Latency buckets from 50 µs to 10 s: HSM signs take tens of µs, fsyncs milliseconds.
+const BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the global recorder. Must run inside the tokio runtime (it spawns upkeep).
+pub fn install() -> PrometheusHandle {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(BUCKETS)
+        .expect("buckets are not empty")
+        .install_recorder()
+        .expect("the metrics recorder is installed once");
+    describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    handle
+}
+
+fn describe() {
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by route, method and status");
+    describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency by route");
+    describe_histogram!(
+        HSM_OPERATION_SECONDS,
+        Unit::Seconds,
+        "PKCS#11 operation latency by operation and algorithm"
+    );
+    describe_counter!(HSM_ERRORS_TOTAL, "PKCS#11 errors by return code");
+    describe_gauge!(HSM_SESSIONS_IN_USE, "PKCS#11 sessions checked out of the pool");
+    describe_gauge!(HSM_SESSION_POOL_SIZE, "PKCS#11 session pool size");
+    describe_counter!(
+        HSM_SESSION_WAIT_TIMEOUTS_TOTAL,
+        "Requests answered 503 because no PKCS#11 session freed up in time"
+    );
+    describe_histogram!(
+        AUDIT_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time to write and fsync one group-committed batch of audit lines"
+    );
+    describe_gauge!(KEYS, "Keys in custody by algorithm, custody and state");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build");
+}
