@@ -1,0 +1,296 @@
+//! Test harness: starts the real `bsn-gateway` binary on its own SoftHSM2 token in a temp
+//! dir, talks HTTP to it, and checks results with independent tools (openssl, pkcs11-tool,
+//! ethers.js).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bsn-gateway");
+
+pub struct Gateway {
+    pub dir: PathBuf,
+    pub addr: String,
+    pub token: String,
+    child: Option<Child>,
+    agent: ureq::Agent,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<String>,
+}
+
+impl Gateway {
+    /// The embedded default in a fresh temp dir.
+    pub fn start_dev() -> Gateway {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut g = Gateway::start_dev_in(tmp.path());
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// The embedded default on an existing (or new) data dir.
+    pub fn start_dev_in(dir: &Path) -> Gateway {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir);
+        Gateway::spawn(cmd, dir)
+    }
+
+    /// `serve --config FILE` against a data dir a dev start initialised (same token).
+    pub fn start_config(config: &Path, dir: &Path) -> Gateway {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+        Gateway::spawn(cmd, dir)
+    }
+
+    fn spawn(mut cmd: Command, dir: &Path) -> Gateway {
+        let _ = std::fs::remove_file(dir.join("gateway.addr"));
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+        let child = cmd
+            .env("BSN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start bsn-gateway");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut g = Gateway {
+            dir: dir.to_path_buf(),
+            addr: String::new(),
+            token: String::new(),
+            child: Some(child),
+            agent,
+            _tmp: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(dir.join("gateway.addr")) {
+                g.addr = addr;
+                break;
+            }
+            if let Some(status) = g.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gateway exited with {status}: {}", g.log());
+            }
+            assert!(Instant::now() < deadline, "gateway did not start: {}", g.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        g.token = std::fs::read_to_string(dir.join("admin.token")).unwrap_or_default();
+        assert_eq!(g.get("/healthz").status, 200);
+        g
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Any request; `body` is sent as is, so tests can send broken JSON.
+    pub fn call(&self, method: &str, path: &str, body: Option<&[u8]>, token: Option<&str>) -> Reply {
+        let url = self.url(path);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let result = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            ("DELETE", _) => {
+                let mut r = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            (m, b) => {
+                let mut r = match m {
+                    "POST" => self.agent.post(&url),
+                    "PUT" => self.agent.put(&url),
+                    other => panic!("method {other}"),
+                };
+                r = r.header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send(b.unwrap_or(b""))
+            }
+        };
+        let mut resp = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = resp.body_mut().read_to_string().unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            body,
+            retry_after,
+        }
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Reply {
+        self.call("POST", path, Some(body.to_string().as_bytes()), Some(&self.token))
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None, Some(&self.token))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.call("DELETE", path, None, Some(&self.token))
+    }
+
+    /// Creates a key and returns its record.
+    pub fn create_key(&self, label: &str, algorithm: &str) -> Value {
+        let r = self.post("/v1/keys", serde_json::json!({"label": label, "algorithm": algorithm}));
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn error_code(r: &Reply) -> &str {
+    r.body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    hex::decode(s.strip_prefix("0x").expect("0x prefix")).unwrap()
+}
+
+/// How the signed bytes relate to the signature, for the openssl CLI.
+pub enum Signed<'a> {
+    /// ECDSA over this 32-byte digest.
+    Digest(&'a [u8]),
+    /// ECDSA over SHA-256 of this message.
+    Sha256Message(&'a [u8]),
+    /// Ed25519 (pure) over this message.
+    Ed25519Message(&'a [u8]),
+}
+
+/// Verifies with the `openssl` command line tool: an implementation independent of ours.
+pub fn openssl_verify(pem: &str, signed: Signed, der_or_raw_sig: &[u8]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let pubf = dir.path().join("pub.pem");
+    let data = dir.path().join("data");
+    let sig = dir.path().join("sig");
+    std::fs::write(&pubf, pem).unwrap();
+    std::fs::write(&sig, der_or_raw_sig).unwrap();
+    let mut cmd = Command::new("openssl");
+    match signed {
+        Signed::Digest(d) => {
+            std::fs::write(&data, d).unwrap();
+            cmd.args(["pkeyutl", "-verify", "-pubin", "-inkey"]);
+        }
+        Signed::Sha256Message(m) => {
+            std::fs::write(&data, m).unwrap();
+            cmd.args(["dgst", "-sha256", "-verify"]);
+        }
+        Signed::Ed25519Message(m) => {
+            std::fs::write(&data, m).unwrap();
+            cmd.args(["pkeyutl", "-verify", "-rawin", "-pubin", "-inkey"]);
+        }
+    }
+    cmd.arg(&pubf);
+    match signed {
+        Signed::Sha256Message(_) => cmd.arg("-signature").arg(&sig).arg(&data),
+        _ => cmd.arg("-in").arg(&data).arg("-sigfile").arg(&sig),
+    };
+    let out = cmd.output().expect("run openssl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && stdout.contains("Verified")
+}
+
+/// The SoftHSM2 module, as the profile lists it.
+pub fn module_path() -> PathBuf {
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("softhsm2 is installed")
+}
+
+/// Runs OpenSC's pkcs11-tool, logged in to the data dir's token.
+pub fn pkcs11_tool(dir: &Path, args: &[&str]) -> String {
+    let pin = std::fs::read_to_string(dir.join("user.pin")).unwrap();
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .arg("--module")
+        .arg(module_path())
+        .args(["--token-label", "bsn-gateway-dev", "--login", "--pin", pin.trim()])
+        .args(args)
+        .output()
+        .expect("run pkcs11-tool (package opensc)");
+    assert!(
+        out.status.success(),
+        "pkcs11-tool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a script with node in test-tools/ (ethers.js is installed there by `npm ci`).
+pub fn node(script: &str) -> String {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-tools");
+    assert!(
+        tools.join("node_modules/ethers").exists(),
+        "test-tools/node_modules is missing: run `npm ci` in test-tools (the README's test command does)"
+    );
+    let out = Command::new("node")
+        .current_dir(&tools)
+        .args(["-e", script])
+        .output()
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
