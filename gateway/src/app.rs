@@ -53,7 +53,14 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
             crate::dev::ensure_token(&pkcs11, &dev.label, &dev.so_pin, &user_pin)?;
         }
         let slot = hsm::find_slot(&pkcs11, &hsm_cfg.selector())?;
-        Ok(Hsm::open(pkcs11, slot, user_pin, quirks, pool_size, hsm_cfg.session_wait())?)
+        Ok(Hsm::open(
+            pkcs11,
+            slot,
+            user_pin,
+            quirks,
+            pool_size,
+            hsm_cfg.session_wait(),
+        )?)
     })
     .await??;
     drop(pin);

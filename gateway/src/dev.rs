@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use cryptoki::context::Pkcs11;
@@ -43,8 +43,12 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, D
     }
     std::env::set_var("SOFTHSM2_CONF", &conf);
 
-    let so_pin = read_or_create(&data_dir.join("so.pin"), || hex::encode(crate::util::random_bytes(16)))?;
-    read_or_create(&data_dir.join("user.pin"), || hex::encode(crate::util::random_bytes(16)))?;
+    let so_pin = read_or_create(&data_dir.join("so.pin"), || {
+        hex::encode(crate::util::random_bytes(16))
+    })?;
+    read_or_create(&data_dir.join("user.pin"), || {
+        hex::encode(crate::util::random_bytes(16))
+    })?;
     let admin = read_or_create(&data_dir.join("admin.token"), || {
         crate::auth::new_token().0.expose().to_string()
     })?;
@@ -87,7 +91,12 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, D
 }
 
 /// Initialises the token and its user PIN unless a token with this label exists.
-pub fn ensure_token(pkcs11: &Pkcs11, label: &str, so_pin: &Secret, user_pin: &Secret) -> Result<(), HsmError> {
+pub fn ensure_token(
+    pkcs11: &Pkcs11,
+    label: &str,
+    so_pin: &Secret,
+    user_pin: &Secret,
+) -> Result<(), HsmError> {
     let selector = TokenSelector::Label(label.to_string());
     match find_slot(pkcs11, &selector) {
         Ok(_) => return Ok(()),
@@ -99,24 +108,32 @@ pub fn ensure_token(pkcs11: &Pkcs11, label: &str, so_pin: &Secret, user_pin: &Se
         .get_slots_with_token()
         .map_err(ck)?
         .into_iter()
-        .find(|s| pkcs11.get_token_info(*s).is_ok_and(|t| !t.token_initialized()))
+        .find(|s| {
+            pkcs11
+                .get_token_info(*s)
+                .is_ok_and(|t| !t.token_initialized())
+        })
         .ok_or_else(|| HsmError::Load("no uninitialised token slot".into()))?;
-    pkcs11.init_token(free, &auth_pin(so_pin), label).map_err(ck)?;
+    pkcs11
+        .init_token(free, &auth_pin(so_pin), label)
+        .map_err(ck)?;
     // SoftHSM2 renumbers slots after C_InitToken: look the token up again.
     let slot = find_slot(pkcs11, &selector)?;
     let session = pkcs11.open_rw_session(slot).map_err(ck)?;
-    session.login(UserType::So, Some(&auth_pin(so_pin))).map_err(ck)?;
+    session
+        .login(UserType::So, Some(&auth_pin(so_pin)))
+        .map_err(ck)?;
     session.init_pin(&auth_pin(user_pin)).map_err(ck)?;
     session.logout().map_err(ck)?;
     tracing::info!(label, "initialised a new SoftHSM2 token");
     Ok(())
 }
 
-fn read_or_create(path: &PathBuf, make: impl FnOnce() -> String) -> anyhow::Result<Secret> {
+fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Secret> {
     if !path.exists() {
         write_private(path, &make())?;
     }
-    SecretSource::File(path.clone())
+    SecretSource::File(path.to_path_buf())
         .read()
         .with_context(|| format!("read {}", path.display()))
 }

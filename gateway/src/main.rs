@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use bsn_gateway::config::{Config, LogConfig, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "bsn-gateway", version, about = "HSM-backed crypto gateway for blockchain service networks")]
+#[command(
+    name = "bsn-gateway",
+    version,
+    about = "HSM-backed crypto gateway for blockchain service networks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,7 +126,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logging(cfg: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BSN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

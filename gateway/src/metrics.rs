@@ -16,8 +16,8 @@ pub const BUILD_INFO: &str = "bsn_gateway_build_info";
 
 /// Latency buckets from 50 µs to 10 s: HSM signs take tens of µs, fsyncs milliseconds.
 const BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 /// Installs the global recorder. Must run inside the tokio runtime (it spawns upkeep).
@@ -41,15 +41,25 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered, by route, method and status");
-    describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency by route");
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests answered, by route, method and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency by route"
+    );
     describe_histogram!(
         HSM_OPERATION_SECONDS,
         Unit::Seconds,
         "PKCS#11 operation latency by operation and algorithm"
     );
     describe_counter!(HSM_ERRORS_TOTAL, "PKCS#11 errors by return code");
-    describe_gauge!(HSM_SESSIONS_IN_USE, "PKCS#11 sessions checked out of the pool");
+    describe_gauge!(
+        HSM_SESSIONS_IN_USE,
+        "PKCS#11 sessions checked out of the pool"
+    );
     describe_gauge!(HSM_SESSION_POOL_SIZE, "PKCS#11 session pool size");
     describe_counter!(
         HSM_SESSION_WAIT_TIMEOUTS_TOTAL,

@@ -38,20 +38,36 @@ fn each_algorithm_signs_and_openssl_verifies() {
         let pem = key["public_key_pem"].as_str().unwrap();
         let path = format!("/v1/keys/{}/sign", key["id"].as_str().unwrap());
 
-        let r = g.post(&path, json!({"digest": format!("0x{}", hex::encode(digest))}));
+        let r = g.post(
+            &path,
+            json!({"digest": format!("0x{}", hex::encode(digest))}),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["format"], "der");
         let sig = unhex(r.body["signature"].as_str().unwrap());
-        assert!(openssl_verify(pem, Signed::Digest(&digest), &sig), "{alg} der digest");
+        assert!(
+            openssl_verify(pem, Signed::Digest(&digest), &sig),
+            "{alg} der digest"
+        );
         let tampered = flip_bit(sig.clone(), sig.len() - 1);
         assert!(!openssl_verify(pem, Signed::Digest(&digest), &tampered));
 
-        let r = g.post(&path, json!({"message_b64": b64(&message), "format": "raw"}));
+        let r = g.post(
+            &path,
+            json!({"message_b64": b64(&message), "format": "raw"}),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
         let raw = unhex(r.body["signature"].as_str().unwrap());
         assert_eq!(raw.len(), 64);
-        assert!(openssl_verify(pem, Signed::Sha256Message(&message), &raw_to_der(&raw)), "{alg} raw message");
-        assert!(!openssl_verify(pem, Signed::Sha256Message(b"another payload"), &raw_to_der(&raw)));
+        assert!(
+            openssl_verify(pem, Signed::Sha256Message(&message), &raw_to_der(&raw)),
+            "{alg} raw message"
+        );
+        assert!(!openssl_verify(
+            pem,
+            Signed::Sha256Message(b"another payload"),
+            &raw_to_der(&raw)
+        ));
     }
 
     let key = g.create_key("sign-ed25519", "ed25519");
@@ -63,7 +79,11 @@ fn each_algorithm_signs_and_openssl_verifies() {
     let sig = unhex(r.body["signature"].as_str().unwrap());
     assert_eq!(sig.len(), 64);
     assert!(openssl_verify(pem, Signed::Ed25519Message(&message), &sig));
-    assert!(!openssl_verify(pem, Signed::Ed25519Message(&message), &flip_bit(sig, 0)));
+    assert!(!openssl_verify(
+        pem,
+        Signed::Ed25519Message(&message),
+        &flip_bit(sig, 0)
+    ));
 }
 
 #[test]
@@ -77,7 +97,10 @@ fn secp256k1_is_always_low_s_and_eth_signatures_recover_the_key_address() {
         .map(|i| format!("0x{}", hex::encode(openssl::sha::sha256(&i.to_be_bytes()))))
         .collect();
     let items: Vec<_> = digests.iter().map(|d| json!({"digest": d})).collect();
-    let r = g.post(&format!("/v1/keys/{id}/sign-batch"), json!({"items": items, "format": "eth"}));
+    let r = g.post(
+        &format!("/v1/keys/{id}/sign-batch"),
+        json!({"items": items, "format": "eth"}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let sigs = r.body["signatures"].as_array().unwrap();
     assert_eq!(sigs.len(), digests.len());
@@ -101,7 +124,9 @@ fn secp256k1_is_always_low_s_and_eth_signatures_recover_the_key_address() {
     assert!(out.iter().any(|(_, v)| *v == 27) && out.iter().any(|(_, v)| *v == 28));
 
     // DER output of secp256k1 is low-S too: s <= n/2.
-    let half_n = BigNum::from_hex_str("7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0").unwrap();
+    let half_n =
+        BigNum::from_hex_str("7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0")
+            .unwrap();
     for d in &digests[..10] {
         let r = g.post(&format!("/v1/keys/{id}/sign"), json!({"digest": d}));
         let sig = EcdsaSig::from_der(&unhex(r.body["signature"].as_str().unwrap())).unwrap();
@@ -121,18 +146,33 @@ fn keys_survive_restart_disable_stops_signing_destroy_removes_token_objects() {
     let g = Gateway::start_dev_in(tmp.path());
     assert_eq!(g.token, token, "the admin token is reused");
     let list = g.get("/v1/keys").body;
-    let labels: Vec<_> = list["keys"].as_array().unwrap().iter().map(|k| k["label"].as_str().unwrap()).collect();
+    let labels: Vec<_> = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].as_str().unwrap())
+        .collect();
     assert_eq!(labels.len(), 2);
     assert!(labels.contains(&"keeper") && labels.contains(&"doomed"));
     let keep_id = keep["id"].as_str().unwrap();
-    let r = g.post(&format!("/v1/keys/{keep_id}/sign"), json!({"message_b64": "aGVsbG8="}));
+    let r = g.post(
+        &format!("/v1/keys/{keep_id}/sign"),
+        json!({"message_b64": "aGVsbG8="}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(openssl_verify(keep["public_key_pem"].as_str().unwrap(), Signed::Ed25519Message(b"hello"), &unhex(r.body["signature"].as_str().unwrap())));
+    assert!(openssl_verify(
+        keep["public_key_pem"].as_str().unwrap(),
+        Signed::Ed25519Message(b"hello"),
+        &unhex(r.body["signature"].as_str().unwrap())
+    ));
 
     let r = g.post(&format!("/v1/keys/{keep_id}/disable"), json!({}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["state"], "disabled");
-    let r = g.post(&format!("/v1/keys/{keep_id}/sign"), json!({"message_b64": "aGVsbG8="}));
+    let r = g.post(
+        &format!("/v1/keys/{keep_id}/sign"),
+        json!({"message_b64": "aGVsbG8="}),
+    );
     assert_eq!((r.status, error_code(&r)), (422, "key_disabled"));
 
     let before = pkcs11_tool(tmp.path(), &["--list-objects"]);
@@ -144,7 +184,10 @@ fn keys_survive_restart_disable_stops_signing_destroy_removes_token_objects() {
     assert!(!after.contains("doomed"), "{after}");
     assert!(after.contains("keeper"), "{after}");
     assert_eq!(g.get(&format!("/v1/keys/{doomed_id}")).status, 404);
-    let r = g.post(&format!("/v1/keys/{doomed_id}/sign"), json!({"digest": format!("0x{}", "00".repeat(32))}));
+    let r = g.post(
+        &format!("/v1/keys/{doomed_id}/sign"),
+        json!({"digest": format!("0x{}", "00".repeat(32))}),
+    );
     assert_eq!((r.status, error_code(&r)), (404, "key_not_found"));
 }
 
@@ -156,15 +199,27 @@ fn imported_public_keys_are_verify_only() {
     )
     .unwrap();
     let pem = String::from_utf8(key.public_key_to_pem().unwrap()).unwrap();
-    let r = g.post("/v1/keys/import", json!({"label": "uploaded", "algorithm": "ecdsa-p256", "public_key_pem": pem}));
+    let r = g.post(
+        "/v1/keys/import",
+        json!({"label": "uploaded", "algorithm": "ecdsa-p256", "public_key_pem": pem}),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["custody"], "external");
     let id = r.body["id"].as_str().unwrap();
-    let r = g.post(&format!("/v1/keys/{id}/sign"), json!({"digest": format!("0x{}", "11".repeat(32))}));
+    let r = g.post(
+        &format!("/v1/keys/{id}/sign"),
+        json!({"digest": format!("0x{}", "11".repeat(32))}),
+    );
     assert_eq!((r.status, error_code(&r)), (422, "key_verify_only"));
-    let r = g.post("/v1/keys/import", json!({"label": "uploaded", "algorithm": "ecdsa-p256", "public_key_pem": pem}));
+    let r = g.post(
+        "/v1/keys/import",
+        json!({"label": "uploaded", "algorithm": "ecdsa-p256", "public_key_pem": pem}),
+    );
     assert_eq!((r.status, error_code(&r)), (409, "duplicate_label"));
-    let r = g.post("/v1/keys/import", json!({"label": "other", "algorithm": "ed25519", "public_key_pem": pem}));
+    let r = g.post(
+        "/v1/keys/import",
+        json!({"label": "other", "algorithm": "ed25519", "public_key_pem": pem}),
+    );
     assert_eq!((r.status, error_code(&r)), (422, "bad_public_key"));
     // Nothing was put in the token for it.
     assert!(!pkcs11_tool(&g.dir, &["--list-objects"]).contains("uploaded"));

@@ -98,12 +98,14 @@ impl AuditLog {
             return Err(AuditError::Unavailable("an earlier write failed".into()));
         }
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx.try_send(Pending { entry, done }).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(_) => AuditError::Busy,
-            crossbeam_channel::TrySendError::Disconnected(_) => {
-                AuditError::Unavailable("writer stopped".into())
-            }
-        })?;
+        self.tx
+            .try_send(Pending { entry, done })
+            .map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => AuditError::Busy,
+                crossbeam_channel::TrySendError::Disconnected(_) => {
+                    AuditError::Unavailable("writer stopped".into())
+                }
+            })?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AuditError::Unavailable(e)),
@@ -224,8 +226,8 @@ pub fn verify(path: &Path) -> Result<u64, VerifyError> {
         let line = line.map_err(|e| VerifyError::Io(path.to_path_buf(), e))?;
         n += 1;
         let broken = |reason: String| VerifyError::Broken { line: n, reason };
-        let v: Value = serde_json::from_slice(&line)
-            .map_err(|e| broken(format!("not a JSON entry: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(&line).map_err(|e| broken(format!("not a JSON entry: {e}")))?;
         let seq = v.get("seq").and_then(Value::as_u64);
         if seq != Some(n) {
             return Err(broken(format!("sequence {seq:?}, expected {n}")));

@@ -45,7 +45,11 @@ impl Operation {
     ];
 
     pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|(o, _)| *o == self).map(|(_, s)| *s).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(o, _)| *o == self)
+            .map(|(_, s)| *s)
+            .unwrap_or("?")
     }
 
     fn parse_set(names: &[String]) -> Result<HashSet<Operation>, String> {

@@ -158,9 +158,6 @@ mod tests {
         let mut raw = [0u8; 64];
         raw[31] = 1;
         raw[63] = 2;
-        assert_eq!(
-            raw_to_der(&raw).unwrap(),
-            vec![0x30, 6, 2, 1, 1, 2, 1, 2]
-        );
+        assert_eq!(raw_to_der(&raw).unwrap(), vec![0x30, 6, 2, 1, 1, 2, 1, 2]);
     }
 }

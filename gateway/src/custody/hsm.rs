@@ -206,16 +206,15 @@ impl Hsm {
         T: Send + 'static,
         F: Fn(&Hsm, &Session) -> Result<T, HsmError> + Send + 'static,
     {
-        let permit = match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(HsmError::Stopped),
-            Err(_) => {
-                metrics::counter!(m::HSM_SESSION_WAIT_TIMEOUTS_TOTAL).increment(1);
-                return Err(HsmError::Busy(self.pool_size));
-            }
-        };
+        let permit =
+            match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(HsmError::Stopped),
+                Err(_) => {
+                    metrics::counter!(m::HSM_SESSION_WAIT_TIMEOUTS_TOTAL).increment(1);
+                    return Err(HsmError::Busy(self.pool_size));
+                }
+            };
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _lease = Lease::new(&this, permit);
@@ -259,7 +258,7 @@ impl Hsm {
             } else {
                 self.checkin(session);
             }
-            let transient = self.quirks.transient_errors.iter().any(|t| *t == code);
+            let transient = self.quirks.transient_errors.contains(&code);
             if !(retry && transient && attempt < 2) {
                 return result;
             }
@@ -376,7 +375,11 @@ impl Hsm {
         };
         inputs
             .iter()
-            .map(|data| session.sign(&mechanism, key, data).map_err(HsmError::from_ck))
+            .map(|data| {
+                session
+                    .sign(&mechanism, key, data)
+                    .map_err(HsmError::from_ck)
+            })
             .collect()
     }
 

@@ -320,18 +320,23 @@ impl Custody {
         let alg = record.algorithm;
         let id = hex::decode(&record.id).expect("ids are hex");
         let public = crate::util::unhex0x(&record.public_key).expect("stored hex");
-        let op = if inputs.len() == 1 { "sign" } else { "sign_batch" };
+        let op = if inputs.len() == 1 {
+            "sign"
+        } else {
+            "sign_batch"
+        };
         self.hsm
             .run(op, alg.as_str(), true, move |hsm, s| {
                 let raw = hsm.sign(s, alg, &id, &inputs)?;
                 raw.into_iter()
                     .zip(&inputs)
                     .map(|(sig, input)| {
-                        encode_signature(alg, format, sig, input, &public)
-                            .map_err(|e| HsmError::Pkcs11 {
+                        encode_signature(alg, format, sig, input, &public).map_err(|e| {
+                            HsmError::Pkcs11 {
                                 function: "C_Sign".into(),
                                 code: e.to_string(),
-                            })
+                            }
+                        })
                     })
                     .collect()
             })
@@ -351,8 +356,14 @@ impl Custody {
     fn report_key_counts(&self) {
         let keys = self.store.list();
         for alg in Algorithm::ALL {
-            for (custody, c) in [(CustodyKind::Hsm, "hsm"), (CustodyKind::External, "external")] {
-                for (state, s) in [(KeyState::Active, "active"), (KeyState::Disabled, "disabled")] {
+            for (custody, c) in [
+                (CustodyKind::Hsm, "hsm"),
+                (CustodyKind::External, "external"),
+            ] {
+                for (state, s) in [
+                    (KeyState::Active, "active"),
+                    (KeyState::Disabled, "disabled"),
+                ] {
                     let n = keys
                         .iter()
                         .filter(|k| k.algorithm == alg && k.custody == custody && k.state == state)

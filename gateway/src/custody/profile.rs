@@ -51,7 +51,10 @@ impl Default for Quirks {
 }
 
 fn default_transient() -> Vec<String> {
-    vec!["CKR_DEVICE_ERROR".into(), "CKR_SESSION_HANDLE_INVALID".into()]
+    vec![
+        "CKR_DEVICE_ERROR".into(),
+        "CKR_SESSION_HANDLE_INVALID".into(),
+    ]
 }
 
 /// How the token returns CKA_EC_POINT.
@@ -80,7 +83,9 @@ pub enum Ed25519Params {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("unknown built-in HSM profile {0:?} (built in: softhsm2); use hsm.profile_file for others")]
+    #[error(
+        "unknown built-in HSM profile {0:?} (built in: softhsm2); use hsm.profile_file for others"
+    )]
     Unknown(String),
     #[error("cannot read HSM profile {path}: {source}")]
     Read {

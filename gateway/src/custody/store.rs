@@ -69,10 +69,7 @@ impl KeyStore {
                 }
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
@@ -246,7 +243,9 @@ mod tests {
         let path = dir.path().join("keys.jsonl");
         let store = KeyStore::open(&path).unwrap();
         for i in 0..100 {
-            store.put(record(&format!("k{i}"), &format!("l{i}"))).unwrap();
+            store
+                .put(record(&format!("k{i}"), &format!("l{i}")))
+                .unwrap();
             store.delete(&format!("k{i}")).unwrap();
         }
         store.put(record("keep", "keep")).unwrap();

@@ -82,9 +82,11 @@ impl From<HsmError> for ApiError {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::Busy(_) => ApiError::busy("hsm_busy", e.to_string()),
-            HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "key_object_error", e.to_string())
-            }
+            HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "key_object_error",
+                e.to_string(),
+            ),
             HsmError::Stopped => ApiError::busy("hsm_unavailable", e.to_string()),
             _ => ApiError::new(StatusCode::BAD_GATEWAY, "hsm_error", e.to_string()),
         }

@@ -75,12 +75,17 @@ impl Audit {
 
     /// Writes the outcome, success or error, and passes it on. If the audit line cannot
     /// be written, the client gets 503 instead of the result.
-    async fn finish(self, state: &AppState, client: &Client, result: Result<Resp, ApiError>) -> Result<Resp, ApiError> {
+    async fn finish(
+        self,
+        state: &AppState,
+        client: &Client,
+        result: Result<Resp, ApiError>,
+    ) -> Result<Resp, ApiError> {
         let entry = AuditEntry {
             client: client.name.clone(),
             operation: self.operation,
             key_id: self.key_id,
-            subject_sha256: self.subject.map(|h| hex::encode(h)),
+            subject_sha256: self.subject.map(hex::encode),
             result: match &result {
                 Ok(_) => "ok".into(),
                 Err(e) => e.code.to_string(),
@@ -124,16 +129,19 @@ fn check_label(client: &Client, label: &str) -> Result<(), ApiError> {
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, ApiError> {
-    s.parse()
-        .map_err(|e: crate::algorithm::UnknownAlgorithm| ApiError::unprocessable("unknown_algorithm", e.to_string()))
+    s.parse().map_err(|e: crate::algorithm::UnknownAlgorithm| {
+        ApiError::unprocessable("unknown_algorithm", e.to_string())
+    })
 }
 
 /// The key, if it exists and the client's policy names its label.
 fn key_for(state: &AppState, client: &Client, id: &str) -> Result<KeyRecord, ApiError> {
-    let record = state
-        .custody
-        .get(id)
-        .ok_or_else(|| ApiError::not_found("key_not_found", format!("no key with id {:?}", truncate(id))))?;
+    let record = state.custody.get(id).ok_or_else(|| {
+        ApiError::not_found(
+            "key_not_found",
+            format!("no key with id {:?}", truncate(id)),
+        )
+    })?;
     if !client.may_use_label(&record.label) {
         return Err(ApiError::forbidden(format!(
             "client {:?} may not use key {}",
@@ -169,14 +177,21 @@ pub fn get(state: &AppState, client: &Client, id: &str) -> Result<Resp, ApiError
     Ok(json_response(StatusCode::OK, &record_json(&record)))
 }
 
-pub async fn create(state: &Arc<AppState>, client: &Client, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn create(
+    state: &Arc<AppState>,
+    client: &Client,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
     let mut audit = Audit::new("create", None);
     let result = async {
         require(client, Operation::KeysCreate)?;
         let body: CreateRequest = read_json(state, req).await?;
         let algorithm = parse_algorithm(&body.algorithm)?;
         check_label(client, &body.label)?;
-        let record = state.custody.create(&client.name, &body.label, algorithm).await?;
+        let record = state
+            .custody
+            .create(&client.name, &body.label, algorithm)
+            .await?;
         audit.key_id = Some(record.id.clone());
         Ok(json_response(StatusCode::CREATED, &record_json(&record)))
     }
@@ -184,7 +199,11 @@ pub async fn create(state: &Arc<AppState>, client: &Client, req: Request<Incomin
     audit.finish(state, client, result).await
 }
 
-pub async fn import(state: &Arc<AppState>, client: &Client, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn import(
+    state: &Arc<AppState>,
+    client: &Client,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
     let mut audit = Audit::new("import", None);
     let result = async {
         require(client, Operation::KeysImport)?;
@@ -230,7 +249,12 @@ pub async fn destroy(state: &Arc<AppState>, client: &Client, id: &str) -> Result
     audit.finish(state, client, result).await
 }
 
-pub async fn sign(state: &Arc<AppState>, client: &Client, id: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn sign(
+    state: &Arc<AppState>,
+    client: &Client,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
     let mut audit = Audit::new("sign", Some(id));
     let result = async {
         require(client, Operation::KeysSign)?;
@@ -254,7 +278,12 @@ pub async fn sign(state: &Arc<AppState>, client: &Client, id: &str, req: Request
     audit.finish(state, client, result).await
 }
 
-pub async fn sign_batch(state: &Arc<AppState>, client: &Client, id: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn sign_batch(
+    state: &Arc<AppState>,
+    client: &Client,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
     let mut audit = Audit::new("sign_batch", Some(id));
     let result = async {
         require(client, Operation::KeysSign)?;
@@ -262,7 +291,10 @@ pub async fn sign_batch(state: &Arc<AppState>, client: &Client, id: &str, req: R
         let body: SignBatchRequest = read_json(state, req).await?;
         let max = state.limits.max_items;
         if body.items.len() > max {
-            return Err(ApiError::too_large("too_many_items", format!("at most {max} items per request")));
+            return Err(ApiError::too_large(
+                "too_many_items",
+                format!("at most {max} items per request"),
+            ));
         }
         if body.items.is_empty() {
             return Err(ApiError::bad_request("invalid_request", "items is empty"));
@@ -303,7 +335,10 @@ fn parse_format(alg: Algorithm, format: Option<&str>) -> Result<SignFormat, ApiE
     let format = match format {
         None => SignFormat::default_for(alg),
         Some(f) => SignFormat::parse(f).ok_or_else(|| {
-            ApiError::unprocessable("unsupported_format", format!("unknown format {:?}; use der, raw or eth", truncate(f)))
+            ApiError::unprocessable(
+                "unsupported_format",
+                format!("unknown format {:?}; use der, raw or eth", truncate(f)),
+            )
         })?,
     };
     crate::custody::check_format(alg, format)?;
@@ -330,7 +365,8 @@ fn prepare(alg: Algorithm, item: &SignItem, hash: Option<&str>) -> Result<Vec<u8
                     format!("{alg} signs messages (pure), not digests: send message_b64"),
                 ));
             }
-            let bytes = unhex0x(d).map_err(|e| ApiError::bad_request("bad_hex", format!("digest: {e}")))?;
+            let bytes =
+                unhex0x(d).map_err(|e| ApiError::bad_request("bad_hex", format!("digest: {e}")))?;
             if bytes.len() != 32 {
                 return Err(ApiError::bad_request(
                     "bad_digest_length",
@@ -340,7 +376,8 @@ fn prepare(alg: Algorithm, item: &SignItem, hash: Option<&str>) -> Result<Vec<u8
             Ok(bytes)
         }
         (None, Some(m)) => {
-            let msg = unbase64(m).map_err(|e| ApiError::bad_request("bad_base64", format!("message_b64: {e}")))?;
+            let msg = unbase64(m)
+                .map_err(|e| ApiError::bad_request("bad_base64", format!("message_b64: {e}")))?;
             Ok(match alg {
                 Algorithm::Ed25519 | Algorithm::Sm2 => msg,
                 _ if keccak => keccak256(&msg).to_vec(),

@@ -46,7 +46,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     resp
 }
 
-async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static str, Result<Resp, ApiError>) {
+async fn dispatch(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> (&'static str, Result<Resp, ApiError>) {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
@@ -63,7 +66,10 @@ async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static st
         _ => {
             return (
                 "unmatched",
-                Err(ApiError::not_found("not_found", format!("no route for {path}"))),
+                Err(ApiError::not_found(
+                    "not_found",
+                    format!("no route for {path}"),
+                )),
             )
         }
     };
@@ -108,7 +114,10 @@ async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>) -> (&'static st
 }
 
 async fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Arc<Client>, ApiError> {
-    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     match state.auth.authenticate(header) {
         Ok(c) => Ok(c),
         Err(e) => {
@@ -126,9 +135,13 @@ async fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Arc<C
 }
 
 /// Reads a JSON body of at most the configured size.
-pub async fn read_json<T: DeserializeOwned>(state: &AppState, req: Request<Incoming>) -> Result<T, ApiError> {
+pub async fn read_json<T: DeserializeOwned>(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
     let limit = state.limits.max_body_bytes;
-    let too_large = || ApiError::too_large("body_too_large", format!("the body exceeds {limit} bytes"));
+    let too_large =
+        || ApiError::too_large("body_too_large", format!("the body exceeds {limit} bytes"));
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)

@@ -10,7 +10,9 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use openssl::ssl::{select_next_proto, AlpnError, Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode};
+use openssl::ssl::{
+    select_next_proto, AlpnError, Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode,
+};
 use tokio::net::TcpListener;
 
 use super::TlsConfig;
@@ -20,12 +22,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn tls_acceptor(cfg: &TlsConfig) -> Result<SslAcceptor, String> {
     let ctx = |what: &str, e: openssl::error::ErrorStack| format!("TLS {what}: {e}");
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(|e| ctx("setup", e))?;
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+        .map_err(|e| ctx("setup", e))?;
     b.set_certificate_chain_file(&cfg.cert_file)
         .map_err(|e| ctx(&format!("cert_file {}", cfg.cert_file.display()), e))?;
     b.set_private_key_file(&cfg.key_file, SslFiletype::PEM)
         .map_err(|e| ctx(&format!("key_file {}", cfg.key_file.display()), e))?;
-    b.check_private_key().map_err(|e| ctx("key does not match the certificate", e))?;
+    b.check_private_key()
+        .map_err(|e| ctx("key does not match the certificate", e))?;
     b.set_alpn_select_callback(|_, client| {
         select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
     });
@@ -96,7 +100,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "stopped accepting; draining");
+    tracing::info!(
+        connections = graceful.count(),
+        "stopped accepting; draining"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),

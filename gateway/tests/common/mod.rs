@@ -84,7 +84,11 @@ impl Gateway {
             if let Some(status) = g.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("gateway exited with {status}: {}", g.log());
             }
-            assert!(Instant::now() < deadline, "gateway did not start: {}", g.log());
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start: {}",
+                g.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         g.token = std::fs::read_to_string(dir.join("admin.token")).unwrap_or_default();
@@ -101,7 +105,13 @@ impl Gateway {
     }
 
     /// Any request; `body` is sent as is, so tests can send broken JSON.
-    pub fn call(&self, method: &str, path: &str, body: Option<&[u8]>, token: Option<&str>) -> Reply {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        token: Option<&str>,
+    ) -> Reply {
         let url = self.url(path);
         let auth = token.map(|t| format!("Bearer {t}"));
         let result = match (method, body) {
@@ -148,7 +158,12 @@ impl Gateway {
     }
 
     pub fn post(&self, path: &str, body: Value) -> Reply {
-        self.call("POST", path, Some(body.to_string().as_bytes()), Some(&self.token))
+        self.call(
+            "POST",
+            path,
+            Some(body.to_string().as_bytes()),
+            Some(&self.token),
+        )
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -161,7 +176,10 @@ impl Gateway {
 
     /// Creates a key and returns its record.
     pub fn create_key(&self, label: &str, algorithm: &str) -> Value {
-        let r = self.post("/v1/keys", serde_json::json!({"label": label, "algorithm": algorithm}));
+        let r = self.post(
+            "/v1/keys",
+            serde_json::json!({"label": label, "algorithm": algorithm}),
+        );
         assert_eq!(r.status, 201, "{}", r.body);
         r.body
     }
@@ -263,7 +281,13 @@ pub fn pkcs11_tool(dir: &Path, args: &[&str]) -> String {
         .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
         .arg("--module")
         .arg(module_path())
-        .args(["--token-label", "bsn-gateway-dev", "--login", "--pin", pin.trim()])
+        .args([
+            "--token-label",
+            "bsn-gateway-dev",
+            "--login",
+            "--pin",
+            pin.trim(),
+        ])
         .args(args)
         .output()
         .expect("run pkcs11-tool (package opensc)");

@@ -1,0 +1,206 @@
+//! The command line: audit chain verification, config checks, graceful shutdown, TLS.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_audit_chain_verifies_and_tampering_is_detected() {
+    let mut g = Gateway::start_dev();
+    let k = g.create_key("audited", "ecdsa-p256");
+    let id = k["id"].as_str().unwrap();
+    let digest = format!("0x{}", "5a".repeat(32));
+    assert_eq!(
+        g.post(&format!("/v1/keys/{id}/sign"), json!({"digest": digest}))
+            .status,
+        200
+    );
+    assert_eq!(
+        g.post(
+            &format!("/v1/keys/{id}/sign-batch"),
+            json!({"items": [{"digest": digest}]})
+        )
+        .status,
+        200
+    );
+    assert_eq!(g.call("GET", "/v1/keys", None, Some("bad")).status, 401);
+    assert_eq!(
+        g.post(&format!("/v1/keys/{id}/disable"), json!({})).status,
+        200
+    );
+    assert_eq!(g.delete(&format!("/v1/keys/{id}")).status, 200);
+    assert!(g.terminate().success());
+
+    let log = g.dir.join("audit.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let ops: Vec<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["operation"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "create",
+            "sign",
+            "sign_batch",
+            "authenticate",
+            "disable",
+            "destroy"
+        ]
+    );
+    let sign: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(sign["key_id"], id);
+    assert_eq!(sign["result"], "ok");
+    let want = hex::encode(openssl::sha::sha256(&unhex(&digest)));
+    assert_eq!(
+        sign["subject_sha256"],
+        want.as_str(),
+        "the hash of what was signed"
+    );
+
+    let (ok, out) = run(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("6 entries"), "{out}");
+
+    std::fs::write(&log, text.replacen("\"sign_batch\"", "\"sign\"", 1)).unwrap();
+    let (ok, out) = run(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("line 4"),
+        "the line after the edited one breaks: {out}"
+    );
+}
+
+#[test]
+fn config_check_accepts_good_files_and_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    let (_, tok) = run(&["token", "new"]);
+    let hash = tok
+        .lines()
+        .find_map(|l| l.strip_prefix("token_sha256 = "))
+        .unwrap()
+        .to_string();
+    let text = format!(
+        "data_dir = \"/var/lib/bsn-gateway\"\n[server]\nlisten = \"127.0.0.1:8443\"\n[hsm]\ntoken_label = \"bsn\"\npin = {{ env = \"BSN_HSM_PIN\" }}\n[[clients]]\nname = \"a\"\ntoken_sha256 = {hash}\noperations = [\"keys:sign\"]\nkeys = [\"a-*\"]\n"
+    );
+    std::fs::write(&good, &text).unwrap();
+    let (ok, out) = run(&["config", "check", good.to_str().unwrap()]);
+    assert!(ok, "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replace("[server]", "[server]\nlisen = 1")).unwrap();
+    let (ok, out) = run(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("lisen"), "{out}");
+    std::fs::write(
+        &bad,
+        text.replace("profile", "x")
+            .replace("[hsm]", "[hsm]\nprofile = \"luna-typo\""),
+    )
+    .unwrap();
+    let (ok, out) = run(&["config", "check", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("luna-typo"), "{out}");
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let mut g = Gateway::start_dev();
+    let k = g.create_key("drain", "ed25519");
+    let path = format!("/v1/keys/{}/sign", k["id"].as_str().unwrap());
+    assert_eq!(g.post(&path, json!({"message_b64": "aGk="})).status, 200);
+    let status = g.terminate();
+    assert!(status.success(), "{status}: {}", g.log());
+    let log = g.log();
+    assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+    assert!(
+        !log.contains(&std::fs::read_to_string(g.dir.join("user.pin")).unwrap()),
+        "no PIN in logs"
+    );
+    assert!(!log.contains(&g.token), "no token in logs");
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let mut setup = Gateway::start_dev();
+    let dir = setup.dir.clone();
+    assert!(setup.terminate().success());
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl CLI.
+    sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -subj /CN=test-ca -days 2 2>/dev/null");
+    sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile san.ext 2>/dev/null");
+    sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout cli.key -out cli.csr -subj /CN=client 2>/dev/null && openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cli.pem -days 2 2>/dev/null");
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let hash = format!("0x{}", hex::encode(openssl::sha::sha256(admin.as_bytes())));
+    let config = format!(
+        "data_dir = \"{d}\"\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{d}/srv.pem\"\nkey_file = \"{d}/srv.key\"\nclient_ca_file = \"{d}/ca.pem\"\n[hsm]\ntoken_label = \"bsn-gateway-dev\"\npin = {{ file = \"{d}/user.pin\" }}\n[[clients]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"*\"]\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("tls.toml"), config).unwrap();
+    // The harness probes /healthz over plain HTTP, so start it by hand here.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.join("tls.toml"))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .stderr(std::fs::File::create(dir.join("tls.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _ = std::fs::remove_file(dir.join("gateway.addr"));
+    let addr = (0..400)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::fs::read_to_string(dir.join("gateway.addr")).ok()
+        })
+        .expect("gateway started");
+    let curl = |extra: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("curl -s -o /dev/null -w '%{{http_code}} %{{http_version}}' --cacert ca.pem {extra} -H 'Authorization: Bearer {admin}' https://{addr}/v1/keys"))
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let with_cert = curl("--cert cli.pem --key cli.key --http2");
+    assert_eq!(
+        String::from_utf8_lossy(&with_cert.stdout),
+        "200 2",
+        "mTLS over HTTP/2"
+    );
+    let without = curl("");
+    assert_ne!(
+        String::from_utf8_lossy(&without.stdout).split(' ').next(),
+        Some("200"),
+        "no client certificate, no service"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,117 @@
+//! Far more parallel sign requests than pool sessions: each succeeds, or gets 503 with
+//! Retry-After once the wait bound passes; never a PKCS#11 error.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use serde_json::json;
+
+fn config(dir: &Path, pool: usize, wait_ms: u64) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let hash = format!("0x{}", hex::encode(openssl::sha::sha256(admin.as_bytes())));
+    let text = format!(
+        r#"data_dir = "{dir}"
+[server]
+listen = "127.0.0.1:0"
+[hsm]
+profile = "softhsm2"
+token_label = "bsn-gateway-dev"
+pin = {{ file = "{dir}/user.pin" }}
+pool_size = {pool}
+session_wait_ms = {wait_ms}
+[[clients]]
+name = "admin"
+token_sha256 = "{hash}"
+operations = ["*"]
+keys = ["*"]
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join(format!("pool{pool}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn hammer(g: &Arc<Gateway>, path: &str, threads: usize, per_thread: usize) -> Vec<Reply> {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let g = g.clone();
+            let path = path.to_string();
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .map(|i| {
+                        let d = openssl::sha::sha256(format!("{t}/{i}").as_bytes());
+                        g.post(
+                            &path,
+                            json!({"digest": format!("0x{}", hex::encode(d)), "format": "eth"}),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn many_more_requests_than_sessions_all_succeed_or_get_503_with_retry_after() {
+    let mut setup = Gateway::start_dev();
+    let key = setup.create_key("busy", "ecdsa-secp256k1");
+    let path = format!("/v1/keys/{}/sign", key["id"].as_str().unwrap());
+    let dir = setup.dir.clone();
+    assert!(setup.terminate().success());
+
+    // A generous wait bound: 64 callers share 2 sessions and every one is served.
+    let g = Arc::new(Gateway::start_config(&config(&dir, 2, 30_000), &dir));
+    let replies = hammer(&g, &path, 64, 4);
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let metrics = g.call("GET", "/metrics", None, None).body;
+    let text = metrics.as_str().unwrap();
+    assert!(
+        text.contains("bsn_gateway_hsm_session_pool_size 2"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("bsn_gateway_hsm_errors_total"),
+        "no PKCS#11 errors: {text}"
+    );
+    drop(Arc::try_unwrap(g).ok().unwrap());
+
+    // A tiny wait bound on one session: overflow is answered 503 + Retry-After, nothing else.
+    let g = Arc::new(Gateway::start_config(&config(&dir, 1, 1), &dir));
+    let replies = hammer(&g, &path, 64, 4);
+    let mut busy = 0;
+    for r in &replies {
+        match r.status {
+            200 => {}
+            503 => {
+                assert_eq!(error_code(r), "hsm_busy");
+                assert_eq!(r.retry_after.as_deref(), Some("1"));
+                busy += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.body),
+        }
+    }
+    eprintln!(
+        "{busy} of {} requests were turned away with 503",
+        replies.len()
+    );
+    let text = g.call("GET", "/metrics", None, None).body;
+    assert!(!text
+        .as_str()
+        .unwrap()
+        .contains("bsn_gateway_hsm_errors_total"));
+    assert_eq!(
+        g.post(&path, json!({"digest": format!("0x{}", "22".repeat(32))}))
+            .status,
+        200
+    );
+}
