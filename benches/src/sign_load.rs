@@ -1,1 +1,283 @@
-fn main() {}
+//! Sign throughput: the gateway over HTTP beside a raw cryptoki C_Sign loop on the same
+//! SoftHSM2 token, in the same run, with the ratio. Usage:
+//!   cargo build --release --workspace && target/release/sign-load [SECONDS] [HTTP_CLIENTS]
+//! The load generator shares the machine's cores with the gateway; the raw loop does not
+//! pay for HTTP, JSON, policy or the fsynced audit log, which is what the ratio measures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use serde_json::{json, Value};
+
+const ALGORITHMS: [&str; 3] = ["ecdsa-p256", "ecdsa-secp256k1", "ed25519"];
+
+/// Where the gateway listens and how to call it; cloned into each client thread.
+#[derive(Clone)]
+struct Endpoint {
+    addr: String,
+    token: String,
+}
+
+struct Gateway {
+    child: Child,
+    endpoint: Endpoint,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let clients: usize = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(4 * cores);
+    let dir = tempfile::tempdir()?;
+    let gw = start_gateway(dir.path())?;
+    // Our own PKCS#11 context must see the same token: set before any thread starts.
+    std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
+
+    let agent = agent();
+    let keys: Vec<(String, String)> = ALGORITHMS
+        .iter()
+        .map(|alg| {
+            let r = post(
+                &agent,
+                &gw.endpoint,
+                "/v1/keys",
+                json!({"label": format!("bench-{alg}"), "algorithm": alg}),
+            )?;
+            Ok((
+                alg.to_string(),
+                r["id"].as_str().context("key id")?.to_string(),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+
+    let p11 = Pkcs11::new(module_path()?)?;
+    p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+    let pin = std::fs::read_to_string(dir.path().join("user.pin"))?;
+
+    println!("sign-load: {cores} cores, {seconds} s per run, raw loop {cores} threads (one session each), HTTP {clients} client threads");
+    println!(
+        "{:<16} {:>14} {:>16} {:>7} {:>22} {:>7}",
+        "algorithm", "raw cryptoki/s", "HTTP sign/s", "ratio", "HTTP sign-batch64/s", "ratio"
+    );
+    for (alg, id) in &keys {
+        let raw = raw_loop(&p11, pin.trim(), alg, id, cores, seconds)?;
+        let single = http_loop(&gw.endpoint, id, alg, clients, seconds, 1)?;
+        let batch = http_loop(&gw.endpoint, id, alg, clients, seconds, 64)?;
+        println!(
+            "{alg:<16} {raw:>14.0} {single:>16.0} {:>7.2} {batch:>22.0} {:>7.2}",
+            single / raw,
+            batch / raw
+        );
+    }
+    let floor = healthz_loop(&gw.endpoint, clients, seconds)?;
+    println!("HTTP floor (GET /healthz, no crypto, same clients): {floor:.0} requests/s");
+    println!("goal: HTTP/raw >= 0.9");
+    Ok(())
+}
+
+fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
+    let bin = std::env::current_exe()?.with_file_name("bsn-gateway");
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release --workspace",
+            bin.display()
+        );
+    }
+    let child = Command::new(&bin)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("BSN_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let addr_file = dir.join("gateway.addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !addr_file.exists() {
+        if Instant::now() > deadline {
+            bail!("gateway did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Gateway {
+        child,
+        endpoint: Endpoint {
+            addr: std::fs::read_to_string(addr_file)?,
+            token: std::fs::read_to_string(dir.join("admin.token"))?,
+        },
+    })
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn post(agent: &ureq::Agent, gw: &Endpoint, path: &str, body: Value) -> anyhow::Result<Value> {
+    let mut resp = agent
+        .post(format!("http://{}{path}", gw.addr))
+        .header("Authorization", format!("Bearer {}", gw.token))
+        .send_json(body)?;
+    let status = resp.status().as_u16();
+    let v: Value = resp.body_mut().read_json()?;
+    if !(200..300).contains(&status) {
+        bail!("{path}: {status} {v}");
+    }
+    Ok(v)
+}
+
+fn input(alg: &str) -> Value {
+    if alg == "ed25519" {
+        json!({"message_b64": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="})
+    } else {
+        json!({"digest": format!("0x{}", "42".repeat(32))})
+    }
+}
+
+/// Signs/s through HTTP with `clients` threads; `batch` > 1 uses sign-batch.
+fn http_loop(
+    gw: &Endpoint,
+    id: &str,
+    alg: &str,
+    clients: usize,
+    seconds: u64,
+    batch: usize,
+) -> anyhow::Result<f64> {
+    let (path, body) = if batch == 1 {
+        let mut b = input(alg);
+        b["format"] = json!("raw");
+        (format!("/v1/keys/{id}/sign"), b)
+    } else {
+        let items: Vec<_> = (0..batch).map(|_| input(alg)).collect();
+        (
+            format!("/v1/keys/{id}/sign-batch"),
+            json!({"items": items, "format": "raw"}),
+        )
+    };
+    let gw = gw.clone();
+    run_threads(clients, seconds, move |stop, count| {
+        let agent = agent();
+        while !stop.load(Ordering::Relaxed) {
+            post(&agent, &gw, &path, body.clone()).expect("sign over HTTP");
+            count.fetch_add(batch as u64, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Requests/s of the cheapest route: what HTTP alone costs on this machine with this client.
+fn healthz_loop(gw: &Endpoint, clients: usize, seconds: u64) -> anyhow::Result<f64> {
+    let url = format!("http://{}/healthz", gw.addr);
+    run_threads(clients, seconds, move |stop, count| {
+        let agent = agent();
+        while !stop.load(Ordering::Relaxed) {
+            agent.get(&url).call().expect("healthz");
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Signs/s calling C_Sign directly, one session per thread, the key handle found once.
+fn raw_loop(
+    p11: &Pkcs11,
+    pin: &str,
+    alg: &str,
+    id: &str,
+    threads: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let slot = p11
+        .get_slots_with_token()?
+        .into_iter()
+        .find(|s| {
+            p11.get_token_info(*s)
+                .map(|t| t.label() == "bsn-gateway-dev")
+                .unwrap_or(false)
+        })
+        .context("dev token")?;
+    let anchor = p11.open_ro_session(slot)?;
+    match anchor.login(UserType::User, Some(&AuthPin::from(pin.to_string()))) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let key = anchor.find_objects(&[
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Id(hex::decode(id)?),
+    ])?;
+    let key = *key.first().context("key on token")?;
+    let data: Vec<u8> = vec![0x42; 32];
+    let ed = alg == "ed25519";
+    let p11 = p11.clone();
+    let rate = run_threads(threads, seconds, move |stop, count| {
+        let session = p11.open_ro_session(slot).expect("session");
+        let mech = if ed {
+            Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure))
+        } else {
+            Mechanism::Ecdsa
+        };
+        while !stop.load(Ordering::Relaxed) {
+            session.sign(&mech, key, &data).expect("C_Sign");
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    })?;
+    drop(anchor);
+    Ok(rate)
+}
+
+fn run_threads<F>(n: usize, seconds: u64, work: F) -> anyhow::Result<f64>
+where
+    F: Fn(&AtomicBool, &AtomicU64) + Send + Sync + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let work = Arc::new(work);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (stop, count, work) = (stop.clone(), count.clone(), work.clone());
+            std::thread::spawn(move || work(&stop, &count))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn module_path() -> anyhow::Result<PathBuf> {
+    [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .context("libsofthsm2.so not found")
+}

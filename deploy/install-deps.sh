@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing bsn-gateway needs on Debian/Ubuntu:
+# SoftHSM2 (the embedded default HSM), OpenSC's pkcs11-tool, OpenSSL headers and CLI,
+# curl, Node.js for the test-only tools in test-tools/ (ethers.js), and runs `npm ci` there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+# A Node.js installed some other way counts.
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install Rust (rustup) first" >&2
+  exit 1
+fi
+
+# Test-only tools, pinned by test-tools/package-lock.json.
+if [ ! -d test-tools/node_modules ] || [ test-tools/package-lock.json -nt test-tools/node_modules ]; then
+  npm ci --prefix test-tools --no-audit --no-fund --loglevel=error
+fi
