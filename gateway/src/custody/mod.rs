@@ -320,28 +320,21 @@ impl Custody {
         let alg = record.algorithm;
         let id = hex::decode(&record.id).expect("ids are hex");
         let public = crate::util::unhex0x(&record.public_key).expect("stored hex");
-        let op = if inputs.len() == 1 {
-            "sign"
-        } else {
-            "sign_batch"
-        };
-        self.hsm
+        let op = if inputs.len() == 1 { "sign" } else { "sign_batch" };
+        // Encoding (low-S, DER, recovery id) runs on the same blocking thread, but its
+        // failures stay apart from PKCS#11 errors: they must not count as HSM faults.
+        let encoded = self
+            .hsm
             .run(op, alg.as_str(), true, move |hsm, s| {
                 let raw = hsm.sign(s, alg, &id, &inputs)?;
-                raw.into_iter()
+                Ok(raw
+                    .into_iter()
                     .zip(&inputs)
-                    .map(|(sig, input)| {
-                        encode_signature(alg, format, sig, input, &public).map_err(|e| {
-                            HsmError::Pkcs11 {
-                                function: "C_Sign".into(),
-                                code: e.to_string(),
-                            }
-                        })
-                    })
-                    .collect()
+                    .map(|(sig, input)| encode_signature(alg, format, sig, input, &public))
+                    .collect::<Vec<_>>())
             })
-            .await
-            .map_err(CustodyError::from)
+            .await?;
+        Ok(encoded.into_iter().collect::<Result<_, _>>()?)
     }
 
     async fn persist(&self, record: KeyRecord) -> Result<(), CustodyError> {
