@@ -320,7 +320,11 @@ impl Custody {
         let alg = record.algorithm;
         let id = hex::decode(&record.id).expect("ids are hex");
         let public = crate::util::unhex0x(&record.public_key).expect("stored hex");
-        let op = if inputs.len() == 1 { "sign" } else { "sign_batch" };
+        let op = if inputs.len() == 1 {
+            "sign"
+        } else {
+            "sign_batch"
+        };
         // Encoding (low-S, DER, recovery id) runs on the same blocking thread, but its
         // failures stay apart from PKCS#11 errors: they must not count as HSM faults.
         let encoded = self

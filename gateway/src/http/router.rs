@@ -147,7 +147,14 @@ pub async fn read_json<T: DeserializeOwned>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        // Read and drop what the client is still sending (bounded in size and time), so it
+        // reads our 413 instead of a connection reset on a half-written body.
+        if n <= 4 * limit as u64 {
+            let mut body = req.into_body();
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+        }
         return Err(too_large());
     }
     let body = Limited::new(req.into_body(), limit)
