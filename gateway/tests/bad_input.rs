@@ -245,38 +245,18 @@ fn policy_limits_a_client_to_its_operations_and_key_labels() {
     assert!(setup.terminate().success());
 
     // A config that adds a limited client beside the admin, on the same token.
-    let admin_hash = format!(
-        "0x{}",
-        hex::encode(openssl::sha::sha256(
-            std::fs::read_to_string(dir.join("admin.token"))
-                .unwrap()
-                .as_bytes()
-        ))
-    );
     let limited = "bsn_limited_client_token_for_tests_only_0123456789abcdef";
     let limited_hash = format!(
         "0x{}",
         hex::encode(openssl::sha::sha256(limited.as_bytes()))
     );
-    let config = format!(
-        r#"data_dir = "{dir}"
-[server]
-listen = "127.0.0.1:0"
-[hsm]
-token_label = "bsn-gateway-dev"
-pin = {{ file = "{dir}/user.pin" }}
-[[clients]]
-name = "admin"
-token_sha256 = "{admin_hash}"
-operations = ["*"]
-keys = ["*"]
-[[clients]]
-name = "team-a"
-token_sha256 = "{limited_hash}"
-operations = ["keys:create", "keys:read", "keys:sign"]
-keys = ["team-a-*"]
-"#,
-        dir = dir.display()
+    let config = dev_token_config(
+        &dir,
+        "",
+        "",
+        &format!(
+            "[[clients]]\nname = \"team-a\"\ntoken_sha256 = \"{limited_hash}\"\noperations = [\"keys:create\", \"keys:read\", \"keys:sign\"]\nkeys = [\"team-a-*\"]"
+        ),
     );
     let cfg = dir.join("gateway.toml");
     std::fs::write(&cfg, config).unwrap();

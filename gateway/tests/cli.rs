@@ -160,10 +160,14 @@ fn tls_with_client_certificates() {
     sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile san.ext 2>/dev/null");
     sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout cli.key -out cli.csr -subj /CN=client 2>/dev/null && openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cli.pem -days 2 2>/dev/null");
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
-    let hash = format!("0x{}", hex::encode(openssl::sha::sha256(admin.as_bytes())));
-    let config = format!(
-        "data_dir = \"{d}\"\n[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = \"{d}/srv.pem\"\nkey_file = \"{d}/srv.key\"\nclient_ca_file = \"{d}/ca.pem\"\n[hsm]\ntoken_label = \"bsn-gateway-dev\"\npin = {{ file = \"{d}/user.pin\" }}\n[[clients]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"*\"]\n",
-        d = dir.display()
+    let config = dev_token_config(
+        &dir,
+        &format!(
+            "[server.tls]\ncert_file = \"{d}/srv.pem\"\nkey_file = \"{d}/srv.key\"\nclient_ca_file = \"{d}/ca.pem\"",
+            d = dir.display()
+        ),
+        "",
+        "",
     );
     std::fs::write(dir.join("tls.toml"), config).unwrap();
     // The harness probes /healthz over plain HTTP, so start it by hand here.

@@ -10,25 +10,11 @@ use common::*;
 use serde_json::json;
 
 fn config(dir: &Path, pool: usize, wait_ms: u64) -> std::path::PathBuf {
-    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
-    let hash = format!("0x{}", hex::encode(openssl::sha::sha256(admin.as_bytes())));
-    let text = format!(
-        r#"data_dir = "{dir}"
-[server]
-listen = "127.0.0.1:0"
-[hsm]
-profile = "softhsm2"
-token_label = "bsn-gateway-dev"
-pin = {{ file = "{dir}/user.pin" }}
-pool_size = {pool}
-session_wait_ms = {wait_ms}
-[[clients]]
-name = "admin"
-token_sha256 = "{hash}"
-operations = ["*"]
-keys = ["*"]
-"#,
-        dir = dir.display()
+    let text = dev_token_config(
+        dir,
+        "",
+        &format!("pool_size = {pool}\nsession_wait_ms = {wait_ms}"),
+        "",
     );
     let path = dir.join(format!("pool{pool}.toml"));
     std::fs::write(&path, text).unwrap();

@@ -318,3 +318,15 @@ pub fn node(script: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A config file text for `serve --config` on the token a dev start initialised in `dir`,
+/// with the dev admin client. The extras are appended to `[server]`, to `[hsm]`, and after
+/// the admin client (more tables).
+pub fn dev_token_config(dir: &Path, server_extra: &str, hsm_extra: &str, tail: &str) -> String {
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let hash = format!("0x{}", hex::encode(openssl::sha::sha256(admin.as_bytes())));
+    format!(
+        "data_dir = \"{d}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[hsm]\ntoken_label = \"bsn-gateway-dev\"\npin = {{ file = \"{d}/user.pin\" }}\n{hsm_extra}\n[[clients]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"*\"]\n{tail}\n",
+        d = dir.display()
+    )
+}
