@@ -271,13 +271,5 @@ where
 }
 
 fn module_path() -> anyhow::Result<PathBuf> {
-    [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/local/lib/softhsm/libsofthsm2.so",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .context("libsofthsm2.so not found")
+    Ok(bsn_gateway::custody::profile::Profile::built_in("softhsm2")?.module_path(None)?)
 }

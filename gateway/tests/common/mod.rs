@@ -260,18 +260,11 @@ pub fn openssl_verify(pem: &str, signed: Signed, der_or_raw_sig: &[u8]) -> bool 
     out.status.success() && stdout.contains("Verified")
 }
 
-/// The SoftHSM2 module, as the profile lists it.
+/// The SoftHSM2 module, found through the gateway's own built-in profile.
 pub fn module_path() -> PathBuf {
-    [
-        "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-        "/usr/local/lib/softhsm/libsofthsm2.so",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .expect("softhsm2 is installed")
+    bsn_gateway::custody::profile::Profile::built_in("softhsm2")
+        .and_then(|p| p.module_path(None))
+        .expect("softhsm2 is installed")
 }
 
 /// Runs OpenSC's pkcs11-tool, logged in to the data dir's token.
