@@ -13,3 +13,4 @@ pub mod http;
 pub mod metrics;
 pub mod secret;
 pub mod util;
+pub mod verify;

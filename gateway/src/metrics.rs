@@ -1,7 +1,7 @@
 //! Metric names (all `bsn_gateway_*`), their descriptions, and the Prometheus recorder.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS_TOTAL: &str = "bsn_gateway_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "bsn_gateway_http_request_duration_seconds";
@@ -13,6 +13,14 @@ pub const HSM_SESSION_WAIT_TIMEOUTS_TOTAL: &str = "bsn_gateway_hsm_session_wait_
 pub const AUDIT_FSYNC_SECONDS: &str = "bsn_gateway_audit_fsync_duration_seconds";
 pub const KEYS: &str = "bsn_gateway_keys";
 pub const BUILD_INFO: &str = "bsn_gateway_build_info";
+pub const VERIFY_TOTAL: &str = "bsn_gateway_verify_total";
+pub const VERIFY_OVERLOADED_TOTAL: &str = "bsn_gateway_verify_overloaded_total";
+pub const VERIFY_QUEUE_ITEMS: &str = "bsn_gateway_verify_queue_items";
+pub const VERIFY_QUEUE_CAPACITY_ITEMS: &str = "bsn_gateway_verify_queue_capacity_items";
+pub const VERIFY_QUEUE_WAIT_SECONDS: &str = "bsn_gateway_verify_queue_wait_seconds";
+pub const VERIFY_BATCH_SECONDS: &str = "bsn_gateway_verify_batch_duration_seconds";
+pub const VERIFY_BATCH_ITEMS: &str = "bsn_gateway_verify_batch_items";
+pub const VERIFY_WORKERS: &str = "bsn_gateway_verify_workers";
 
 /// Latency buckets from 50 µs to 10 s: HSM signs take tens of µs, fsyncs milliseconds.
 const BUCKETS: &[f64] = &[
@@ -20,10 +28,17 @@ const BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
+/// Micro-batch sizes, in items.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 /// Installs the global recorder. Must run inside the tokio runtime (it spawns upkeep).
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
         .set_buckets(BUCKETS)
+        .expect("buckets are not empty")
+        .set_buckets_for_metric(Matcher::Full(VERIFY_BATCH_ITEMS.into()), BATCH_BUCKETS)
         .expect("buckets are not empty")
         .install_recorder()
         .expect("the metrics recorder is installed once");
@@ -72,4 +87,32 @@ fn describe() {
     );
     describe_gauge!(KEYS, "Keys in custody by algorithm, custody and state");
     describe_gauge!(BUILD_INFO, "Always 1; the version label tells the build");
+    describe_counter!(
+        VERIFY_TOTAL,
+        "Signatures verified, by algorithm and result (valid or the failure reason)"
+    );
+    describe_counter!(
+        VERIFY_OVERLOADED_TOTAL,
+        "Verification calls refused because the queue was full"
+    );
+    describe_gauge!(
+        VERIFY_QUEUE_ITEMS,
+        "Items waiting for a verification worker"
+    );
+    describe_gauge!(
+        VERIFY_QUEUE_CAPACITY_ITEMS,
+        "Items the verification queue admits before refusing"
+    );
+    describe_histogram!(
+        VERIFY_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a verification chunk waited in the queue"
+    );
+    describe_histogram!(
+        VERIFY_BATCH_SECONDS,
+        Unit::Seconds,
+        "Time a worker spent verifying one micro-batch"
+    );
+    describe_histogram!(VERIFY_BATCH_ITEMS, "Items per verification micro-batch");
+    describe_gauge!(VERIFY_WORKERS, "Verification worker threads");
 }

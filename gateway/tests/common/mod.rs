@@ -3,6 +3,8 @@
 //! ethers.js).
 #![allow(dead_code)]
 
+pub mod wycheproof;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,198 @@
+//! One ECDSA-style verification: P-256 through OpenSSL's ECDSA_do_verify, secp256k1
+//! through libsecp256k1 (also Ethereum public-key recovery), SM2 through OpenSSL's SM2
+//! signature on the pre-hashed e = SM3(Z || M).
+
+use std::sync::OnceLock;
+
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::EcGroup;
+use openssl::ecdsa::EcdsaSig;
+use openssl::nid::Nid;
+use openssl::pkey_ctx::PkeyCtx;
+use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
+use secp256k1::{Message, Secp256k1, VerifyOnly};
+
+use super::keys::{sm3, ParsedKey};
+use super::{Item, KeyInput, Reason, SigFormat};
+
+/// Per-worker state: libsecp256k1 contexts are not free to build.
+pub struct Verifier {
+    secp: Secp256k1<VerifyOnly>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier {
+            secp: Secp256k1::verification_only(),
+        }
+    }
+}
+
+fn ok_if(valid: bool) -> Result<(), Reason> {
+    if valid {
+        Ok(())
+    } else {
+        Err(Reason::BadSignature)
+    }
+}
+
+impl Verifier {
+    /// `key` is the parsed key for `item` (None only for an address with `eth`).
+    pub fn verify(&self, item: &Item, key: Option<&ParsedKey>) -> Result<(), Reason> {
+        match (key, item.format) {
+            (Some(ParsedKey::P256(ec)), _) => p256(item, ec),
+            (Some(ParsedKey::Sm2 { pkey, z }), _) => sm2(item, pkey, z),
+            (_, SigFormat::Eth) => self.secp256k1_eth(item, key),
+            (Some(ParsedKey::Secp256k1(pk)), _) => self.secp256k1(item, pk),
+            _ => Err(Reason::Internal),
+        }
+    }
+
+    fn secp256k1(&self, item: &Item, pk: &secp256k1::PublicKey) -> Result<(), Reason> {
+        let sig = match item.format {
+            SigFormat::Der => {
+                let sig = Signature::from_der(&item.signature).map_err(|_| Reason::BadEncoding)?;
+                // libsecp256k1 reads some non-minimal encodings; strict DER re-encodes alike.
+                if sig.serialize_der().as_ref() != item.signature.as_slice() {
+                    return Err(Reason::BadEncoding);
+                }
+                sig
+            }
+            _ => {
+                if item.signature.len() != 64 {
+                    return Err(Reason::BadEncoding);
+                }
+                Signature::from_compact(&item.signature).map_err(|_| Reason::BadSignature)?
+            }
+        };
+        let sig = low_s(sig, item.require_low_s)?;
+        let msg = Message::from_digest(item.ecdsa_digest());
+        ok_if(self.secp.verify_ecdsa(msg, &sig, pk).is_ok())
+    }
+
+    /// r||s||v: the key recovered from the signature must be the one given.
+    fn secp256k1_eth(&self, item: &Item, key: Option<&ParsedKey>) -> Result<(), Reason> {
+        let sig: &[u8; 65] = item
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| Reason::BadEncoding)?;
+        let recovered = self.recover(&item.ecdsa_digest(), sig, item.require_low_s)?;
+        let matches = match (&item.key, key) {
+            (KeyInput::Address(addr), _) => {
+                crate::crypto::ecdsa::eth_address(&recovered).as_ref() == Some(addr)
+            }
+            (_, Some(ParsedKey::Secp256k1(pk))) => pk.serialize_uncompressed() == recovered,
+            _ => return Err(Reason::Internal),
+        };
+        ok_if(matches)
+    }
+
+    /// The uncompressed public key that produced `sig` (r||s||v) over `digest`.
+    pub fn recover(
+        &self,
+        digest: &[u8; 32],
+        sig: &[u8; 65],
+        require_low_s: bool,
+    ) -> Result<[u8; 65], Reason> {
+        let v = match sig[64] {
+            0 | 27 => 0,
+            1 | 28 => 1,
+            _ => return Err(Reason::BadEncoding),
+        };
+        let compact = Signature::from_compact(&sig[..64]).map_err(|_| Reason::BadSignature)?;
+        low_s(compact, require_low_s)?;
+        let id = RecoveryId::try_from(v).map_err(|_| Reason::BadEncoding)?;
+        let rsig =
+            RecoverableSignature::from_compact(&sig[..64], id).map_err(|_| Reason::BadSignature)?;
+        let pk = self
+            .secp
+            .recover_ecdsa(Message::from_digest(*digest), &rsig)
+            .map_err(|_| Reason::BadSignature)?;
+        Ok(pk.serialize_uncompressed())
+    }
+}
+
+/// libsecp256k1 verifies only low-S signatures: a high-S one is refused or normalised.
+fn low_s(sig: Signature, required: bool) -> Result<Signature, Reason> {
+    let mut normal = sig;
+    normal.normalize_s();
+    if normal != sig && required {
+        return Err(Reason::HighS);
+    }
+    Ok(normal)
+}
+
+/// DER read strictly: OpenSSL's reader takes some BER, so the re-encoding must match.
+fn openssl_sig(item: &Item) -> Result<EcdsaSig, Reason> {
+    match item.format {
+        SigFormat::Der => {
+            let sig = EcdsaSig::from_der(&item.signature).map_err(|_| Reason::BadEncoding)?;
+            match sig.to_der() {
+                Ok(der) if der == item.signature => Ok(sig),
+                _ => Err(Reason::BadEncoding),
+            }
+        }
+        SigFormat::Raw if item.signature.len() == 64 => {
+            let r = BigNum::from_slice(&item.signature[..32]).map_err(|_| Reason::Internal)?;
+            let s = BigNum::from_slice(&item.signature[32..]).map_err(|_| Reason::Internal)?;
+            EcdsaSig::from_private_components(r, s).map_err(|_| Reason::Internal)
+        }
+        _ => Err(Reason::BadEncoding),
+    }
+}
+
+fn p256(item: &Item, key: &openssl::ec::EcKey<openssl::pkey::Public>) -> Result<(), Reason> {
+    let sig = openssl_sig(item)?;
+    if item.require_low_s && sig.s() > half_order_p256() {
+        return Err(Reason::HighS);
+    }
+    // Out-of-range r or s makes OpenSSL return an error rather than false: both are "no".
+    ok_if(sig.verify(&item.ecdsa_digest(), key).unwrap_or(false))
+}
+
+fn half_order_p256() -> &'static BigNum {
+    static HALF: OnceLock<BigNum> = OnceLock::new();
+    HALF.get_or_init(|| {
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
+        let mut n = BigNum::new().expect("bignum");
+        let mut ctx = BigNumContext::new().expect("BN context");
+        group.order(&mut n, &mut ctx).expect("order");
+        let mut half = BigNum::new().expect("bignum");
+        half.rshift1(&n).expect("shift");
+        half
+    })
+}
+
+fn sm2(
+    item: &Item,
+    pkey: &openssl::pkey::PKey<openssl::pkey::Public>,
+    z: &[u8; 32],
+) -> Result<(), Reason> {
+    let e = match &item.message {
+        super::Message::Digest(d) => *d,
+        super::Message::Bytes(m) => {
+            let mut input = Vec::with_capacity(32 + m.len());
+            input.extend_from_slice(z);
+            input.extend_from_slice(m);
+            sm3(&input)
+        }
+    };
+    // OpenSSL's SM2 verifier parses DER strictly itself; raw is converted to DER.
+    let der = match item.format {
+        SigFormat::Der => std::borrow::Cow::Borrowed(item.signature.as_slice()),
+        _ => std::borrow::Cow::Owned(
+            crate::crypto::ecdsa::raw_to_der(&item.signature).map_err(|_| Reason::BadEncoding)?,
+        ),
+    };
+    if item.format == SigFormat::Der {
+        // Tell undecodable apart from wrong, as the other curves do.
+        match EcdsaSig::from_der(&der).and_then(|s| s.to_der()) {
+            Ok(again) if again == *der => {}
+            _ => return Err(Reason::BadEncoding),
+        }
+    }
+    let mut ctx = PkeyCtx::new(pkey).map_err(|_| Reason::Internal)?;
+    ctx.verify_init().map_err(|_| Reason::Internal)?;
+    ok_if(ctx.verify(&e, &der).unwrap_or(false))
+}

@@ -1,0 +1,263 @@
+//! The bounded queue and the worker threads. Callers submit tasks (split into chunks of at
+//! most `max_batch`), workers gather chunks into micro-batches, verify them and answer each
+//! chunk on its own oneshot channel. Admission is all or nothing per call: when the items
+//! already queued plus the new ones exceed `queue_items`, the call is refused at once.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use metrics::{counter, gauge, histogram};
+
+use super::ecdsa::Verifier;
+use super::keys::{KeyCache, ParsedKey};
+use super::{ed25519, Outcome, Reason, Task, VerifyConfig};
+use crate::algorithm::Algorithm;
+use crate::metrics as m;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the verification queue is full ({queued} items waiting, limit {limit})")]
+    Overloaded { queued: usize, limit: usize },
+    #[error("the verification workers have stopped")]
+    Stopped,
+}
+
+struct Job {
+    tasks: Vec<Task>,
+    reply: tokio::sync::oneshot::Sender<Vec<Outcome>>,
+    enqueued: Instant,
+}
+
+struct Shared {
+    queued: AtomicUsize,
+    cache: KeyCache,
+}
+
+pub struct Engine {
+    tx: Sender<Job>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    limit: usize,
+    workers: usize,
+}
+
+impl Engine {
+    /// Starts the workers. They stop when the engine is dropped and the queue is empty.
+    pub fn start(config: &VerifyConfig) -> std::io::Result<Engine> {
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(config.queue_items);
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(0),
+            cache: KeyCache::new(config.key_cache_entries),
+        });
+        let workers = config.worker_count();
+        for i in 0..workers {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            let max_batch = config.max_batch;
+            let max_wait = Duration::from_micros(config.max_wait_us);
+            std::thread::Builder::new()
+                .name(format!("verify-{i}"))
+                .spawn(move || worker(rx, shared, max_batch, max_wait))?;
+        }
+        gauge!(m::VERIFY_WORKERS).set(workers as f64);
+        gauge!(m::VERIFY_QUEUE_CAPACITY_ITEMS).set(config.queue_items as f64);
+        Ok(Engine {
+            tx,
+            shared,
+            max_batch: config.max_batch,
+            limit: config.queue_items,
+            workers,
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Verifies every task; outcomes come back in order.
+    pub async fn run(&self, tasks: Vec<Task>) -> Result<Vec<Outcome>, EngineError> {
+        let n = tasks.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let before = self.shared.queued.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.limit {
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+            counter!(m::VERIFY_OVERLOADED_TOTAL).increment(1);
+            return Err(EngineError::Overloaded {
+                queued: before,
+                limit: self.limit,
+            });
+        }
+        gauge!(m::VERIFY_QUEUE_ITEMS).set((before + n) as f64);
+        let mut waiting = Vec::with_capacity(n.div_ceil(self.max_batch));
+        let mut tasks = tasks;
+        let mut unsent = n;
+        while !tasks.is_empty() {
+            let rest = tasks.split_off(tasks.len().min(self.max_batch));
+            let chunk = std::mem::replace(&mut tasks, rest);
+            let len = chunk.len();
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            let job = Job {
+                tasks: chunk,
+                reply,
+                enqueued: Instant::now(),
+            };
+            // Cannot be full: the channel holds as many jobs as the item limit.
+            if self.tx.try_send(job).is_err() {
+                self.shared.queued.fetch_sub(unsent, Ordering::AcqRel);
+                return Err(EngineError::Stopped);
+            }
+            unsent -= len;
+            waiting.push(rx);
+        }
+        let mut out = Vec::with_capacity(n);
+        for rx in waiting {
+            out.extend(rx.await.map_err(|_| EngineError::Stopped)?);
+        }
+        Ok(out)
+    }
+}
+
+fn worker(rx: Receiver<Job>, shared: Arc<Shared>, max_batch: usize, max_wait: Duration) {
+    let verifier = Verifier::default();
+    let mut stats = Stats::default();
+    while let Ok(first) = rx.recv() {
+        let mut n = first.tasks.len();
+        let mut jobs = vec![first];
+        let deadline = Instant::now() + max_wait;
+        while n < max_batch {
+            match rx.recv_deadline(deadline) {
+                Ok(job) => {
+                    n += job.tasks.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let left = shared.queued.fetch_sub(n, Ordering::AcqRel) - n;
+        gauge!(m::VERIFY_QUEUE_ITEMS).set(left as f64);
+        let started = Instant::now();
+        for job in &jobs {
+            histogram!(m::VERIFY_QUEUE_WAIT_SECONDS)
+                .record(started.duration_since(job.enqueued).as_secs_f64());
+        }
+        let results = catch_unwind(AssertUnwindSafe(|| {
+            verify_batch(&verifier, &shared.cache, &jobs)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("a verification batch panicked; its items are answered `internal`");
+            jobs.iter()
+                .map(|j| vec![Outcome::Invalid(Reason::Internal); j.tasks.len()])
+                .collect()
+        });
+        histogram!(m::VERIFY_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        histogram!(m::VERIFY_BATCH_ITEMS).record(n as f64);
+        for (job, outcomes) in jobs.into_iter().zip(results) {
+            for (task, o) in job.tasks.iter().zip(&outcomes) {
+                stats.add(task.algorithm(), o);
+            }
+            // The caller may have gone (client disconnected): nothing to do then.
+            let _ = job.reply.send(outcomes);
+        }
+        stats.flush();
+    }
+}
+
+/// Verifies all tasks of all jobs: ECDSA-style items one by one, Ed25519 items together.
+fn verify_batch(verifier: &Verifier, cache: &KeyCache, jobs: &[Job]) -> Vec<Vec<Outcome>> {
+    let mut out: Vec<Vec<Outcome>> = jobs
+        .iter()
+        .map(|j| vec![Outcome::Invalid(Reason::Internal); j.tasks.len()])
+        .collect();
+    let mut ed_at = Vec::new();
+    let mut ed_keys = Vec::new();
+    let mut ed_msgs: Vec<&[u8]> = Vec::new();
+    let mut ed_sigs = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for (t, task) in job.tasks.iter().enumerate() {
+            let item = match task {
+                Task::Recover {
+                    digest,
+                    signature,
+                    require_low_s,
+                } => {
+                    out[j][t] = match verifier.recover(digest, signature, *require_low_s) {
+                        Ok(pk) => Outcome::Recovered(pk),
+                        Err(r) => Outcome::Invalid(r),
+                    };
+                    continue;
+                }
+                Task::Verify(item) => item,
+            };
+            let prepared = item.check().and_then(|()| match &item.key {
+                super::KeyInput::Address(_) => Ok(None),
+                k => cache.get(item.algorithm, k).map(Some),
+            });
+            let key = match prepared {
+                Ok(k) => k,
+                Err(r) => {
+                    out[j][t] = Outcome::Invalid(r);
+                    continue;
+                }
+            };
+            if item.algorithm == Algorithm::Ed25519 {
+                let (Some(ParsedKey::Ed25519(vk)), super::Message::Bytes(msg)) =
+                    (key.as_deref(), &item.message)
+                else {
+                    out[j][t] = Outcome::Invalid(Reason::Internal);
+                    continue;
+                };
+                match ed25519::parse_signature(&item.signature) {
+                    Ok(sig) => {
+                        ed_at.push((j, t));
+                        ed_keys.push(*vk);
+                        ed_msgs.push(msg);
+                        ed_sigs.push(sig);
+                    }
+                    Err(r) => out[j][t] = Outcome::Invalid(r),
+                }
+                continue;
+            }
+            out[j][t] = match verifier.verify(item, key.as_deref()) {
+                Ok(()) => Outcome::Valid,
+                Err(r) => Outcome::Invalid(r),
+            };
+        }
+    }
+    let valid = ed25519::verify_all(&ed_keys, &ed_msgs, &ed_sigs);
+    for ((j, t), ok) in ed_at.into_iter().zip(valid) {
+        out[j][t] = if ok {
+            Outcome::Valid
+        } else {
+            Outcome::Invalid(Reason::BadSignature)
+        };
+    }
+    out
+}
+
+/// Counts per algorithm and result, flushed once per micro-batch: a labelled counter
+/// lookup per item would cost more than some verifications.
+#[derive(Default)]
+struct Stats {
+    counts: std::collections::HashMap<(Algorithm, &'static str), u64>,
+}
+
+impl Stats {
+    fn add(&mut self, alg: Algorithm, o: &Outcome) {
+        let result = match o {
+            Outcome::Valid | Outcome::Recovered(_) => "valid",
+            Outcome::Invalid(r) => r.as_str(),
+        };
+        *self.counts.entry((alg, result)).or_default() += 1;
+    }
+
+    fn flush(&mut self) {
+        for ((alg, result), n) in self.counts.drain() {
+            counter!(m::VERIFY_TOTAL, "algorithm" => alg.as_str(), "result" => result).increment(n);
+        }
+    }
+}

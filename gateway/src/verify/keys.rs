@@ -1,0 +1,310 @@
+//! Public keys parsed once into the form each library verifies with, and a bounded
+//! concurrent cache so hot signers are not parsed (and point-checked) again.
+
+use std::sync::{Arc, OnceLock};
+
+use ed25519_dalek::VerifyingKey;
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::{EcGroup, EcKey, EcPoint, PointConversionForm};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{Id, PKey, Public};
+use quick_cache::Equivalent;
+
+use super::{KeyInput, Reason};
+use crate::algorithm::Algorithm;
+
+pub enum ParsedKey {
+    P256(EcKey<Public>),
+    Secp256k1(secp256k1::PublicKey),
+    Ed25519(VerifyingKey),
+    /// `z` is SM3(ENTL || ID || a || b || xG || yG || xA || yA) for the default ID, so
+    /// each verification hashes only Z || M.
+    Sm2 {
+        pkey: PKey<Public>,
+        z: [u8; 32],
+    },
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    algorithm: Algorithm,
+    pem: bool,
+    bytes: Vec<u8>,
+}
+
+/// A borrowed lookup key: hashes exactly as `CacheKey` does, so a hit allocates nothing.
+#[derive(Hash)]
+struct CacheKeyRef<'a> {
+    algorithm: Algorithm,
+    pem: bool,
+    bytes: &'a [u8],
+}
+
+impl Equivalent<CacheKey> for CacheKeyRef<'_> {
+    fn equivalent(&self, key: &CacheKey) -> bool {
+        self.algorithm == key.algorithm && self.pem == key.pem && self.bytes == key.bytes
+    }
+}
+
+pub struct KeyCache {
+    cache: quick_cache::sync::Cache<CacheKey, Arc<ParsedKey>>,
+}
+
+impl KeyCache {
+    pub fn new(entries: usize) -> Self {
+        KeyCache {
+            cache: quick_cache::sync::Cache::new(entries),
+        }
+    }
+
+    /// The parsed key, from the cache or parsed now. Keys that fail to parse are not
+    /// cached, so junk cannot evict good keys.
+    pub fn get(&self, algorithm: Algorithm, input: &KeyInput) -> Result<Arc<ParsedKey>, Reason> {
+        let (pem, bytes): (bool, &[u8]) = match input {
+            KeyInput::Bytes(b) => (false, b),
+            KeyInput::Pem(p) => (true, p.as_bytes()),
+            KeyInput::Address(_) => return Err(Reason::InvalidItem),
+        };
+        let lookup = CacheKeyRef {
+            algorithm,
+            pem,
+            bytes,
+        };
+        if let Some(k) = self.cache.get(&lookup) {
+            return Ok(k);
+        }
+        let parsed = Arc::new(if pem {
+            parse_pem(algorithm, bytes)?
+        } else {
+            parse_bytes(algorithm, bytes)?
+        });
+        self.cache.insert(
+            CacheKey {
+                algorithm,
+                pem,
+                bytes: bytes.to_vec(),
+            },
+            parsed.clone(),
+        );
+        Ok(parsed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
+
+// The two key types must hash identically for borrowed lookups to find owned entries.
+#[cfg(test)]
+fn hash_of(k: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    k.hash(&mut h);
+    h.finish()
+}
+
+fn group(nid: Nid) -> &'static EcGroup {
+    static P256: OnceLock<EcGroup> = OnceLock::new();
+    static SM2: OnceLock<EcGroup> = OnceLock::new();
+    let cell = if nid == Nid::SM2 { &SM2 } else { &P256 };
+    cell.get_or_init(|| EcGroup::from_curve_name(nid).expect("OpenSSL knows the curve"))
+}
+
+/// From SEC1 point bytes (33 or 65) or 32 raw Ed25519 bytes.
+pub fn parse_bytes(algorithm: Algorithm, bytes: &[u8]) -> Result<ParsedKey, Reason> {
+    match algorithm {
+        Algorithm::Ed25519 => {
+            let raw: &[u8; 32] = bytes.try_into().map_err(|_| Reason::BadEncoding)?;
+            ed25519_key(raw)
+        }
+        Algorithm::EcdsaSecp256k1 => {
+            sec1_length(bytes)?;
+            secp256k1::PublicKey::from_slice(bytes)
+                .map(ParsedKey::Secp256k1)
+                .map_err(|_| Reason::BadPublicKey)
+        }
+        Algorithm::EcdsaP256 => Ok(ParsedKey::P256(ec_key(Nid::X9_62_PRIME256V1, bytes)?)),
+        Algorithm::Sm2 => sm2_key(ec_key(Nid::SM2, bytes)?),
+    }
+}
+
+fn sec1_length(bytes: &[u8]) -> Result<(), Reason> {
+    // Rules out the one-byte encoding of the point at infinity, which OpenSSL accepts.
+    match (bytes.len(), bytes.first()) {
+        (33, Some(2 | 3)) | (65, Some(4)) => Ok(()),
+        _ => Err(Reason::BadEncoding),
+    }
+}
+
+/// On a prime-order curve a point that decodes onto the curve is a valid public key, so the
+/// costly n*Q check of EC_KEY_check_key is not needed.
+fn ec_key(nid: Nid, bytes: &[u8]) -> Result<EcKey<Public>, Reason> {
+    sec1_length(bytes)?;
+    let group = group(nid);
+    let mut ctx = BigNumContext::new().map_err(|_| Reason::Internal)?;
+    let point = EcPoint::from_bytes(group, bytes, &mut ctx).map_err(|_| Reason::BadPublicKey)?;
+    EcKey::from_public_key(group, &point).map_err(|_| Reason::BadPublicKey)
+}
+
+fn ed25519_key(raw: &[u8; 32]) -> Result<ParsedKey, Reason> {
+    let key = VerifyingKey::from_bytes(raw).map_err(|_| Reason::BadPublicKey)?;
+    // Strict: only the canonical encoding of a point (y < p, no sign bit on x = 0).
+    if key.to_edwards().compress().to_bytes() != *raw {
+        return Err(Reason::BadEncoding);
+    }
+    if key.is_weak() {
+        return Err(Reason::BadPublicKey);
+    }
+    Ok(ParsedKey::Ed25519(key))
+}
+
+fn sm2_key(ec: EcKey<Public>) -> Result<ParsedKey, Reason> {
+    let mut ctx = BigNumContext::new().map_err(|_| Reason::Internal)?;
+    let point = ec
+        .public_key()
+        .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
+        .map_err(|_| Reason::Internal)?;
+    let mut input = sm2_z_prefix().to_vec();
+    input.extend_from_slice(&point[1..]);
+    let z = sm3(&input);
+    // OpenSSL 3 gives an EC key on the SM2 curve the SM2 type, so verification uses SM2.
+    let pkey = PKey::from_ec_key(ec).map_err(|_| Reason::Internal)?;
+    if pkey.id() != Id::SM2 {
+        return Err(Reason::Internal);
+    }
+    Ok(ParsedKey::Sm2 { pkey, z })
+}
+
+pub fn sm3(data: &[u8]) -> [u8; 32] {
+    let d = openssl::hash::hash(MessageDigest::sm3(), data).expect("OpenSSL has SM3");
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&d);
+    out
+}
+
+/// The default distinguishing ID of GM/T 0009-2012.
+pub const SM2_DEFAULT_ID: &[u8] = b"1234567812345678";
+
+/// ENTL || ID || a || b || xG || yG: the part of Z shared by every key.
+fn sm2_z_prefix() -> &'static [u8] {
+    static PREFIX: OnceLock<Vec<u8>> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let g = group(Nid::SM2);
+        let mut ctx = BigNumContext::new().expect("BN context");
+        let (mut p, mut a, mut b) = (
+            BigNum::new().unwrap(),
+            BigNum::new().unwrap(),
+            BigNum::new().unwrap(),
+        );
+        g.components_gfp(&mut p, &mut a, &mut b, &mut ctx)
+            .expect("SM2 curve parameters");
+        let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+        g.generator_opt()
+            .expect("SM2 has a generator")
+            .affine_coordinates(g, &mut x, &mut y, &mut ctx)
+            .expect("SM2 generator");
+        let bits = (SM2_DEFAULT_ID.len() * 8) as u16;
+        let mut out = bits.to_be_bytes().to_vec();
+        out.extend_from_slice(SM2_DEFAULT_ID);
+        for n in [&a, &b, &x, &y] {
+            out.extend_from_slice(&n.to_vec_padded(32).expect("32-byte field element"));
+        }
+        out
+    })
+}
+
+/// From PEM SubjectPublicKeyInfo; the key's type and curve must match `algorithm`.
+pub fn parse_pem(algorithm: Algorithm, pem: &[u8]) -> Result<ParsedKey, Reason> {
+    let pkey = PKey::public_key_from_pem(pem).map_err(|_| Reason::BadEncoding)?;
+    if algorithm == Algorithm::Ed25519 {
+        if pkey.id() != Id::ED25519 {
+            return Err(Reason::AlgorithmMismatch);
+        }
+        let raw = pkey.raw_public_key().map_err(|_| Reason::BadPublicKey)?;
+        return parse_bytes(algorithm, &raw);
+    }
+    let ec = pkey.ec_key().map_err(|_| Reason::AlgorithmMismatch)?;
+    let want = crate::crypto::ecdsa::curve_nid(algorithm).map_err(|_| Reason::Internal)?;
+    if ec.group().curve_name() != Some(want) {
+        return Err(Reason::AlgorithmMismatch);
+    }
+    let mut ctx = BigNumContext::new().map_err(|_| Reason::Internal)?;
+    let point = ec
+        .public_key()
+        .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
+        .map_err(|_| Reason::BadPublicKey)?;
+    parse_bytes(algorithm, &point)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_and_owned_keys_hash_alike() {
+        let owned = CacheKey {
+            algorithm: Algorithm::Sm2,
+            pem: true,
+            bytes: vec![1, 2, 3],
+        };
+        let borrowed = CacheKeyRef {
+            algorithm: Algorithm::Sm2,
+            pem: true,
+            bytes: &[1, 2, 3],
+        };
+        assert_eq!(hash_of(&owned), hash_of(&borrowed));
+        assert!(borrowed.equivalent(&owned));
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_skips_bad_keys() {
+        let cache = KeyCache::new(8);
+        for _ in 0..20 {
+            let k = EcKey::generate(group(Nid::X9_62_PRIME256V1)).unwrap();
+            let mut ctx = BigNumContext::new().unwrap();
+            let b = k
+                .public_key()
+                .to_bytes(k.group(), PointConversionForm::COMPRESSED, &mut ctx)
+                .unwrap();
+            cache
+                .get(Algorithm::EcdsaP256, &KeyInput::Bytes(b))
+                .map_err(|_| "parse")
+                .unwrap();
+        }
+        assert!(cache.len() <= 8, "cache holds {}", cache.len());
+        let before = cache.len();
+        let bad = KeyInput::Bytes(vec![4u8; 65]);
+        assert_eq!(
+            cache.get(Algorithm::EcdsaP256, &bad).err(),
+            Some(Reason::BadPublicKey)
+        );
+        assert_eq!(
+            cache
+                .get(Algorithm::EcdsaP256, &KeyInput::Bytes(vec![0]))
+                .err(),
+            Some(Reason::BadEncoding)
+        );
+        assert!(cache.len() <= before);
+    }
+
+    #[test]
+    fn ed25519_keys_must_be_canonical_and_not_small_order() {
+        // The identity (y = 1) is of small order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(
+            parse_bytes(Algorithm::Ed25519, &identity).err(),
+            Some(Reason::BadPublicKey)
+        );
+        // y = p + 1 encodes the identity non-canonically.
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        assert!(parse_bytes(Algorithm::Ed25519, &non_canonical).is_err());
+    }
+}

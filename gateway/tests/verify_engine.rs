@@ -1,0 +1,342 @@
+//! The verification engine as a library: every Wycheproof vector, mixed batches, overload
+//! and Ethereum recovery. Signatures to check come from openssl and libsecp256k1 directly.
+
+mod common;
+
+use bsn_gateway::algorithm::Algorithm;
+use bsn_gateway::verify::{
+    Engine, EngineError, Hash, Item, KeyInput, Message, Outcome, Reason, SigFormat, Task,
+    VerifyConfig,
+};
+use common::wycheproof;
+
+fn engine(workers: usize, max_batch: usize) -> Engine {
+    Engine::start(&VerifyConfig {
+        workers,
+        max_batch,
+        ..VerifyConfig::default()
+    })
+    .unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn task(c: &wycheproof::Case, pem: bool) -> Task {
+    Task::Verify(Item {
+        algorithm: c.algorithm.parse().unwrap(),
+        key: if pem {
+            KeyInput::Pem(c.key_pem.clone())
+        } else {
+            KeyInput::Bytes(hex::decode(&c.key_hex).unwrap())
+        },
+        message: Message::Bytes(c.msg.clone()),
+        hash: Hash::Sha256,
+        signature: c.sig.clone(),
+        format: SigFormat::parse(c.format).unwrap(),
+        require_low_s: c.require_low_s,
+    })
+}
+
+#[test]
+fn every_wycheproof_vector_gets_its_verdict() {
+    let cases = wycheproof::all();
+    let e = engine(2, 64);
+    let rt = rt();
+    // Keys as bytes and as PEM; all cases in one call so batches mix algorithms.
+    for pem in [false, true] {
+        let tasks: Vec<Task> = cases.iter().map(|c| task(c, pem)).collect();
+        let out = rt.block_on(e.run(tasks)).unwrap();
+        assert_eq!(out.len(), cases.len());
+        let mut wrong = Vec::new();
+        for (c, o) in cases.iter().zip(&out) {
+            if (*o == Outcome::Valid) != c.valid {
+                wrong.push(format!(
+                    "{} #{} expected valid={} got {o:?}",
+                    c.file, c.id, c.valid
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} wrong (pem={pem}):\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+    let valid = cases.iter().filter(|c| c.valid).count();
+    assert!(
+        valid > 500 && cases.len() - valid > 500,
+        "both kinds are exercised"
+    );
+}
+
+#[test]
+fn ed25519_batches_single_out_exactly_the_bad_items() {
+    let cases: Vec<_> = wycheproof::load("ed25519_test.json", "ed25519", "raw", false);
+    let good: Vec<_> = cases.iter().filter(|c| c.valid).collect();
+    let bad: Vec<_> = cases.iter().filter(|c| !c.valid).collect();
+    let e = engine(1, 256);
+    let rt = rt();
+    // Several mixes: bad items at the ends, in the middle, clustered, and none.
+    for stride in [0usize, 1, 3, 7, 31] {
+        let mut mix = Vec::new();
+        let mut expect = Vec::new();
+        for (i, g) in good.iter().enumerate() {
+            if stride > 0 && i % stride == 0 {
+                let b = bad[i % bad.len()];
+                mix.push(task(b, false));
+                expect.push(false);
+            }
+            mix.push(task(g, false));
+            expect.push(true);
+        }
+        let out = rt.block_on(e.run(mix)).unwrap();
+        let got: Vec<bool> = out.iter().map(|o| *o == Outcome::Valid).collect();
+        assert_eq!(got, expect, "stride {stride}");
+    }
+}
+
+fn p256_item(key: &openssl::ec::EcKey<openssl::pkey::Private>, msg: &[u8]) -> Item {
+    let digest = openssl::sha::sha256(msg);
+    let sig = openssl::ecdsa::EcdsaSig::sign(&digest, key).unwrap();
+    let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+    let point = key
+        .public_key()
+        .to_bytes(
+            key.group(),
+            openssl::ec::PointConversionForm::COMPRESSED,
+            &mut ctx,
+        )
+        .unwrap();
+    Item {
+        algorithm: Algorithm::EcdsaP256,
+        key: KeyInput::Bytes(point),
+        message: Message::Bytes(msg.to_vec()),
+        hash: Hash::Sha256,
+        signature: sig.to_der().unwrap(),
+        format: SigFormat::Der,
+        require_low_s: false,
+    }
+}
+
+#[test]
+fn any_one_bit_change_fails_and_mixed_batches_name_the_bad_ones() {
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let e = engine(2, 16);
+    let rt = rt();
+    let mut tasks = Vec::new();
+    let mut expect = Vec::new();
+    for i in 0..200usize {
+        let key = openssl::ec::EcKey::generate(&group).unwrap();
+        let msg = bsn_gateway::util::random_bytes(1 + i % 97);
+        let mut item = p256_item(&key, &msg);
+        // Every third item is damaged: one bit of the signature, message or key.
+        let bad = i % 3 == 0;
+        if bad {
+            let bit = i * 7;
+            match i % 9 {
+                0 => {
+                    let n = item.signature.len();
+                    item.signature[bit / 8 % n] ^= 1 << (bit % 8);
+                }
+                3 => {
+                    if let Message::Bytes(m) = &mut item.message {
+                        let n = m.len();
+                        m[bit / 8 % n] ^= 1 << (bit % 8);
+                    }
+                }
+                _ => {
+                    if let KeyInput::Bytes(k) = &mut item.key {
+                        k[1 + bit / 8 % 32] ^= 1 << (bit % 8);
+                    }
+                }
+            }
+        }
+        tasks.push(Task::Verify(item));
+        expect.push(!bad);
+    }
+    let out = rt.block_on(e.run(tasks)).unwrap();
+    let got: Vec<bool> = out.iter().map(|o| *o == Outcome::Valid).collect();
+    assert_eq!(got, expect);
+}
+
+#[test]
+fn secp256k1_policies_recovery_and_addresses() {
+    use secp256k1::{Message as M, Secp256k1, SecretKey};
+    let secp = Secp256k1::new();
+    let sk = SecretKey::from_byte_array([7u8; 32]).unwrap();
+    let pk = sk.public_key(&secp);
+    let msg = b"transfer 10 to bob";
+    let digest = bsn_gateway::util::keccak256(msg);
+    let rsig = secp.sign_ecdsa_recoverable(M::from_digest(digest), &sk);
+    let (id, rs) = rsig.serialize_compact();
+    let mut eth = rs.to_vec();
+    eth.push(27 + i32::from(id) as u8);
+    let addr = bsn_gateway::crypto::ecdsa::eth_address(&pk.serialize_uncompressed()).unwrap();
+    // High-S twin of the same signature: s' = n - s.
+    let mut high = secp256k1::ecdsa::Signature::from_compact(&rs).unwrap();
+    let low_der = high.serialize_der().to_vec();
+    let n =
+        hex::decode("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141").unwrap();
+    let s = num_sub(&n, &rs[32..]);
+    let mut high_raw = rs.to_vec();
+    high_raw[32..].copy_from_slice(&s);
+    high = secp256k1::ecdsa::Signature::from_compact(&high_raw).unwrap();
+    let _ = high;
+
+    let base = Item {
+        algorithm: Algorithm::EcdsaSecp256k1,
+        key: KeyInput::Bytes(pk.serialize().to_vec()),
+        message: Message::Bytes(msg.to_vec()),
+        hash: Hash::Keccak256,
+        signature: low_der,
+        format: SigFormat::Der,
+        require_low_s: true,
+    };
+    let with = |f: &dyn Fn(&mut Item)| {
+        let mut i = base.clone();
+        f(&mut i);
+        Task::Verify(i)
+    };
+    let tasks = vec![
+        with(&|_| {}),
+        with(&|i| {
+            i.signature = high_raw.clone();
+            i.format = SigFormat::Raw;
+        }),
+        with(&|i| {
+            i.signature = high_raw.clone();
+            i.format = SigFormat::Raw;
+            i.require_low_s = false;
+        }),
+        with(&|i| {
+            i.signature = eth.clone();
+            i.format = SigFormat::Eth;
+        }),
+        with(&|i| {
+            i.signature = eth.clone();
+            i.format = SigFormat::Eth;
+            i.key = KeyInput::Address(addr);
+        }),
+        with(&|i| {
+            i.signature = eth.clone();
+            i.format = SigFormat::Eth;
+            i.key = KeyInput::Address([1u8; 20]);
+        }),
+        with(&|i| i.hash = Hash::Sha256),
+        with(&|i| i.message = Message::Digest(digest)),
+        with(&|i| i.key = KeyInput::Address(addr)),
+        with(&|i| i.signature.push(0)),
+        Task::Recover {
+            digest,
+            signature: eth.clone().try_into().unwrap(),
+            require_low_s: true,
+        },
+    ];
+    let out = rt().block_on(engine(1, 64).run(tasks)).unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Valid,
+            Outcome::Invalid(Reason::HighS),
+            Outcome::Valid,
+            Outcome::Valid,
+            Outcome::Valid,
+            Outcome::Invalid(Reason::BadSignature),
+            Outcome::Invalid(Reason::BadSignature),
+            Outcome::Valid,
+            Outcome::Invalid(Reason::InvalidItem),
+            Outcome::Invalid(Reason::BadEncoding),
+            Outcome::Recovered(pk.serialize_uncompressed()),
+        ]
+    );
+}
+
+/// a - b for big-endian numbers of equal length, a >= b.
+fn num_sub(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; a.len()];
+    let mut borrow = 0i16;
+    for i in (0..a.len()).rev() {
+        let mut d = a[i] as i16 - b[i] as i16 - borrow;
+        borrow = 0;
+        if d < 0 {
+            d += 256;
+            borrow = 1;
+        }
+        out[i] = d as u8;
+    }
+    out
+}
+
+#[test]
+fn a_full_queue_refuses_at_once_and_memory_stays_bounded() {
+    let e = Engine::start(&VerifyConfig {
+        workers: 1,
+        max_batch: 8,
+        queue_items: 64,
+        ..VerifyConfig::default()
+    })
+    .unwrap();
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let key = openssl::ec::EcKey::generate(&group).unwrap();
+    let item = p256_item(&key, b"x");
+    let rt = rt();
+    // More than the queue holds in one call: refused whole, nothing half-done.
+    let too_many: Vec<Task> = (0..65).map(|_| Task::Verify(item.clone())).collect();
+    assert!(matches!(
+        rt.block_on(e.run(too_many)),
+        Err(EngineError::Overloaded { limit: 64, .. })
+    ));
+    // Many concurrent callers: each is answered, either fully or with Overloaded.
+    let results = rt.block_on(async {
+        let calls = (0..50).map(|_| e.run((0..16).map(|_| Task::Verify(item.clone())).collect()));
+        futures_join_all(calls).await
+    });
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(EngineError::Overloaded { .. })))
+        .count();
+    assert_eq!(ok + refused, 50);
+    assert!(ok >= 4, "at least the queue's worth is served");
+    for r in results.into_iter().flatten() {
+        assert!(r.iter().all(|o| *o == Outcome::Valid));
+    }
+    // Once drained, the queue admits again.
+    let again = rt.block_on(e.run(vec![Task::Verify(item)])).unwrap();
+    assert_eq!(again, vec![Outcome::Valid]);
+}
+
+/// join_all without a futures dependency: polls every future on one task.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
