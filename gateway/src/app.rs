@@ -15,6 +15,7 @@ use crate::custody::hsm::{self, Hsm};
 use crate::custody::store::KeyStore;
 use crate::custody::Custody;
 use crate::http::Limits;
+use crate::verify::Engine;
 
 pub struct AppState {
     pub custody: Custody,
@@ -22,6 +23,7 @@ pub struct AppState {
     pub audit: AuditLog,
     pub metrics: PrometheusHandle,
     pub limits: Limits,
+    pub verify: Engine,
 }
 
 /// Set only by the embedded default: how to initialise its token on first start.
@@ -78,12 +80,15 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
         .map(crate::http::server::tls_acceptor)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let verify = Engine::start(&config.verify).context("verification workers")?;
+    tracing::info!(workers = verify.workers(), "verification engine started");
     let state = Arc::new(AppState {
         custody: Custody::new(hsm.clone(), store, profile),
         auth,
         audit,
         metrics,
         limits: config.limits.clone(),
+        verify,
     });
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)

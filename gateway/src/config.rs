@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::auth::ClientConfig;
 use crate::custody::HsmConfig;
 use crate::http::{Limits, ServerConfig};
+use crate::verify::VerifyConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +20,8 @@ pub struct Config {
     pub hsm: HsmConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub verify: VerifyConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -89,6 +92,7 @@ impl Config {
         self.hsm.validate().map_err(ConfigError::Invalid)?;
         self.server.validate().map_err(ConfigError::Invalid)?;
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.verify.validate().map_err(ConfigError::Invalid)?;
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for c in &self.clients {

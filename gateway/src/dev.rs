@@ -72,6 +72,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, D
             session_wait_ms: 2000,
         },
         limits: Limits::default(),
+        verify: crate::verify::VerifyConfig::default(),
         log: LogConfig::default(),
         clients: vec![ClientConfig {
             name: "admin".into(),

@@ -9,6 +9,7 @@ use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::custody::hsm::HsmError;
 use crate::custody::CustodyError;
+use crate::verify::EngineError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -75,6 +76,15 @@ impl From<AuthError> for ApiError {
 impl From<AuditError> for ApiError {
     fn from(e: AuditError) -> Self {
         ApiError::busy("audit_unavailable", e.to_string())
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Overloaded { .. } => ApiError::busy("verify_overloaded", e.to_string()),
+            EngineError::Stopped => ApiError::busy("verify_unavailable", e.to_string()),
+        }
     }
 }
 

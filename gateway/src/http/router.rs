@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::{keys, ops};
+use super::{keys, ops, verify};
 use crate::app::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::Client;
@@ -63,6 +63,7 @@ async fn dispatch(
         ["v1", "keys", _, "disable"] => "/v1/keys/{id}/disable",
         ["v1", "keys", _, "sign"] => "/v1/keys/{id}/sign",
         ["v1", "keys", _, "sign-batch"] => "/v1/keys/{id}/sign-batch",
+        ["v1", "verify"] => "/v1/verify",
         _ => {
             return (
                 "unmatched",
@@ -108,6 +109,7 @@ async fn dispatch(
         ("/v1/keys/{id}", _) => keys::destroy(state, &client, &id).await,
         ("/v1/keys/{id}/disable", _) => keys::disable(state, &client, &id).await,
         ("/v1/keys/{id}/sign", _) => keys::sign(state, &client, &id, req).await,
+        ("/v1/verify", _) => verify::verify(state, &client, req).await,
         _ => keys::sign_batch(state, &client, &id, req).await,
     };
     (route, result)

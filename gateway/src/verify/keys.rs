@@ -228,6 +228,22 @@ pub fn parse_pem(algorithm: Algorithm, pem: &[u8]) -> Result<ParsedKey, Reason> 
         let raw = pkey.raw_public_key().map_err(|_| Reason::BadPublicKey)?;
         return parse_bytes(algorithm, &raw);
     }
+    if pkey.ec_key().is_err() {
+        // OpenSSL 3 decodes an SM2 SubjectPublicKeyInfo to a provider key it will not hand
+        // out as an EC_KEY: take the point from the DER, whose last element holds it.
+        let der = pkey.public_key_to_der().map_err(|_| Reason::BadPublicKey)?;
+        if !der
+            .windows(SM2_CURVE_OID.len())
+            .take(32)
+            .any(|w| w == SM2_CURVE_OID)
+        {
+            return Err(Reason::AlgorithmMismatch);
+        }
+        if algorithm != Algorithm::Sm2 {
+            return Err(Reason::AlgorithmMismatch);
+        }
+        return parse_bytes(algorithm, spki_point(&der).ok_or(Reason::BadEncoding)?);
+    }
     let ec = pkey.ec_key().map_err(|_| Reason::AlgorithmMismatch)?;
     let want = crate::crypto::ecdsa::curve_nid(algorithm).map_err(|_| Reason::Internal)?;
     if ec.group().curve_name() != Some(want) {
@@ -239,6 +255,18 @@ pub fn parse_pem(algorithm: Algorithm, pem: &[u8]) -> Result<ParsedKey, Reason> 
         .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
         .map_err(|_| Reason::BadPublicKey)?;
     parse_bytes(algorithm, &point)
+}
+
+/// OBJECT IDENTIFIER 1.2.156.10197.1.301 (the SM2 curve), DER-encoded.
+const SM2_CURVE_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
+
+/// The point at the end of an EC SubjectPublicKeyInfo: BIT STRING (03), length, no unused
+/// bits (00), then 65 (uncompressed) or 33 (compressed) bytes.
+fn spki_point(der: &[u8]) -> Option<&[u8]> {
+    [65usize, 33].into_iter().find_map(|n| {
+        let start = der.len().checked_sub(n + 3)?;
+        (der[start..start + 3] == [0x03, n as u8 + 1, 0x00]).then(|| &der[start + 3..])
+    })
 }
 
 #[cfg(test)]
