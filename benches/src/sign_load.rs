@@ -4,13 +4,11 @@
 //! The load generator shares the machine's cores with the gateway; the raw loop does not
 //! pay for HTTP, JSON, policy or the fsynced audit log, which is what the ratio measures.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use bsn_benches::{agent, post, run_threads, start_gateway, Endpoint};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
@@ -20,25 +18,6 @@ use cryptoki::types::AuthPin;
 use serde_json::{json, Value};
 
 const ALGORITHMS: [&str; 3] = ["ecdsa-p256", "ecdsa-secp256k1", "ed25519"];
-
-/// Where the gateway listens and how to call it; cloned into each client thread.
-#[derive(Clone)]
-struct Endpoint {
-    addr: String,
-    token: String,
-}
-
-struct Gateway {
-    child: Child,
-    endpoint: Endpoint,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -64,7 +43,7 @@ fn main() -> anyhow::Result<()> {
                 &agent,
                 &gw.endpoint,
                 "/v1/keys",
-                json!({"label": format!("bench-{alg}"), "algorithm": alg}),
+                &json!({"label": format!("bench-{alg}"), "algorithm": alg}),
             )?;
             Ok((
                 alg.to_string(),
@@ -96,57 +75,6 @@ fn main() -> anyhow::Result<()> {
     println!("HTTP floor (GET /healthz, no crypto, same clients): {floor:.0} requests/s");
     println!("goal: HTTP/raw >= 0.9");
     Ok(())
-}
-
-fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
-    let bin = std::env::current_exe()?.with_file_name("bsn-gateway");
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release --workspace",
-            bin.display()
-        );
-    }
-    let child = Command::new(&bin)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("BSN_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()?;
-    let addr_file = dir.join("gateway.addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !addr_file.exists() {
-        if Instant::now() > deadline {
-            bail!("gateway did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Gateway {
-        child,
-        endpoint: Endpoint {
-            addr: std::fs::read_to_string(addr_file)?,
-            token: std::fs::read_to_string(dir.join("admin.token"))?,
-        },
-    })
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-fn post(agent: &ureq::Agent, gw: &Endpoint, path: &str, body: Value) -> anyhow::Result<Value> {
-    let mut resp = agent
-        .post(format!("http://{}{path}", gw.addr))
-        .header("Authorization", format!("Bearer {}", gw.token))
-        .send_json(body)?;
-    let status = resp.status().as_u16();
-    let v: Value = resp.body_mut().read_json()?;
-    if !(200..300).contains(&status) {
-        bail!("{path}: {status} {v}");
-    }
-    Ok(v)
 }
 
 fn input(alg: &str) -> Value {
@@ -181,7 +109,7 @@ fn http_loop(
     run_threads(clients, seconds, move |stop, count| {
         let agent = agent();
         while !stop.load(Ordering::Relaxed) {
-            post(&agent, &gw, &path, body.clone()).expect("sign over HTTP");
+            post(&agent, &gw, &path, &body).expect("sign over HTTP");
             count.fetch_add(batch as u64, Ordering::Relaxed);
         }
     })
@@ -246,28 +174,6 @@ fn raw_loop(
     })?;
     drop(anchor);
     Ok(rate)
-}
-
-fn run_threads<F>(n: usize, seconds: u64, work: F) -> anyhow::Result<f64>
-where
-    F: Fn(&AtomicBool, &AtomicU64) + Send + Sync + 'static,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let work = Arc::new(work);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let (stop, count, work) = (stop.clone(), count.clone(), work.clone());
-            std::thread::spawn(move || work(&stop, &count))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 fn module_path() -> anyhow::Result<PathBuf> {

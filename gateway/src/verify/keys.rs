@@ -169,15 +169,20 @@ fn sm2_key(ec: EcKey<Public>) -> Result<ParsedKey, Reason> {
         .public_key()
         .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
         .map_err(|_| Reason::Internal)?;
-    let mut input = sm2_z_prefix().to_vec();
-    input.extend_from_slice(&point[1..]);
-    let z = sm3(&input);
+    let z = sm2_z(&point);
     // OpenSSL 3 gives an EC key on the SM2 curve the SM2 type, so verification uses SM2.
     let pkey = PKey::from_ec_key(ec).map_err(|_| Reason::Internal)?;
     if pkey.id() != Id::SM2 {
         return Err(Reason::Internal);
     }
     Ok(ParsedKey::Sm2 { pkey, z })
+}
+
+/// Z for the default ID and an uncompressed SEC1 point: signers hash SM3(Z || M).
+pub fn sm2_z(point: &[u8]) -> [u8; 32] {
+    let mut input = sm2_z_prefix().to_vec();
+    input.extend_from_slice(point.get(1..).unwrap_or_default());
+    sm3(&input)
 }
 
 pub fn sm3(data: &[u8]) -> [u8; 32] {

@@ -1,0 +1,224 @@
+//! Verification speed per algorithm: the library call alone ("single", for secp256k1 that
+//! is libsecp256k1's own verify), then the engine with 1 and all workers at 1, 16, 64 and
+//! 256 items per call (as many calls in flight as keep every worker busy). At the end a
+//! table gives verifies/s per core beside `openssl speed` measured in the same run.
+//!   cargo bench -p bsn-benches --bench verify
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bsn_benches::{cores, fixtures, openssl_speed, Fixture};
+use bsn_gateway::algorithm::Algorithm;
+use bsn_gateway::verify::{Engine, Hash, Item, KeyInput, Message, SigFormat, Task, VerifyConfig};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
+
+const SIZES: [usize; 4] = [1, 16, 64, 256];
+
+fn task(f: &Fixture) -> Task {
+    Task::Verify(Item {
+        algorithm: f.algorithm,
+        key: KeyInput::Bytes(f.key.clone()),
+        message: Message::Bytes(f.msg.clone()),
+        hash: Hash::Sha256,
+        signature: f.sig.clone(),
+        format: SigFormat::parse(f.format).expect("format"),
+        require_low_s: false,
+    })
+}
+
+/// The library call with nothing around it: the floor the engine is measured against.
+fn single(f: &Fixture) -> impl Fn() -> bool {
+    use openssl::bn::BigNumContext;
+    use openssl::ec::{EcGroup, EcKey, EcPoint};
+    use openssl::nid::Nid;
+    let msg = f.msg.clone();
+    let sig = f.sig.clone();
+    let key = f.key.clone();
+    let ec = move |nid| {
+        let group = EcGroup::from_curve_name(nid).unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        let point = EcPoint::from_bytes(&group, &key, &mut ctx).unwrap();
+        EcKey::from_public_key(&group, &point).unwrap()
+    };
+    let f: Box<dyn Fn() -> bool> = match f.algorithm {
+        Algorithm::EcdsaP256 => {
+            let k = ec(Nid::X9_62_PRIME256V1);
+            let s = openssl::ecdsa::EcdsaSig::from_der(&sig).unwrap();
+            Box::new(move || s.verify(&openssl::sha::sha256(&msg), &k).unwrap())
+        }
+        Algorithm::EcdsaSecp256k1 => {
+            let secp = secp256k1::Secp256k1::verification_only();
+            let pk = secp256k1::PublicKey::from_slice(&f.key).unwrap();
+            let s = secp256k1::ecdsa::Signature::from_der(&sig).unwrap();
+            Box::new(move || {
+                let m = secp256k1::Message::from_digest(openssl::sha::sha256(&msg));
+                secp.verify_ecdsa(m, &s, &pk).is_ok()
+            })
+        }
+        Algorithm::Ed25519 => {
+            let vk = ed25519_dalek::VerifyingKey::from_bytes(&f.key.clone().try_into().unwrap())
+                .unwrap();
+            let s = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+            Box::new(move || vk.verify_strict(&msg, &s).is_ok())
+        }
+        Algorithm::Sm2 => {
+            let pkey = openssl::pkey::PKey::from_ec_key(ec(Nid::SM2)).unwrap();
+            let z = bsn_gateway::verify::keys::sm2_z(&f.key);
+            Box::new(move || {
+                let mut zm = z.to_vec();
+                zm.extend_from_slice(&msg);
+                let e = bsn_gateway::verify::keys::sm3(&zm);
+                let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&pkey).unwrap();
+                ctx.verify_init().unwrap();
+                ctx.verify(&e, &sig).unwrap()
+            })
+        }
+    };
+    f
+}
+
+fn name(alg: Algorithm) -> &'static str {
+    alg.as_str()
+}
+
+fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, worker_counts: &[usize]) {
+    for alg in Algorithm::ALL {
+        let fx = fixtures(alg, 256);
+        let tasks: Vec<Task> = fx.iter().map(task).collect();
+        let mut g = c.benchmark_group(name(alg));
+        g.throughput(Throughput::Elements(1));
+        let one = single(&fx[0]);
+        assert!(one(), "{alg}: the fixture verifies");
+        g.bench_function("single", |b| b.iter(&one));
+        for &workers in worker_counts {
+            let engine = Arc::new(
+                Engine::start(&VerifyConfig {
+                    workers,
+                    ..VerifyConfig::default()
+                })
+                .unwrap(),
+            );
+            for size in SIZES {
+                // Enough calls in flight to keep every worker busy, each of `size` items.
+                let calls = (workers * 4).max(256 / size).min(64);
+                g.throughput(Throughput::Elements((calls * size) as u64));
+                g.bench_with_input(
+                    BenchmarkId::new(format!("engine-{workers}w"), size),
+                    &size,
+                    |b, &size| {
+                        // Building the inputs is not timed; every call is in flight at once.
+                        let setup = || -> Vec<Vec<Task>> {
+                            (0..calls)
+                                .map(|i| {
+                                    let start = (i * size) % tasks.len();
+                                    (0..size)
+                                        .map(|j| tasks[(start + j) % tasks.len()].clone())
+                                        .collect()
+                                })
+                                .collect()
+                        };
+                        b.iter_batched(
+                            setup,
+                            |batches| rt.block_on(run_all(&engine, batches)),
+                            BatchSize::LargeInput,
+                        )
+                    },
+                );
+            }
+        }
+        g.finish();
+    }
+}
+
+async fn run_all(engine: &Arc<Engine>, batches: Vec<Vec<Task>>) {
+    let mut set = tokio::task::JoinSet::new();
+    for batch in batches {
+        let engine = engine.clone();
+        set.spawn(async move { engine.run(batch).await });
+    }
+    while let Some(r) = set.join_next().await {
+        let out = r.expect("task").expect("engine answers");
+        assert!(out
+            .iter()
+            .all(|o| *o == bsn_gateway::verify::Outcome::Valid));
+    }
+}
+
+/// Verifications per second from criterion's saved estimate for one benchmark.
+fn rate(dir: &Path, group: &str, id: &str, elements: f64) -> Option<f64> {
+    let path = dir.join(group).join(id).join("new/estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let ns = v["mean"]["point_estimate"].as_f64()?;
+    Some(elements / (ns / 1e9))
+}
+
+fn main() {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("criterion-verify");
+    let cores = cores();
+    let worker_counts: Vec<usize> = if cores > 1 { vec![1, cores] } else { vec![1] };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = Criterion::default()
+        .output_directory(&out_dir)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(10)
+        .configure_from_args();
+    bench(&mut c, &rt, &worker_counts);
+    c.final_summary();
+
+    let speed = openssl_speed(3).unwrap_or_else(|e| {
+        eprintln!("openssl speed: {e}");
+        Vec::new()
+    });
+    let all = *worker_counts.last().unwrap();
+    println!("\nverifies/s per core ({cores} cores; the bench's own thread shares them)");
+    println!(
+        "{:<16} {:>10} {:>14} {:>16} {:>10} {:>10} {:>10} {:>10}",
+        "algorithm", "single", "peer", "peer/s", "engine b1", "b16", "b64", "b256"
+    );
+    for alg in Algorithm::ALL {
+        let g = name(alg);
+        let single = rate(&out_dir, g, "single", 1.0).unwrap_or(0.0);
+        let (peer, peer_rate) = match speed.iter().find(|(a, _)| *a == alg) {
+            Some((_, v)) => ("openssl speed", *v),
+            None => ("libsecp256k1", single),
+        };
+        let per_size: Vec<f64> = SIZES
+            .iter()
+            .map(|&size| {
+                let calls = (all * 4).max(256 / size).min(64);
+                rate(
+                    &out_dir,
+                    g,
+                    &format!("engine-{all}w/{size}"),
+                    (calls * size) as f64,
+                )
+                .unwrap_or(0.0)
+                    / all as f64
+            })
+            .collect();
+        println!(
+            "{g:<16} {single:>10.0} {peer:>14} {peer_rate:>16.0} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+            per_size[0], per_size[1], per_size[2], per_size[3]
+        );
+        let best = per_size.iter().cloned().fold(0.0, f64::max);
+        let goal = match alg {
+            Algorithm::EcdsaP256 => 0.9,
+            Algorithm::EcdsaSecp256k1 => 0.9,
+            Algorithm::Ed25519 => 2.0,
+            Algorithm::Sm2 => 1.0,
+        };
+        if peer_rate > 0.0 {
+            println!(
+                "{:<16} engine ({all} workers, best batch) / {peer} per core = {:.2} (goal >= {goal})",
+                "",
+                best / peer_rate
+            );
+        }
+    }
+}

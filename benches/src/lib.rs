@@ -1,0 +1,235 @@
+//! Shared by the load harnesses and the criterion benches: starting the gateway, calling
+//! it, running client threads for a fixed time, signed fixtures per algorithm, and the
+//! `openssl speed` figures every result is printed beside.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bsn_gateway::algorithm::Algorithm;
+use serde_json::Value;
+
+/// Where the gateway listens and how to call it; cloned into each client thread.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: String,
+    pub token: String,
+}
+
+/// The release gateway binary, serving the embedded default; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub endpoint: Endpoint,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
+    let bin = std::env::current_exe()?.with_file_name("bsn-gateway");
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release --workspace",
+            bin.display()
+        );
+    }
+    let child = Command::new(&bin)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("BSN_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()?;
+    let addr_file = dir.join("gateway.addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !addr_file.exists() {
+        if Instant::now() > deadline {
+            bail!("gateway did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Gateway {
+        child,
+        endpoint: Endpoint {
+            addr: std::fs::read_to_string(addr_file)?,
+            token: std::fs::read_to_string(dir.join("admin.token"))?,
+        },
+    })
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+pub fn post(agent: &ureq::Agent, gw: &Endpoint, path: &str, body: &Value) -> anyhow::Result<Value> {
+    let mut resp = agent
+        .post(format!("http://{}{path}", gw.addr))
+        .header("Authorization", format!("Bearer {}", gw.token))
+        .send_json(body)?;
+    let status = resp.status().as_u16();
+    let v: Value = resp.body_mut().read_json()?;
+    if !(200..300).contains(&status) {
+        bail!("{path}: {status} {v}");
+    }
+    Ok(v)
+}
+
+/// Runs `work` on `n` threads for `seconds`; returns the summed count per second.
+pub fn run_threads<F>(n: usize, seconds: u64, work: F) -> anyhow::Result<f64>
+where
+    F: Fn(&AtomicBool, &AtomicU64) + Send + Sync + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let work = Arc::new(work);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (stop, count, work) = (stop.clone(), count.clone(), work.clone());
+            std::thread::spawn(move || work(&stop, &count))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?;
+    }
+    Ok(count.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One signed message: the key as SEC1 (EC) or raw (Ed25519) bytes, the signature in
+/// `format`, made by OpenSSL, libsecp256k1 or ed25519-dalek (not by the code under test).
+pub struct Fixture {
+    pub algorithm: Algorithm,
+    pub key: Vec<u8>,
+    pub msg: Vec<u8>,
+    pub sig: Vec<u8>,
+    pub format: &'static str,
+}
+
+pub fn fixtures(algorithm: Algorithm, n: usize) -> Vec<Fixture> {
+    (0..n).map(|i| fixture(algorithm, i)).collect()
+}
+
+fn fixture(algorithm: Algorithm, i: usize) -> Fixture {
+    use openssl::bn::BigNumContext;
+    use openssl::ec::{EcGroup, EcKey, PointConversionForm};
+    use openssl::nid::Nid;
+    let msg = format!("bench message {i}: transfer {} units", i * 7).into_bytes();
+    let mut seed = [0u8; 32];
+    openssl::rand::rand_bytes(&mut seed).expect("CSPRNG");
+    let ec_point = |k: &EcKey<openssl::pkey::Private>| {
+        let mut ctx = BigNumContext::new().unwrap();
+        k.public_key()
+            .to_bytes(k.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
+            .unwrap()
+    };
+    match algorithm {
+        Algorithm::EcdsaP256 => {
+            let k =
+                EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap();
+            let sig = openssl::ecdsa::EcdsaSig::sign(&openssl::sha::sha256(&msg), &k).unwrap();
+            Fixture {
+                algorithm,
+                key: ec_point(&k),
+                msg,
+                sig: sig.to_der().unwrap(),
+                format: "der",
+            }
+        }
+        Algorithm::EcdsaSecp256k1 => {
+            let secp = secp256k1::Secp256k1::signing_only();
+            let sk = secp256k1::SecretKey::from_byte_array(seed).expect("seed in range");
+            let digest = openssl::sha::sha256(&msg);
+            let sig = secp.sign_ecdsa(secp256k1::Message::from_digest(digest), &sk);
+            Fixture {
+                algorithm,
+                key: sk.public_key(&secp).serialize().to_vec(),
+                msg,
+                sig: sig.serialize_der().to_vec(),
+                format: "der",
+            }
+        }
+        Algorithm::Ed25519 => {
+            use ed25519_dalek::Signer;
+            let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let sig = sk.sign(&msg);
+            Fixture {
+                algorithm,
+                key: sk.verifying_key().to_bytes().to_vec(),
+                msg,
+                sig: sig.to_bytes().to_vec(),
+                format: "raw",
+            }
+        }
+        Algorithm::Sm2 => {
+            let k = EcKey::generate(&EcGroup::from_curve_name(Nid::SM2).unwrap()).unwrap();
+            let point = ec_point(&k);
+            let mut zm = bsn_gateway::verify::keys::sm2_z(&point).to_vec();
+            zm.extend_from_slice(&msg);
+            let e = bsn_gateway::verify::keys::sm3(&zm);
+            let pkey = openssl::pkey::PKey::from_ec_key(k).unwrap();
+            let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&pkey).unwrap();
+            ctx.sign_init().unwrap();
+            let mut sig = Vec::new();
+            ctx.sign_to_vec(&e, &mut sig).unwrap();
+            Fixture {
+                algorithm,
+                key: point,
+                msg,
+                sig,
+                format: "der",
+            }
+        }
+    }
+}
+
+/// Verifications per second of one core, from `openssl speed -mr`, by our algorithm names
+/// (OpenSSL 3.0 has no secp256k1 in `speed`).
+pub fn openssl_speed(seconds: u32) -> anyhow::Result<Vec<(Algorithm, f64)>> {
+    let out = Command::new("openssl")
+        .args([
+            "speed",
+            "-mr",
+            "-seconds",
+            &seconds.to_string(),
+            "ecdsap256",
+            "ed25519",
+            "sm2",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .context("run openssl speed")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        // +F4:i:bits:sign/s:verify/s (ECDSA); +F6/+F7:i:bits:name:sign/s:verify/s (EdDSA, SM2)
+        let (alg, verify) = match f.first().copied() {
+            Some("+F4") if f.get(2) == Some(&"256") => (Algorithm::EcdsaP256, f.get(4)),
+            Some("+F6") if f.get(3) == Some(&"Ed25519") => (Algorithm::Ed25519, f.get(5)),
+            Some("+F7") => (Algorithm::Sm2, f.get(5)),
+            _ => continue,
+        };
+        if let Some(v) = verify.and_then(|v| v.parse::<f64>().ok()) {
+            found.push((alg, v));
+        }
+    }
+    if found.len() != 3 {
+        bail!("could not read openssl speed output:\n{text}");
+    }
+    Ok(found)
+}
