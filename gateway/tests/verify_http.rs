@@ -194,7 +194,7 @@ fn sm2_signatures_from_the_openssl_cli_verify_and_altered_ones_do_not() {
 }
 
 #[test]
-fn custody_signatures_verify_by_id_point_and_pem_and_any_flipped_bit_fails() {
+fn custody_and_imported_keys_verify_by_id_point_and_pem_and_any_flipped_bit_fails() {
     let g = Gateway::start_dev();
     let mut items = Vec::new();
     let mut expect = Vec::new();
@@ -241,6 +241,27 @@ fn custody_signatures_verify_by_id_point_and_pem_and_any_flipped_bit_fails() {
             items.push(bad);
             expect.push(false);
         }
+    }
+    // An imported, verify-only key, named by its id; signatures made by OpenSSL.
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let ec = openssl::ec::EcKey::generate(&group).unwrap();
+    let pem = String::from_utf8(ec.public_key_to_pem().unwrap()).unwrap();
+    let r = g.post(
+        "/v1/keys/import",
+        json!({"label": "v-imported", "algorithm": "ecdsa-p256", "public_key_pem": pem}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let imported = r.body["id"].as_str().unwrap().to_string();
+    for i in 0..8u8 {
+        let msg = vec![i; 40];
+        let sig = openssl::ecdsa::EcdsaSig::sign(&openssl::sha::sha256(&msg), &ec).unwrap();
+        let der = sig.to_der().unwrap();
+        items.push(json!({"algorithm": "ecdsa-p256", "key_id": imported, "message_b64": b64(&msg), "signature": hex0x(&der)}));
+        expect.push(true);
+        let mut other = msg.clone();
+        other[i as usize] ^= 0x10;
+        items.push(json!({"algorithm": "ecdsa-p256", "key_id": imported, "message_b64": b64(&other), "signature": hex0x(&der)}));
+        expect.push(false);
     }
     let results = verify_all(&g, &items);
     let got: Vec<bool> = results.iter().map(|r| r["valid"] == true).collect();
