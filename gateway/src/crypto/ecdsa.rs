@@ -1,5 +1,7 @@
 //! ECDSA signature encodings: raw r||s, DER, low-S normalisation and the Ethereum recovery id.
 
+use std::sync::OnceLock;
+
 use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::EcGroup;
 use openssl::ecdsa::EcdsaSig;
@@ -28,26 +30,39 @@ pub fn curve_nid(alg: Algorithm) -> Result<Nid, EcdsaError> {
     }
 }
 
-fn order(alg: Algorithm) -> Result<BigNum, EcdsaError> {
+/// The group order n and n/2 of an ECDSA-style curve, computed once per curve: signing
+/// and verification ask for them on every signature.
+pub fn order_and_half(alg: Algorithm) -> Result<&'static (BigNum, BigNum), EcdsaError> {
+    static CURVES: [OnceLock<(BigNum, BigNum)>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let cell = match alg {
+        Algorithm::EcdsaP256 => &CURVES[0],
+        Algorithm::EcdsaSecp256k1 => &CURVES[1],
+        Algorithm::Sm2 => &CURVES[2],
+        Algorithm::Ed25519 => return Err(EcdsaError::NotEcdsa(alg)),
+    };
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
     let group = EcGroup::from_curve_name(curve_nid(alg)?)?;
     let mut n = BigNum::new()?;
     let mut ctx = BigNumContext::new()?;
     group.order(&mut n, &mut ctx)?;
-    Ok(n)
+    let mut half = BigNum::new()?;
+    half.rshift1(&n)?;
+    Ok(cell.get_or_init(|| (n, half)))
 }
 
 /// Replaces s by n - s when s > n/2, so the signature is the canonical low-S one.
 /// Returns whether it changed.
 pub fn normalize_low_s(alg: Algorithm, raw: &mut [u8; 64]) -> Result<bool, EcdsaError> {
-    let n = order(alg)?;
-    let mut half = BigNum::new()?;
-    half.rshift1(&n)?;
+    let (n, half) = order_and_half(alg)?;
     let s = BigNum::from_slice(&raw[32..])?;
-    if s <= half {
+    if s <= *half {
         return Ok(false);
     }
     let mut low = BigNum::new()?;
-    low.checked_sub(&n, &s)?;
+    low.checked_sub(n, &s)?;
     raw[32..].copy_from_slice(&low.to_vec_padded(32)?);
     Ok(true)
 }
@@ -127,12 +142,12 @@ mod tests {
 
     #[test]
     fn high_s_is_normalised_and_low_s_is_kept() {
-        let n = order(Algorithm::EcdsaSecp256k1).unwrap();
+        let (n, _) = order_and_half(Algorithm::EcdsaSecp256k1).unwrap();
         let mut raw = [0u8; 64];
         raw[31] = 1;
         // s = n - 1 is high
         let mut s = BigNum::new().unwrap();
-        s.checked_sub(&n, &BigNum::from_u32(1).unwrap()).unwrap();
+        s.checked_sub(n, &BigNum::from_u32(1).unwrap()).unwrap();
         raw[32..].copy_from_slice(&s.to_vec_padded(32).unwrap());
         assert!(!is_low_s(Algorithm::EcdsaSecp256k1, &raw).unwrap());
         assert!(normalize_low_s(Algorithm::EcdsaSecp256k1, &mut raw).unwrap());

@@ -57,6 +57,21 @@ impl PublicKey {
                 }
                 pkey.raw_public_key()?
             }
+            Algorithm::Sm2 if pkey.ec_key().is_err() => {
+                // OpenSSL 3 decodes an SM2 SubjectPublicKeyInfo to a provider key it will
+                // not hand out as an EC_KEY: take the point from the DER.
+                let der = pkey.public_key_to_der()?;
+                if !der
+                    .windows(SM2_CURVE_OID.len())
+                    .take(32)
+                    .any(|w| w == SM2_CURVE_OID)
+                {
+                    return Err(wrong());
+                }
+                spki_point(&der)
+                    .ok_or(PublicKeyError::BadPoint(der.len()))?
+                    .to_vec()
+            }
             _ => {
                 let ec = pkey.ec_key().map_err(|_| wrong())?;
                 let want = curve_nid(algorithm).map_err(|_| wrong())?;
@@ -75,6 +90,18 @@ impl PublicKey {
             pem,
         })
     }
+}
+
+/// OBJECT IDENTIFIER 1.2.156.10197.1.301 (the SM2 curve), DER-encoded.
+const SM2_CURVE_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
+
+/// The point at the end of an EC SubjectPublicKeyInfo: BIT STRING (03), length, no unused
+/// bits (00), then 65 (uncompressed) or 33 (compressed) bytes.
+fn spki_point(der: &[u8]) -> Option<&[u8]> {
+    [65usize, 33].into_iter().find_map(|n| {
+        let start = der.len().checked_sub(n + 3)?;
+        (der[start..start + 3] == [0x03, n as u8 + 1, 0x00]).then(|| &der[start + 3..])
+    })
 }
 
 pub fn pkey_from_bytes(algorithm: Algorithm, bytes: &[u8]) -> Result<PKey<Public>, PublicKeyError> {
@@ -139,6 +166,24 @@ mod tests {
         assert!(matches!(
             PublicKey::from_pem(Algorithm::EcdsaP256, "nonsense"),
             Err(PublicKeyError::Pem(_))
+        ));
+    }
+
+    #[test]
+    fn sm2_pem_yields_its_point() {
+        let group = EcGroup::from_curve_name(Nid::SM2).unwrap();
+        let key = EcKey::generate(&group).unwrap();
+        let pem = String::from_utf8(key.public_key_to_pem().unwrap()).unwrap();
+        let pk = PublicKey::from_pem(Algorithm::Sm2, &pem).unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        let point = key
+            .public_key()
+            .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
+            .unwrap();
+        assert_eq!(pk.bytes, point);
+        assert!(matches!(
+            PublicKey::from_pem(Algorithm::EcdsaP256, &pem),
+            Err(PublicKeyError::WrongAlgorithm { .. })
         ));
     }
 

@@ -289,16 +289,7 @@ pub async fn sign_batch(
         require(client, Operation::KeysSign)?;
         let record = key_for(state, client, id)?;
         let body: SignBatchRequest = read_json(state, req).await?;
-        let max = state.limits.max_items;
-        if body.items.len() > max {
-            return Err(ApiError::too_large(
-                "too_many_items",
-                format!("at most {max} items per request"),
-            ));
-        }
-        if body.items.is_empty() {
-            return Err(ApiError::bad_request("invalid_request", "items is empty"));
-        }
+        state.limits.check_items(body.items.len())?;
         let format = parse_format(record.algorithm, body.format.as_deref())?;
         let inputs = body
             .items

@@ -79,6 +79,23 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// A batch must hold 1 to `max_items` items.
+    pub fn check_items(&self, n: usize) -> Result<(), error::ApiError> {
+        if n > self.max_items {
+            return Err(error::ApiError::too_large(
+                "too_many_items",
+                format!("at most {} items per request", self.max_items),
+            ));
+        }
+        if n == 0 {
+            return Err(error::ApiError::bad_request(
+                "invalid_request",
+                "items is empty",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes < 1024 || self.max_items == 0 {
             return Err("[limits]: max_body_bytes must be >= 1024 and max_items >= 1".into());

@@ -53,16 +53,7 @@ pub async fn verify(
         )));
     }
     let body: VerifyRequest = read_json(state, req).await?;
-    let max = state.limits.max_items;
-    if body.items.len() > max {
-        return Err(ApiError::too_large(
-            "too_many_items",
-            format!("at most {max} items per request"),
-        ));
-    }
-    if body.items.is_empty() {
-        return Err(ApiError::bad_request("invalid_request", "items is empty"));
-    }
+    state.limits.check_items(body.items.len())?;
     let mut results: Vec<Option<Outcome>> = Vec::with_capacity(body.items.len());
     let mut tasks = Vec::with_capacity(body.items.len());
     for item in &body.items {

@@ -2,18 +2,16 @@
 //! through libsecp256k1 (also Ethereum public-key recovery), SM2 through OpenSSL's SM2
 //! signature on the pre-hashed e = SM3(Z || M).
 
-use std::sync::OnceLock;
-
-use openssl::bn::{BigNum, BigNumContext};
-use openssl::ec::EcGroup;
+use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;
-use openssl::nid::Nid;
 use openssl::pkey_ctx::PkeyCtx;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use secp256k1::{Message, Secp256k1, VerifyOnly};
 
 use super::keys::{sm3, ParsedKey};
 use super::{Item, KeyInput, Reason, SigFormat};
+use crate::algorithm::Algorithm;
+use crate::crypto::ecdsa::order_and_half;
 
 /// Per-worker state: libsecp256k1 contexts are not free to build.
 pub struct Verifier {
@@ -144,24 +142,12 @@ fn openssl_sig(item: &Item) -> Result<EcdsaSig, Reason> {
 
 fn p256(item: &Item, key: &openssl::ec::EcKey<openssl::pkey::Public>) -> Result<(), Reason> {
     let sig = openssl_sig(item)?;
-    if item.require_low_s && sig.s() > half_order_p256() {
+    let (_, half) = order_and_half(Algorithm::EcdsaP256).map_err(|_| Reason::Internal)?;
+    if item.require_low_s && sig.s() > half {
         return Err(Reason::HighS);
     }
     // Out-of-range r or s makes OpenSSL return an error rather than false: both are "no".
     ok_if(sig.verify(&item.ecdsa_digest(), key).unwrap_or(false))
-}
-
-fn half_order_p256() -> &'static BigNum {
-    static HALF: OnceLock<BigNum> = OnceLock::new();
-    HALF.get_or_init(|| {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
-        let mut n = BigNum::new().expect("bignum");
-        let mut ctx = BigNumContext::new().expect("BN context");
-        group.order(&mut n, &mut ctx).expect("order");
-        let mut half = BigNum::new().expect("bignum");
-        half.rshift1(&n).expect("shift");
-        half
-    })
 }
 
 fn sm2(

@@ -111,7 +111,11 @@ fn hash_of(k: &impl std::hash::Hash) -> u64 {
 fn group(nid: Nid) -> &'static EcGroup {
     static P256: OnceLock<EcGroup> = OnceLock::new();
     static SM2: OnceLock<EcGroup> = OnceLock::new();
-    let cell = if nid == Nid::SM2 { &SM2 } else { &P256 };
+    let cell = match nid {
+        Nid::SM2 => &SM2,
+        Nid::X9_62_PRIME256V1 => &P256,
+        other => panic!("no cached group for {other:?}"),
+    };
     cell.get_or_init(|| EcGroup::from_curve_name(nid).expect("OpenSSL knows the curve"))
 }
 
@@ -225,53 +229,14 @@ fn sm2_z_prefix() -> &'static [u8] {
 
 /// From PEM SubjectPublicKeyInfo; the key's type and curve must match `algorithm`.
 pub fn parse_pem(algorithm: Algorithm, pem: &[u8]) -> Result<ParsedKey, Reason> {
-    let pkey = PKey::public_key_from_pem(pem).map_err(|_| Reason::BadEncoding)?;
-    if algorithm == Algorithm::Ed25519 {
-        if pkey.id() != Id::ED25519 {
-            return Err(Reason::AlgorithmMismatch);
-        }
-        let raw = pkey.raw_public_key().map_err(|_| Reason::BadPublicKey)?;
-        return parse_bytes(algorithm, &raw);
-    }
-    if pkey.ec_key().is_err() {
-        // OpenSSL 3 decodes an SM2 SubjectPublicKeyInfo to a provider key it will not hand
-        // out as an EC_KEY: take the point from the DER, whose last element holds it.
-        let der = pkey.public_key_to_der().map_err(|_| Reason::BadPublicKey)?;
-        if !der
-            .windows(SM2_CURVE_OID.len())
-            .take(32)
-            .any(|w| w == SM2_CURVE_OID)
-        {
-            return Err(Reason::AlgorithmMismatch);
-        }
-        if algorithm != Algorithm::Sm2 {
-            return Err(Reason::AlgorithmMismatch);
-        }
-        return parse_bytes(algorithm, spki_point(&der).ok_or(Reason::BadEncoding)?);
-    }
-    let ec = pkey.ec_key().map_err(|_| Reason::AlgorithmMismatch)?;
-    let want = crate::crypto::ecdsa::curve_nid(algorithm).map_err(|_| Reason::Internal)?;
-    if ec.group().curve_name() != Some(want) {
-        return Err(Reason::AlgorithmMismatch);
-    }
-    let mut ctx = BigNumContext::new().map_err(|_| Reason::Internal)?;
-    let point = ec
-        .public_key()
-        .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
-        .map_err(|_| Reason::BadPublicKey)?;
-    parse_bytes(algorithm, &point)
-}
-
-/// OBJECT IDENTIFIER 1.2.156.10197.1.301 (the SM2 curve), DER-encoded.
-const SM2_CURVE_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
-
-/// The point at the end of an EC SubjectPublicKeyInfo: BIT STRING (03), length, no unused
-/// bits (00), then 65 (uncompressed) or 33 (compressed) bytes.
-fn spki_point(der: &[u8]) -> Option<&[u8]> {
-    [65usize, 33].into_iter().find_map(|n| {
-        let start = der.len().checked_sub(n + 3)?;
-        (der[start..start + 3] == [0x03, n as u8 + 1, 0x00]).then(|| &der[start + 3..])
-    })
+    use crate::crypto::pubkey::{PublicKey, PublicKeyError};
+    let text = std::str::from_utf8(pem).map_err(|_| Reason::BadEncoding)?;
+    let key = PublicKey::from_pem(algorithm, text).map_err(|e| match e {
+        PublicKeyError::Pem(_) => Reason::BadEncoding,
+        PublicKeyError::WrongAlgorithm { .. } => Reason::AlgorithmMismatch,
+        PublicKeyError::BadPoint(_) | PublicKeyError::OpenSsl(_) => Reason::BadPublicKey,
+    })?;
+    parse_bytes(algorithm, &key.bytes)
 }
 
 #[cfg(test)]
