@@ -178,16 +178,21 @@ fn secp256k1_policies_recovery_and_addresses() {
     let mut eth = rs.to_vec();
     eth.push(27 + i32::from(id) as u8);
     let addr = bsn_gateway::crypto::ecdsa::eth_address(&pk.serialize_uncompressed()).unwrap();
-    // High-S twin of the same signature: s' = n - s.
-    let mut high = secp256k1::ecdsa::Signature::from_compact(&rs).unwrap();
-    let low_der = high.serialize_der().to_vec();
-    let n =
-        hex::decode("fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141").unwrap();
-    let s = num_sub(&n, &rs[32..]);
+    let low_der = secp256k1::ecdsa::Signature::from_compact(&rs)
+        .unwrap()
+        .serialize_der()
+        .to_vec();
+    // High-S twin of the same signature: s' = n - s, with n from OpenSSL.
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::SECP256K1).unwrap();
+    let mut n = openssl::bn::BigNum::new().unwrap();
+    group
+        .order(&mut n, &mut openssl::bn::BigNumContext::new().unwrap())
+        .unwrap();
+    let mut s = openssl::bn::BigNum::new().unwrap();
+    s.checked_sub(&n, &openssl::bn::BigNum::from_slice(&rs[32..]).unwrap())
+        .unwrap();
     let mut high_raw = rs.to_vec();
-    high_raw[32..].copy_from_slice(&s);
-    high = secp256k1::ecdsa::Signature::from_compact(&high_raw).unwrap();
-    let _ = high;
+    high_raw[32..].copy_from_slice(&s.to_vec_padded(32).unwrap());
 
     let base = Item {
         algorithm: Algorithm::EcdsaSecp256k1,
@@ -257,31 +262,17 @@ fn secp256k1_policies_recovery_and_addresses() {
     );
 }
 
-/// a - b for big-endian numbers of equal length, a >= b.
-fn num_sub(a: &[u8], b: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; a.len()];
-    let mut borrow = 0i16;
-    for i in (0..a.len()).rev() {
-        let mut d = a[i] as i16 - b[i] as i16 - borrow;
-        borrow = 0;
-        if d < 0 {
-            d += 256;
-            borrow = 1;
-        }
-        out[i] = d as u8;
-    }
-    out
-}
-
 #[test]
 fn a_full_queue_refuses_at_once_and_memory_stays_bounded() {
-    let e = Engine::start(&VerifyConfig {
-        workers: 1,
-        max_batch: 8,
-        queue_items: 64,
-        ..VerifyConfig::default()
-    })
-    .unwrap();
+    let e = std::sync::Arc::new(
+        Engine::start(&VerifyConfig {
+            workers: 1,
+            max_batch: 8,
+            queue_items: 64,
+            ..VerifyConfig::default()
+        })
+        .unwrap(),
+    );
     let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
     let key = openssl::ec::EcKey::generate(&group).unwrap();
     let item = p256_item(&key, b"x");
@@ -294,8 +285,12 @@ fn a_full_queue_refuses_at_once_and_memory_stays_bounded() {
     ));
     // Many concurrent callers: each is answered, either fully or with Overloaded.
     let results = rt.block_on(async {
-        let calls = (0..50).map(|_| e.run((0..16).map(|_| Task::Verify(item.clone())).collect()));
-        futures_join_all(calls).await
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (e, batch) = (e.clone(), vec![Task::Verify(item.clone()); 16]);
+            calls.spawn(async move { e.run(batch).await });
+        }
+        calls.join_all().await
     });
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let refused = results
@@ -310,33 +305,4 @@ fn a_full_queue_refuses_at_once_and_memory_stays_bounded() {
     // Once drained, the queue admits again.
     let again = rt.block_on(e.run(vec![Task::Verify(item)])).unwrap();
     assert_eq!(again, vec![Outcome::Valid]);
-}
-
-/// join_all without a futures dependency: polls every future on one task.
-async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().map(|o| o.unwrap()).collect()
 }

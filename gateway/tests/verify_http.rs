@@ -88,6 +88,15 @@ fn openssl(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// SM2 over SM3(Z || message) with the given distinguishing ID, by `openssl pkeyutl`.
+fn sm3_pkeyutl_sign(key: &str, msg_file: &str, distid: &str) -> Vec<u8> {
+    let id = format!("distid:{distid}");
+    openssl(&[
+        "pkeyutl", "-sign", "-rawin", "-digest", "sm3", "-inkey", key, "-in", msg_file, "-pkeyopt",
+        &id,
+    ])
+}
+
 #[test]
 fn sm2_signatures_from_the_openssl_cli_verify_and_altered_ones_do_not() {
     let g = Gateway::start_dev();
@@ -128,19 +137,7 @@ fn sm2_signatures_from_the_openssl_cli_verify_and_altered_ones_do_not() {
                     &msgf,
                 ])
             } else {
-                openssl(&[
-                    "pkeyutl",
-                    "-sign",
-                    "-rawin",
-                    "-digest",
-                    "sm3",
-                    "-inkey",
-                    &key,
-                    "-in",
-                    &msgf,
-                    "-pkeyopt",
-                    "distid:1234567812345678",
-                ])
+                sm3_pkeyutl_sign(&key, &msgf, "1234567812345678")
             };
             let key_field = if m % 3 == 0 {
                 json!({"public_key_pem": pem})
@@ -172,19 +169,7 @@ fn sm2_signatures_from_the_openssl_cli_verify_and_altered_ones_do_not() {
         // Signed under another ID: Z differs, so it must not verify under the default one.
         let msgf = p("msg");
         std::fs::write(&msgf, "other id").unwrap();
-        let sig = openssl(&[
-            "pkeyutl",
-            "-sign",
-            "-rawin",
-            "-digest",
-            "sm3",
-            "-inkey",
-            &key,
-            "-in",
-            &msgf,
-            "-pkeyopt",
-            "distid:alice@example",
-        ]);
+        let sig = sm3_pkeyutl_sign(&key, &msgf, "alice@example");
         items.push(json!({"algorithm": "sm2", "public_key": hex0x(point), "message_b64": b64(b"other id"), "signature": hex0x(&sig)}));
         expect.push(false);
     }
