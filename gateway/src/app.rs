@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::custody::hsm::{self, Hsm};
 use crate::custody::store::KeyStore;
 use crate::custody::Custody;
+use crate::forward::Forwarder;
 use crate::http::Limits;
+use crate::outbox::Outbox;
 use crate::verify::Engine;
 
 pub struct AppState {
@@ -24,6 +26,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub limits: Limits,
     pub verify: Engine,
+    pub outbox: Outbox,
+    pub forward: Forwarder,
 }
 
 /// Set only by the embedded default: how to initialise its token on first start.
@@ -82,6 +86,9 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let verify = Engine::start(&config.verify).context("verification workers")?;
     tracing::info!(workers = verify.workers(), "verification engine started");
+    let (outbox, pending) = Outbox::open(&data.join("outbox"), &config.outbox).context("outbox")?;
+    let forward = Forwarder::start(&config.ledgers, &config.forward, outbox.clone(), pending)
+        .map_err(anyhow::Error::msg)?;
     let state = Arc::new(AppState {
         custody: Custody::new(hsm.clone(), store, profile),
         auth,
@@ -89,6 +96,8 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
         metrics,
         limits: config.limits.clone(),
         verify,
+        outbox,
+        forward,
     });
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)

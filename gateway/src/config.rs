@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use crate::auth::ClientConfig;
 use crate::custody::HsmConfig;
+use crate::forward::{ForwardConfig, LedgerConfig};
 use crate::http::{Limits, ServerConfig};
+use crate::outbox::OutboxConfig;
 use crate::verify::VerifyConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,6 +24,12 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub verify: VerifyConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub forward: ForwardConfig,
+    #[serde(default)]
+    pub ledgers: Vec<LedgerConfig>,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -93,6 +101,15 @@ impl Config {
         self.server.validate().map_err(ConfigError::Invalid)?;
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.verify.validate().map_err(ConfigError::Invalid)?;
+        self.outbox.validate().map_err(ConfigError::Invalid)?;
+        self.forward.validate().map_err(ConfigError::Invalid)?;
+        let mut ledgers = HashSet::new();
+        for l in &self.ledgers {
+            l.validate().map_err(ConfigError::Invalid)?;
+            if !ledgers.insert(l.name.as_str()) {
+                return invalid(format!("ledger {:?} appears twice", l.name));
+            }
+        }
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
         for c in &self.clients {

@@ -17,6 +17,7 @@ use crate::auth::ClientConfig;
 use crate::config::{Config, LogConfig};
 use crate::custody::hsm::{auth_pin, find_slot, HsmError, TokenSelector};
 use crate::custody::HsmConfig;
+use crate::forward::LedgerConfig;
 use crate::http::{Limits, ServerConfig};
 use crate::secret::{Secret, SecretSource};
 
@@ -24,7 +25,21 @@ pub const TOKEN_LABEL: &str = "bsn-gateway-dev";
 
 /// Prepares DIR and returns the config it implies. Sets `SOFTHSM2_CONF`, so it must run
 /// before any thread starts (the environment is process-wide).
-pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, DevToken)> {
+/// `ledgers` are `--ledger NAME=ethereum+URL` flags; a name given twice adds a node.
+pub fn prepare(
+    data_dir: &Path,
+    listen: SocketAddr,
+    ledger_flags: &[String],
+) -> anyhow::Result<(Config, DevToken)> {
+    let mut ledgers: Vec<LedgerConfig> = Vec::new();
+    for flag in ledger_flags {
+        let l = LedgerConfig::from_flag(flag).map_err(anyhow::Error::msg)?;
+        match ledgers.iter_mut().find(|x| x.name == l.name) {
+            Some(x) if x.kind == l.kind => x.nodes.extend(l.nodes),
+            Some(_) => anyhow::bail!("--ledger {:?}: one ledger, two kinds", l.name),
+            None => ledgers.push(l),
+        }
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -73,12 +88,18 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<(Config, D
         },
         limits: Limits::default(),
         verify: crate::verify::VerifyConfig::default(),
+        outbox: crate::outbox::OutboxConfig::default(),
+        forward: crate::forward::ForwardConfig::default(),
+        ledgers,
         log: LogConfig::default(),
         clients: vec![ClientConfig {
             name: "admin".into(),
             token_sha256: admin_hash,
             operations: vec!["*".into()],
             keys: vec!["*".into()],
+            transactions_per_second: None,
+            transactions_burst: None,
+            transactions_per_day: None,
         }],
     };
     config.validate()?;

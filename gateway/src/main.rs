@@ -46,6 +46,10 @@ struct ServeArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// With --dev: a ledger to forward to, `NAME=ethereum+http://HOST:PORT` or
+    /// `NAME=http+http://HOST:PORT` (repeatable; the same NAME again adds a node).
+    #[arg(long = "ledger", requires = "dev", value_name = "NAME=KIND+URL")]
+    ledgers: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -106,7 +110,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, dev) = match (&args.config, &args.data_dir) {
         (Some(path), _) => (Config::load(path)?, None),
         (None, Some(dir)) => {
-            let (c, d) = bsn_gateway::dev::prepare(dir, args.listen)?;
+            let (c, d) = bsn_gateway::dev::prepare(dir, args.listen, &args.ledgers)?;
             (c, Some(d))
         }
         (None, None) => unreachable!("clap requires --config or --dev --data-dir"),

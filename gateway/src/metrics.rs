@@ -21,6 +21,19 @@ pub const VERIFY_QUEUE_WAIT_SECONDS: &str = "bsn_gateway_verify_queue_wait_secon
 pub const VERIFY_BATCH_SECONDS: &str = "bsn_gateway_verify_batch_duration_seconds";
 pub const VERIFY_BATCH_ITEMS: &str = "bsn_gateway_verify_batch_items";
 pub const VERIFY_WORKERS: &str = "bsn_gateway_verify_workers";
+pub const TX_ACCEPTED_TOTAL: &str = "bsn_gateway_transactions_accepted_total";
+pub const TX_REJECTED_TOTAL: &str = "bsn_gateway_transactions_rejected_total";
+pub const OUTBOX_PENDING: &str = "bsn_gateway_outbox_pending_transactions";
+pub const OUTBOX_BYTES: &str = "bsn_gateway_outbox_bytes";
+pub const OUTBOX_SEGMENTS: &str = "bsn_gateway_outbox_segments";
+pub const OUTBOX_TRACKED: &str = "bsn_gateway_outbox_tracked_ids";
+pub const OUTBOX_FSYNC_SECONDS: &str = "bsn_gateway_outbox_fsync_duration_seconds";
+pub const OUTBOX_WRITE_ERRORS_TOTAL: &str = "bsn_gateway_outbox_write_errors_total";
+pub const FORWARD_TOTAL: &str = "bsn_gateway_forward_attempts_total";
+pub const FORWARD_RETRIES_TOTAL: &str = "bsn_gateway_forward_retries_total";
+pub const FORWARD_SECONDS: &str = "bsn_gateway_forward_duration_seconds";
+pub const LEDGER_NODE_UP: &str = "bsn_gateway_ledger_node_up";
+pub const LEDGER_NODE_BREAKER_STATE: &str = "bsn_gateway_ledger_node_breaker_state";
 
 /// Latency buckets from 50 µs to 10 s: HSM signs take tens of µs, fsyncs milliseconds.
 const BUCKETS: &[f64] = &[
@@ -115,4 +128,49 @@ fn describe() {
     );
     describe_histogram!(VERIFY_BATCH_ITEMS, "Items per verification micro-batch");
     describe_gauge!(VERIFY_WORKERS, "Verification worker threads");
+    describe_counter!(
+        TX_ACCEPTED_TOTAL,
+        "Transactions accepted (vetted and durable), by ledger"
+    );
+    describe_counter!(
+        TX_REJECTED_TOTAL,
+        "Transactions rejected at admission, by ledger and reason"
+    );
+    describe_gauge!(
+        OUTBOX_PENDING,
+        "Accepted transactions not yet forwarded or failed"
+    );
+    describe_gauge!(OUTBOX_BYTES, "Bytes in outbox segments on disk");
+    describe_gauge!(OUTBOX_SEGMENTS, "Outbox segment files on disk");
+    describe_gauge!(
+        OUTBOX_TRACKED,
+        "Transaction ids remembered for the replay window and status"
+    );
+    describe_histogram!(
+        OUTBOX_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Time to write and fsync one group-committed outbox batch"
+    );
+    describe_counter!(OUTBOX_WRITE_ERRORS_TOTAL, "Outbox writes that failed");
+    describe_counter!(
+        FORWARD_TOTAL,
+        "Delivery attempts by ledger, node and result (delivered, refused, retry)"
+    );
+    describe_counter!(
+        FORWARD_RETRIES_TOTAL,
+        "Delivery attempts that will be retried, by ledger"
+    );
+    describe_histogram!(
+        FORWARD_SECONDS,
+        Unit::Seconds,
+        "Time of one delivery attempt to a ledger node"
+    );
+    describe_gauge!(
+        LEDGER_NODE_UP,
+        "1 when the node's last health check passed, by ledger and node"
+    );
+    describe_gauge!(
+        LEDGER_NODE_BREAKER_STATE,
+        "Circuit breaker per node: 0 closed, 1 half-open, 2 open"
+    );
 }

@@ -1,8 +1,10 @@
 //! Bearer-token authentication and per-client policy. Tokens are stored as SHA-256 hashes
 //! (they are 256-bit random values, so a fast hash suffices) and compared in constant time.
 
+pub mod quota;
+
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
@@ -18,6 +20,10 @@ pub struct ClientConfig {
     pub operations: Vec<String>,
     /// Label patterns of the keys it may create and use: exact labels, `prefix*`, or `*`.
     pub keys: Vec<String>,
+    /// Transaction quota: a rate (token bucket of `transactions_burst`) and a daily cap.
+    pub transactions_per_second: Option<f64>,
+    pub transactions_burst: Option<u64>,
+    pub transactions_per_day: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,6 +84,17 @@ impl ClientConfig {
         }
         parse_hash(&self.token_sha256).map_err(ctx)?;
         Operation::parse_set(&self.operations).map_err(ctx)?;
+        if self
+            .transactions_per_second
+            .is_some_and(|r| !(r.is_finite() && r > 0.0))
+        {
+            return Err(ctx("transactions_per_second must be > 0".into()));
+        }
+        if self.transactions_burst == Some(0) || self.transactions_per_day == Some(0) {
+            return Err(ctx(
+                "transactions_burst and transactions_per_day must be >= 1".into(),
+            ));
+        }
         for p in &self.keys {
             if p.is_empty() || p[..p.len() - 1].contains('*') {
                 return Err(ctx(format!(
@@ -103,6 +120,7 @@ pub struct Client {
     token_hash: [u8; 32],
     operations: HashSet<Operation>,
     key_patterns: Vec<String>,
+    quota: Option<Mutex<quota::Quota>>,
 }
 
 impl Client {
@@ -116,6 +134,17 @@ impl Client {
             Some(prefix) => label.starts_with(prefix),
             None => p == label,
         })
+    }
+
+    /// Takes `n` transactions from the client's quota, or says when to retry (seconds).
+    pub fn take_transactions(&self, n: u64) -> Result<(), u64> {
+        match &self.quota {
+            None => Ok(()),
+            Some(q) => q
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(n, crate::outbox::now()),
+        }
     }
 }
 
@@ -142,6 +171,15 @@ impl Authenticator {
                     token_hash: parse_hash(&c.token_sha256)?,
                     operations: Operation::parse_set(&c.operations)?,
                     key_patterns: c.keys.clone(),
+                    quota: (c.transactions_per_second.is_some()
+                        || c.transactions_per_day.is_some())
+                    .then(|| {
+                        Mutex::new(quota::Quota::new(
+                            c.transactions_per_second,
+                            c.transactions_burst,
+                            c.transactions_per_day,
+                        ))
+                    }),
                 }))
             })
             .collect::<Result<_, String>>()?;
@@ -186,6 +224,9 @@ mod tests {
             token_sha256: token_hash,
             operations: ops.iter().map(|s| s.to_string()).collect(),
             keys: keys.iter().map(|s| s.to_string()).collect(),
+            transactions_per_second: None,
+            transactions_burst: None,
+            transactions_per_day: None,
         }
     }
 

@@ -9,6 +9,7 @@ use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::custody::hsm::HsmError;
 use crate::custody::CustodyError;
+use crate::outbox::OutboxError;
 use crate::verify::EngineError;
 
 #[derive(Debug)]
@@ -49,6 +50,10 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
 
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::busy(code, message)
+    }
+
     fn busy(code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             retry_after: Some(1),
@@ -84,6 +89,18 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Overloaded { .. } => ApiError::busy("verify_overloaded", e.to_string()),
             EngineError::Stopped => ApiError::busy("verify_unavailable", e.to_string()),
+        }
+    }
+}
+
+impl From<OutboxError> for ApiError {
+    fn from(e: OutboxError) -> Self {
+        match e {
+            OutboxError::Full(_) => ApiError::busy("outbox_full", e.to_string()),
+            _ => {
+                tracing::error!(error = %e, "outbox unavailable");
+                ApiError::busy("outbox_unavailable", e.to_string())
+            }
         }
     }
 }

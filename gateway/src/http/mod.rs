@@ -6,6 +6,7 @@ pub mod keys;
 pub mod ops;
 pub mod router;
 pub mod server;
+pub mod transactions;
 pub mod verify;
 
 use std::net::SocketAddr;

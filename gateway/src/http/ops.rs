@@ -13,14 +13,17 @@ pub fn healthz() -> Resp {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// Ready when the HSM anchor session answers and the audit log is writable.
+/// Ready when the HSM anchor session answers, the audit log and the outbox are writable,
+/// and every ledger has a healthy node.
 pub async fn readyz(state: &AppState) -> Resp {
     let hsm = state.custody.hsm().clone();
     let hsm_ok = tokio::task::spawn_blocking(move || hsm.is_ready())
         .await
         .unwrap_or(false);
     let audit_ok = state.audit.is_healthy();
-    let ready = hsm_ok && audit_ok;
+    let outbox_ok = state.outbox.is_healthy();
+    let ledgers_ok = state.forward.ready();
+    let ready = hsm_ok && audit_ok && outbox_ok && ledgers_ok;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -30,7 +33,7 @@ pub async fn readyz(state: &AppState) -> Resp {
         status,
         &json!({
             "status": if ready { "ready" } else { "not_ready" },
-            "checks": {"hsm": hsm_ok, "audit": audit_ok},
+            "checks": {"hsm": hsm_ok, "audit": audit_ok, "outbox": outbox_ok, "ledgers": ledgers_ok},
         }),
     )
 }

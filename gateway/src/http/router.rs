@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::{keys, ops, verify};
+use super::{keys, ops, transactions, verify};
 use crate::app::AppState;
 use crate::audit::AuditEntry;
 use crate::auth::Client;
@@ -64,6 +64,8 @@ async fn dispatch(
         ["v1", "keys", _, "sign"] => "/v1/keys/{id}/sign",
         ["v1", "keys", _, "sign-batch"] => "/v1/keys/{id}/sign-batch",
         ["v1", "verify"] => "/v1/verify",
+        ["v1", "transactions"] => "/v1/transactions",
+        ["v1", "transactions", _] => "/v1/transactions/{id}",
         _ => {
             return (
                 "unmatched",
@@ -77,7 +79,7 @@ async fn dispatch(
     let allowed: &[Method] = match route {
         "/v1/keys" => &[Method::GET, Method::POST],
         "/v1/keys/{id}" => &[Method::GET, Method::DELETE],
-        "/healthz" | "/readyz" | "/metrics" => &[Method::GET],
+        "/healthz" | "/readyz" | "/metrics" | "/v1/transactions/{id}" => &[Method::GET],
         _ => &[Method::POST],
     };
     if !allowed.contains(&method) {
@@ -110,6 +112,8 @@ async fn dispatch(
         ("/v1/keys/{id}/disable", _) => keys::disable(state, &client, &id).await,
         ("/v1/keys/{id}/sign", _) => keys::sign(state, &client, &id, req).await,
         ("/v1/verify", _) => verify::verify(state, &client, req).await,
+        ("/v1/transactions", _) => transactions::submit(state, &client, req).await,
+        ("/v1/transactions/{id}", _) => transactions::status(state, &client, &id),
         _ => keys::sign_batch(state, &client, &id, req).await,
     };
     (route, result)

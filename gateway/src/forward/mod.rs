@@ -1,0 +1,557 @@
+//! Forwarding: per ledger, a pool of nodes with health checks, the healthy node with the
+//! fewest requests in flight, a concurrency limit per node, retries with exponential
+//! backoff and jitter, and a circuit breaker per node. Delivery is at least once and
+//! idempotent by transaction id; the outbox records each outcome.
+//!
+//! - `node`: one node's health, in-flight count and breaker;
+//! - `client`: the HTTP and JSON-RPC exchanges and what each answer means.
+
+pub mod client;
+pub mod node;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::Uri;
+use serde::Deserialize;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::metrics as m;
+use crate::outbox::{Outbox, Pending, State};
+use crate::txn::envelope::TrustAnchors;
+use crate::txn::TxId;
+use client::{HttpClient, Sent};
+use node::Node;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    /// Ethereum JSON-RPC: signed raw transactions, `eth_sendRawTransaction`.
+    Ethereum,
+    /// Generic HTTP: signed envelopes POSTed as JSON.
+    Http,
+}
+
+/// One `[[ledgers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    pub name: String,
+    pub kind: LedgerKind,
+    /// Node base URLs (`http://host:port`; for Ethereum the JSON-RPC endpoint).
+    pub nodes: Vec<String>,
+    /// Ethereum: the chain id transactions must carry; read from the nodes when absent.
+    pub chain_id: Option<u64>,
+    /// Ethereum: when not empty, only these sender addresses are let through.
+    #[serde(default)]
+    pub senders: Vec<String>,
+    /// http: where envelopes are POSTed, and the health check path.
+    #[serde(default = "default_submit_path")]
+    pub submit_path: String,
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// http: PEM roots that envelope certificates must chain to, and intermediates.
+    pub trust_roots_file: Option<PathBuf>,
+    pub trust_intermediates_file: Option<PathBuf>,
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight_per_node: usize,
+    #[serde(default = "default_timeout")]
+    pub request_timeout_ms: u64,
+    /// Largest single transaction (raw bytes or envelope payload) admitted.
+    #[serde(default = "default_tx_bytes")]
+    pub max_transaction_bytes: usize,
+}
+
+fn default_submit_path() -> String {
+    "/transactions".into()
+}
+fn default_health_path() -> String {
+    "/health".into()
+}
+fn default_in_flight() -> usize {
+    32
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+fn default_tx_bytes() -> usize {
+    128 * 1024
+}
+
+impl LedgerConfig {
+    /// What `--ledger NAME=ethereum+http://HOST:PORT` (or `http+URL`) means.
+    pub fn from_flag(flag: &str) -> Result<LedgerConfig, String> {
+        let (name, rest) = flag.split_once('=').ok_or_else(|| {
+            format!("--ledger {flag:?}: expected NAME=ethereum+URL or NAME=http+URL")
+        })?;
+        let (kind, url) = if let Some(u) = rest.strip_prefix("ethereum+") {
+            (LedgerKind::Ethereum, u)
+        } else if let Some(u) = rest.strip_prefix("http+") {
+            (LedgerKind::Http, u)
+        } else {
+            return Err(format!(
+                "--ledger {flag:?}: the URL must start with ethereum+ or http+"
+            ));
+        };
+        Ok(LedgerConfig {
+            name: name.to_string(),
+            kind,
+            nodes: vec![url.to_string()],
+            chain_id: None,
+            senders: Vec::new(),
+            submit_path: default_submit_path(),
+            health_path: default_health_path(),
+            trust_roots_file: None,
+            trust_intermediates_file: None,
+            max_in_flight_per_node: default_in_flight(),
+            request_timeout_ms: default_timeout(),
+            max_transaction_bytes: default_tx_bytes(),
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let ctx = |m: String| format!("ledger {:?}: {m}", self.name);
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ctx("name must be 1 to 64 of [A-Za-z0-9._-]".into()));
+        }
+        if self.nodes.is_empty() {
+            return Err(ctx("no nodes".into()));
+        }
+        for n in &self.nodes {
+            parse_node(n).map_err(ctx)?;
+        }
+        parse_senders(&self.senders).map_err(ctx)?;
+        if self.kind == LedgerKind::Http && (self.chain_id.is_some() || !self.senders.is_empty()) {
+            return Err(ctx("chain_id and senders are for ethereum ledgers".into()));
+        }
+        if self.kind == LedgerKind::Ethereum && self.trust_roots_file.is_some() {
+            return Err(ctx(
+                "trust_roots_file is for http ledgers (envelopes)".into()
+            ));
+        }
+        if self.trust_intermediates_file.is_some() && self.trust_roots_file.is_none() {
+            return Err(ctx("trust_intermediates_file needs trust_roots_file".into()));
+        }
+        for p in [&self.submit_path, &self.health_path] {
+            if !p.starts_with('/') {
+                return Err(ctx(format!("path {p:?} must start with /")));
+            }
+        }
+        if self.max_in_flight_per_node == 0 || self.request_timeout_ms == 0 {
+            return Err(ctx(
+                "max_in_flight_per_node and request_timeout_ms must be >= 1".into(),
+            ));
+        }
+        if self.max_transaction_bytes < 64 {
+            return Err(ctx("max_transaction_bytes must be >= 64".into()));
+        }
+        Ok(())
+    }
+}
+
+fn parse_node(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("node {url:?}: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(format!("node {url:?}: must be http://host:port"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("node {url:?}: no credentials in node URLs"));
+    }
+    Ok(uri)
+}
+
+fn parse_senders(list: &[String]) -> Result<HashSet<[u8; 20]>, String> {
+    list.iter()
+        .map(|s| {
+            crate::util::unhex0x(s)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("sender {s:?} is not a 0x address"))
+        })
+        .collect()
+}
+
+/// `[forward]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_ms: u64,
+    #[serde(default = "default_retry_max")]
+    pub retry_max_ms: u64,
+    #[serde(default = "default_health_interval")]
+    pub health_interval_ms: u64,
+    /// Consecutive failures that open a node's breaker, and how long it stays open.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    #[serde(default = "default_breaker_open")]
+    pub breaker_open_ms: u64,
+}
+
+fn default_retry_initial() -> u64 {
+    200
+}
+fn default_retry_max() -> u64 {
+    30_000
+}
+fn default_health_interval() -> u64 {
+    2_000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open() -> u64 {
+    5_000
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            retry_initial_ms: default_retry_initial(),
+            retry_max_ms: default_retry_max(),
+            health_interval_ms: default_health_interval(),
+            breaker_failures: default_breaker_failures(),
+            breaker_open_ms: default_breaker_open(),
+        }
+    }
+}
+
+impl ForwardConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
+            return Err("[forward]: need 1 <= retry_initial_ms <= retry_max_ms".into());
+        }
+        if self.health_interval_ms < 100 || self.breaker_failures == 0 {
+            return Err("[forward]: health_interval_ms >= 100 and breaker_failures >= 1".into());
+        }
+        Ok(())
+    }
+
+    /// Exponential backoff with jitter: a random point in the upper half of the step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let step = self
+            .retry_initial_ms
+            .saturating_mul(1u64 << attempt.min(20))
+            .min(self.retry_max_ms);
+        let r = u64::from_le_bytes(crate::util::random_bytes(8).try_into().expect("8 bytes"));
+        Duration::from_millis(step / 2 + r % (step / 2 + 1))
+    }
+}
+
+/// A transaction on its way to a ledger.
+struct Job {
+    id: TxId,
+    body: Arc<[u8]>,
+}
+
+/// One configured ledger at run time.
+pub struct Ledger {
+    pub name: Arc<str>,
+    pub kind: LedgerKind,
+    /// 0 until known (configured or read from a node).
+    chain_id: AtomicU64,
+    configured_chain: Option<u64>,
+    pub senders: HashSet<[u8; 20]>,
+    pub trust: Option<TrustAnchors>,
+    pub max_transaction_bytes: usize,
+    nodes: Vec<Arc<Node>>,
+    submit_path: String,
+    health_path: String,
+    timeout: Duration,
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl Ledger {
+    pub fn chain_id(&self) -> Option<u64> {
+        Some(self.chain_id.load(Ordering::Relaxed)).filter(|c| *c != 0)
+    }
+
+    pub fn any_healthy(&self) -> bool {
+        self.nodes.iter().any(|n| n.is_healthy())
+    }
+
+    /// Hands an accepted (durable) transaction to the forwarder.
+    pub fn submit(&self, id: TxId, body: Arc<[u8]>) {
+        // The queue holds what the outbox bounds (max_pending), so it cannot grow past it.
+        let _ = self.queue.send(Job { id, body });
+    }
+
+    fn node_uri(&self, node: &Node, path: &str) -> Uri {
+        if self.kind == LedgerKind::Ethereum {
+            return node.uri.clone();
+        }
+        let base = node.uri.to_string();
+        format!("{}{}", base.trim_end_matches('/'), path)
+            .parse()
+            .unwrap_or_else(|_| node.uri.clone())
+    }
+
+    /// The healthy node, breaker permitting, with the fewest requests in flight.
+    fn pick(&self) -> Option<node::Claim<'_>> {
+        let mut order: Vec<&Arc<Node>> = self.nodes.iter().collect();
+        order.sort_by_key(|n| n.in_flight());
+        order.into_iter().find_map(|n| n.try_claim())
+    }
+}
+
+pub struct Forwarder {
+    ledgers: HashMap<String, Arc<Ledger>>,
+}
+
+impl Forwarder {
+    /// Starts node health checks and a dispatcher per ledger, and queues the outbox's
+    /// pending transactions again. Must run inside the tokio runtime.
+    pub fn start(
+        configs: &[LedgerConfig],
+        config: &ForwardConfig,
+        outbox: Outbox,
+        pending: Vec<Pending>,
+    ) -> Result<Forwarder, String> {
+        let client = client::http_client();
+        let config = Arc::new(config.clone());
+        let mut ledgers = HashMap::new();
+        for c in configs {
+            let trust = c
+                .trust_roots_file
+                .as_deref()
+                .map(|r| TrustAnchors::load(r, c.trust_intermediates_file.as_deref()))
+                .transpose()
+                .map_err(|e| format!("ledger {:?}: {e}", c.name))?;
+            let nodes = c
+                .nodes
+                .iter()
+                .map(|u| {
+                    Ok(Arc::new(Node::new(
+                        &c.name,
+                        parse_node(u)?,
+                        c.max_in_flight_per_node,
+                    )))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let (queue, rx) = mpsc::unbounded_channel();
+            let ledger = Arc::new(Ledger {
+                name: c.name.as_str().into(),
+                kind: c.kind,
+                chain_id: AtomicU64::new(c.chain_id.unwrap_or(0)),
+                configured_chain: c.chain_id,
+                senders: parse_senders(&c.senders)?,
+                trust,
+                max_transaction_bytes: c.max_transaction_bytes,
+                nodes,
+                submit_path: c.submit_path.clone(),
+                health_path: c.health_path.clone(),
+                timeout: Duration::from_millis(c.request_timeout_ms),
+                queue,
+            });
+            for n in &ledger.nodes {
+                tokio::spawn(health_loop(
+                    ledger.clone(),
+                    n.clone(),
+                    client.clone(),
+                    config.clone(),
+                ));
+            }
+            let permits = c.max_in_flight_per_node * c.nodes.len();
+            tokio::spawn(dispatch(
+                ledger.clone(),
+                rx,
+                permits,
+                client.clone(),
+                config.clone(),
+                outbox.clone(),
+            ));
+            ledgers.insert(c.name.clone(), ledger);
+        }
+        for p in pending {
+            match ledgers.get(&*p.ledger) {
+                Some(l) => l.submit(p.id, p.body),
+                None => tracing::error!(
+                    ledger = %p.ledger,
+                    id = %crate::util::hex0x(&p.id),
+                    "an accepted transaction names a ledger no longer configured; it stays in the outbox"
+                ),
+            }
+        }
+        Ok(Forwarder { ledgers })
+    }
+
+    pub fn ledger(&self, name: &str) -> Option<&Arc<Ledger>> {
+        self.ledgers.get(name)
+    }
+
+    /// Ready when there are no ledgers or each has a healthy node.
+    pub fn ready(&self) -> bool {
+        self.ledgers.values().all(|l| l.any_healthy())
+    }
+}
+
+async fn dispatch(
+    ledger: Arc<Ledger>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    permits: usize,
+    client: HttpClient,
+    config: Arc<ForwardConfig>,
+    outbox: Outbox,
+) {
+    let limit = Arc::new(Semaphore::new(permits));
+    while let Some(job) = rx.recv().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let (ledger, client, config, outbox) = (
+            ledger.clone(),
+            client.clone(),
+            config.clone(),
+            outbox.clone(),
+        );
+        tokio::spawn(async move {
+            deliver(&ledger, job, &client, &config, &outbox).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Tries until the transaction is delivered or refused for good.
+async fn deliver(
+    ledger: &Ledger,
+    job: Job,
+    client: &HttpClient,
+    config: &ForwardConfig,
+    outbox: &Outbox,
+) {
+    let labels = |node: &str, result: &'static str| {
+        [
+            ("ledger", ledger.name.to_string()),
+            ("node", node.to_string()),
+            ("result", result.to_string()),
+        ]
+    };
+    let mut retry = 0u32;
+    loop {
+        let Some(claim) = ledger.pick() else {
+            tokio::time::sleep(config.backoff(retry)).await;
+            retry = retry.saturating_add(1);
+            continue;
+        };
+        outbox.attempted(&job.id);
+        let started = Instant::now();
+        let sent = match ledger.kind {
+            LedgerKind::Ethereum => {
+                client::send_ethereum(client, &claim.node.uri, &job.body, &job.id, ledger.timeout)
+                    .await
+            }
+            LedgerKind::Http => {
+                let uri = ledger.node_uri(claim.node, &ledger.submit_path);
+                client::send_http(client, &uri, &job.body, ledger.timeout).await
+            }
+        };
+        metrics::histogram!(m::FORWARD_SECONDS, "ledger" => ledger.name.to_string())
+            .record(started.elapsed().as_secs_f64());
+        let node = claim.node.name.clone();
+        match sent {
+            Sent::Delivered(answer) => {
+                claim.succeeded();
+                metrics::counter!(m::FORWARD_TOTAL, &labels(&node, "delivered")).increment(1);
+                outbox.resolve(&job.id, State::Forwarded, Some(node), Some(answer));
+                return;
+            }
+            Sent::Refused(message) => {
+                // The node works; it refused this transaction.
+                claim.succeeded();
+                metrics::counter!(m::FORWARD_TOTAL, &labels(&node, "refused")).increment(1);
+                tracing::warn!(ledger = %ledger.name, node = %node, id = %crate::util::hex0x(&job.id), %message, "the node refused a transaction for good");
+                outbox.resolve(&job.id, State::Failed, Some(node), Some(message));
+                return;
+            }
+            Sent::Retry(message) => {
+                claim.failed(
+                    config.breaker_failures,
+                    Duration::from_millis(config.breaker_open_ms),
+                );
+                metrics::counter!(m::FORWARD_TOTAL, &labels(&node, "retry")).increment(1);
+                metrics::counter!(m::FORWARD_RETRIES_TOTAL, "ledger" => ledger.name.to_string())
+                    .increment(1);
+                tracing::debug!(ledger = %ledger.name, node = %node, %message, "delivery failed; will retry");
+                tokio::time::sleep(config.backoff(retry)).await;
+                retry = retry.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// Checks a node now and then: Ethereum `eth_chainId` (which also learns the chain id),
+/// http a GET of the health path.
+async fn health_loop(
+    ledger: Arc<Ledger>,
+    node: Arc<Node>,
+    client: HttpClient,
+    config: Arc<ForwardConfig>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(config.health_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let timeout = ledger.timeout.min(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let up = match ledger.kind {
+            LedgerKind::Ethereum => {
+                match client::rpc(
+                    &client,
+                    &node.uri,
+                    "eth_chainId",
+                    serde_json::json!([]),
+                    timeout,
+                )
+                .await
+                {
+                    Ok(Ok(v)) => match v
+                        .as_str()
+                        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+                    {
+                        Some(id) => chain_matches(&ledger, &node, id),
+                        None => false,
+                    },
+                    _ => false,
+                }
+            }
+            LedgerKind::Http => {
+                let uri = ledger.node_uri(&node, &ledger.health_path);
+                matches!(
+                    client::exchange(&client, hyper::Method::GET, uri, None, timeout).await,
+                    Ok((s, _)) if s.is_success()
+                )
+            }
+        };
+        node.set_healthy(up);
+    }
+}
+
+/// Learns the chain id from the first node that answers; a node on another chain is
+/// unhealthy (it would refuse or, worse, mine for the wrong chain).
+fn chain_matches(ledger: &Ledger, node: &Node, id: u64) -> bool {
+    let known = match ledger.configured_chain {
+        Some(c) => c,
+        None => match ledger
+            .chain_id
+            .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                tracing::info!(ledger = %ledger.name, chain_id = id, node = %node.name, "chain id read from the node");
+                id
+            }
+            Err(current) => current,
+        },
+    };
+    if known != id {
+        tracing::error!(ledger = %ledger.name, node = %node.name, node_chain = id, ledger_chain = known, "node is on another chain");
+    }
+    known == id
+}
