@@ -147,6 +147,20 @@ pub async fn send_ethereum(
     {
         return Sent::Retry(err.message);
     }
+    match known_ethereum(client, uri, id, timeout).await {
+        Ok(true) => Sent::Delivered(format!("already known: {}", err.message)),
+        Ok(false) => Sent::Refused(format!("{} (code {})", err.message, err.code)),
+        Err(e) => Sent::Retry(e),
+    }
+}
+
+/// Whether the node has the transaction, pending or mined (`eth_getTransactionByHash`).
+pub async fn known_ethereum(
+    client: &HttpClient,
+    uri: &Uri,
+    id: &[u8; 32],
+    timeout: Duration,
+) -> Result<bool, String> {
     match rpc(
         client,
         uri,
@@ -154,12 +168,10 @@ pub async fn send_ethereum(
         json!([crate::util::hex0x(id)]),
         timeout,
     )
-    .await
+    .await?
     {
-        Ok(Ok(v)) if !v.is_null() => Sent::Delivered(format!("already known: {}", err.message)),
-        Ok(Ok(_)) => Sent::Refused(format!("{} (code {})", err.message, err.code)),
-        Ok(Err(e)) => Sent::Retry(e.message),
-        Err(e) => Sent::Retry(e),
+        Ok(v) => Ok(!v.is_null()),
+        Err(e) => Err(e.message),
     }
 }
 

@@ -251,6 +251,8 @@ impl ForwardConfig {
 struct Job {
     id: TxId,
     body: Arc<[u8]>,
+    /// It may have reached a node already (queued again after a restart).
+    maybe_sent: bool,
 }
 
 /// One configured ledger at run time.
@@ -282,7 +284,11 @@ impl Ledger {
     /// Hands an accepted (durable) transaction to the forwarder.
     pub fn submit(&self, id: TxId, body: Arc<[u8]>) {
         // The queue holds what the outbox bounds (max_pending), so it cannot grow past it.
-        let _ = self.queue.send(Job { id, body });
+        let _ = self.queue.send(Job {
+            id,
+            body,
+            maybe_sent: false,
+        });
     }
 
     fn node_uri(&self, node: &Node, path: &str) -> Uri {
@@ -373,7 +379,13 @@ impl Forwarder {
         }
         for p in pending {
             match ledgers.get(&*p.ledger) {
-                Some(l) => l.submit(p.id, p.body),
+                Some(l) => {
+                    let _ = l.queue.send(Job {
+                        id: p.id,
+                        body: p.body,
+                        maybe_sent: true,
+                    });
+                }
                 None => tracing::error!(
                     ledger = %p.ledger,
                     id = %crate::util::hex0x(&p.id),
@@ -445,6 +457,25 @@ async fn deliver(
         outbox.attempted(&job.id);
         let started = Instant::now();
         let sent = match ledger.kind {
+            LedgerKind::Ethereum if job.maybe_sent || retry > 0 => {
+                // Ask before sending again: a node that has it should not get it twice
+                // (ganache, for one, would mine a re-sent transaction again).
+                match client::known_ethereum(client, &claim.node.uri, &job.id, ledger.timeout).await
+                {
+                    Ok(true) => Sent::Delivered("already known to the node".into()),
+                    Ok(false) => {
+                        client::send_ethereum(
+                            client,
+                            &claim.node.uri,
+                            &job.body,
+                            &job.id,
+                            ledger.timeout,
+                        )
+                        .await
+                    }
+                    Err(e) => Sent::Retry(e),
+                }
+            }
             LedgerKind::Ethereum => {
                 client::send_ethereum(client, &claim.node.uri, &job.body, &job.id, ledger.timeout)
                     .await

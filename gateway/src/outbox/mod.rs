@@ -678,3 +678,148 @@ fn numbered(dir: &Path, prefix: &str) -> std::io::Result<Vec<(u64, PathBuf)>> {
     out.sort();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(i: u32) -> NewTx {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        NewTx {
+            id,
+            ledger: "eth".into(),
+            body: vec![i as u8; 200].into(),
+        }
+    }
+
+    fn small() -> OutboxConfig {
+        OutboxConfig {
+            segment_bytes: 4096,
+            ..OutboxConfig::default()
+        }
+    }
+
+    fn segments(dir: &Path) -> usize {
+        numbered(dir, "seg-").unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn accepted_survives_a_restart_and_is_queued_again_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ob, pending) = Outbox::open(dir.path(), &small()).unwrap();
+        assert!(pending.is_empty());
+        let v = ob.accept((0..50).map(tx).collect()).await.unwrap();
+        assert!(v.iter().all(|a| *a));
+        assert_eq!(
+            ob.accept(vec![tx(3), tx(99), tx(99)]).await.unwrap(),
+            [false, true, false]
+        );
+        ob.resolve(
+            &tx(0).id,
+            State::Forwarded,
+            Some("n1".into()),
+            Some("0xabc".into()),
+        );
+        ob.resolve(
+            &tx(1).id,
+            State::Failed,
+            Some("n1".into()),
+            Some("nonce too low".into()),
+        );
+        // Let the writer record the outcomes before "crashing".
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(ob);
+
+        let (ob, pending) = Outbox::open(dir.path(), &small()).unwrap();
+        let ids: Vec<TxId> = pending.iter().map(|p| p.id).collect();
+        let want: Vec<TxId> = (2..50).chain([99]).map(|i| tx(i).id).collect();
+        assert_eq!(ids, want, "unresolved ones, oldest first");
+        assert_eq!(&*pending[0].body, &*tx(2).body);
+        assert_eq!(ob.status(&tx(0).id).unwrap().state, State::Forwarded);
+        let failed = ob.status(&tx(1).id).unwrap();
+        assert_eq!(
+            (failed.state, failed.response.as_deref()),
+            (State::Failed, Some("nonce too low"))
+        );
+        assert_eq!(ob.status(&tx(7).id).unwrap().state, State::Accepted);
+        assert_eq!(
+            ob.accept(vec![tx(0), tx(7)]).await.unwrap(),
+            [false, false],
+            "replays across a restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn resolved_segments_are_removed_and_their_ids_still_count_as_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ob, _) = Outbox::open(dir.path(), &small()).unwrap();
+        for chunk in 0..20 {
+            ob.accept((chunk * 10..chunk * 10 + 10).map(tx).collect())
+                .await
+                .unwrap();
+        }
+        assert!(
+            segments(dir.path()) > 5,
+            "200 records of ~500 bytes roll 4 KiB segments"
+        );
+        for i in 0..200 {
+            ob.resolve(&tx(i).id, State::Forwarded, Some("n".into()), None);
+        }
+        // The writer collects segments after each batch; nudge it with one more write.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while segments(dir.path()) > 2 && std::time::Instant::now() < deadline {
+            ob.accept(vec![tx(1000 + segments(dir.path()) as u32)])
+                .await
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(segments(dir.path()) <= 2, "resolved segments removed");
+        drop(ob);
+        let (ob, pending) = Outbox::open(dir.path(), &small()).unwrap();
+        assert!(pending
+            .iter()
+            .all(|p| p.id[..4] >= 1000u32.to_be_bytes()[..]));
+        assert_eq!(
+            ob.accept(vec![tx(5), tx(150)]).await.unwrap(),
+            [false, false]
+        );
+        assert_eq!(ob.status(&tx(5).id).unwrap().state, State::Forwarded);
+    }
+
+    #[tokio::test]
+    async fn a_record_cut_in_the_middle_is_dropped_and_the_rest_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ob, _) = Outbox::open(dir.path(), &OutboxConfig::default()).unwrap();
+        ob.accept((0..10).map(tx).collect()).await.unwrap();
+        drop(ob);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (_, path) = numbered(dir.path(), "seg-").unwrap().pop().unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len - 100).unwrap();
+        drop(f);
+
+        let (ob, pending) = Outbox::open(dir.path(), &OutboxConfig::default()).unwrap();
+        assert_eq!(pending.len(), 9, "the torn last record is cut");
+        assert!(ob.status(&tx(9).id).is_none());
+        assert_eq!(
+            ob.accept(vec![tx(9)]).await.unwrap(),
+            [true],
+            "and may be sent again"
+        );
+
+        // Corruption in a segment that is not the last one is refused, not cut.
+        drop(ob);
+        let mut segs = numbered(dir.path(), "seg-").unwrap();
+        segs.pop();
+        let (_, older) = segs.pop().unwrap();
+        let mut bytes = std::fs::read(&older).unwrap();
+        bytes[20] ^= 0xff;
+        std::fs::write(&older, bytes).unwrap();
+        assert!(matches!(
+            Outbox::open(dir.path(), &OutboxConfig::default()),
+            Err(OutboxError::Corrupt { .. })
+        ));
+    }
+}

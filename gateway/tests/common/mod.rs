@@ -3,6 +3,7 @@
 //! ethers.js).
 #![allow(dead_code)]
 
+pub mod ledger;
 pub mod wycheproof;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,15 @@ impl Gateway {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir);
+        Gateway::spawn(cmd, dir)
+    }
+
+    /// The embedded default with more flags (`--ledger ...`).
+    pub fn start_dev_with(dir: &Path, args: &[String]) -> Gateway {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(args);
         Gateway::spawn(cmd, dir)
     }
 
@@ -188,6 +198,13 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// SIGTERM, then wait for the exit.
