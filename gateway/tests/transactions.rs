@@ -524,7 +524,7 @@ fn kill_9_during_a_stream_loses_no_accepted_transaction() {
             "{}",
             r.body
         );
-        for ((t, ok), res) in chunk.iter().zip(r.body["results"].as_array().unwrap()) {
+        for ((_, ok), res) in chunk.iter().zip(r.body["results"].as_array().unwrap()) {
             let code = res["reason"]["code"].as_str().unwrap_or("");
             assert_eq!(
                 res["status"] == "accepted" || code == "replayed",
