@@ -33,6 +33,11 @@ impl Drop for Gateway {
 }
 
 pub fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
+    start_gateway_with(dir, &[])
+}
+
+/// The embedded default with more flags (`--ledger ...`).
+pub fn start_gateway_with(dir: &Path, extra: &[String]) -> anyhow::Result<Gateway> {
     let bin = std::env::current_exe()?.with_file_name("bsn-gateway");
     if !bin.exists() {
         bail!(
@@ -43,6 +48,7 @@ pub fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
     let child = Command::new(&bin)
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .args(extra)
         .env("BSN_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?;
