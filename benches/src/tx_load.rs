@@ -38,7 +38,7 @@ fn sign(
     1_000_000_000u64.encode(&mut fields);
     100_000_000_000u64.encode(&mut fields);
     21_000u64.encode(&mut fields);
-    (&to[..]).encode(&mut fields);
+    to[..].encode(&mut fields);
     1u64.encode(&mut fields);
     (&[][..] as &[u8]).encode(&mut fields);
     fields.push(0xc0);

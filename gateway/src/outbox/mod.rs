@@ -226,6 +226,8 @@ impl Book {
 }
 
 struct Shared {
+    /// Held for the life of the outbox: two gateways on one outbox would corrupt it.
+    _lock: std::fs::File,
     book: Mutex<Book>,
     healthy: AtomicBool,
     config: OutboxConfig,
@@ -271,6 +273,13 @@ impl Outbox {
     pub fn open(dir: &Path, config: &OutboxConfig) -> Result<(Outbox, Vec<Pending>), OutboxError> {
         let io = |e: std::io::Error| OutboxError::Io(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = std::fs::File::create(dir.join("LOCK")).map_err(io)?;
+        lock.try_lock().map_err(|_| {
+            OutboxError::Io(format!(
+                "{}: another process holds this outbox",
+                dir.display()
+            ))
+        })?;
         let mut book = Book::default();
         let now = now();
         let horizon = now.saturating_sub(config.replay_window_seconds);
@@ -369,6 +378,7 @@ impl Outbox {
         }
         let next = last.map_or(1, |n| n + 1);
         let shared = Arc::new(Shared {
+            _lock: lock,
             book: Mutex::new(book),
             healthy: AtomicBool::new(true),
             config: config.clone(),
@@ -700,6 +710,20 @@ mod tests {
         }
     }
 
+    /// Opens again once the last instance's writer has let go of the lock.
+    fn reopen(dir: &Path, cfg: &OutboxConfig) -> Result<(Outbox, Vec<Pending>), OutboxError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Outbox::open(dir, cfg) {
+                Err(OutboxError::Io(m)) if m.contains("another process") => {
+                    assert!(std::time::Instant::now() < deadline, "{m}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn segments(dir: &Path) -> usize {
         numbered(dir, "seg-").unwrap().len()
     }
@@ -731,7 +755,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(300));
         drop(ob);
 
-        let (ob, pending) = Outbox::open(dir.path(), &small()).unwrap();
+        let (ob, pending) = reopen(dir.path(), &small()).unwrap();
         let ids: Vec<TxId> = pending.iter().map(|p| p.id).collect();
         let want: Vec<TxId> = (2..50).chain([99]).map(|i| tx(i).id).collect();
         assert_eq!(ids, want, "unresolved ones, oldest first");
@@ -776,7 +800,7 @@ mod tests {
         }
         assert!(segments(dir.path()) <= 2, "resolved segments removed");
         drop(ob);
-        let (ob, pending) = Outbox::open(dir.path(), &small()).unwrap();
+        let (ob, pending) = reopen(dir.path(), &small()).unwrap();
         assert!(pending
             .iter()
             .all(|p| p.id[..4] >= 1000u32.to_be_bytes()[..]));
@@ -793,14 +817,24 @@ mod tests {
         let (ob, _) = Outbox::open(dir.path(), &OutboxConfig::default()).unwrap();
         ob.accept((0..10).map(tx).collect()).await.unwrap();
         drop(ob);
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // The writer lets go of the lock once it has stopped writing.
+        let lock = std::fs::File::open(dir.path().join("LOCK")).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lock.try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(lock);
         let (_, path) = numbered(dir.path(), "seg-").unwrap().pop().unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 100).unwrap();
         drop(f);
 
-        let (ob, pending) = Outbox::open(dir.path(), &OutboxConfig::default()).unwrap();
+        let (ob, pending) = reopen(dir.path(), &OutboxConfig::default()).unwrap();
         assert_eq!(pending.len(), 9, "the torn last record is cut");
         assert!(ob.status(&tx(9).id).is_none());
         assert_eq!(
@@ -818,7 +852,7 @@ mod tests {
         bytes[20] ^= 0xff;
         std::fs::write(&older, bytes).unwrap();
         assert!(matches!(
-            Outbox::open(dir.path(), &OutboxConfig::default()),
+            reopen(dir.path(), &OutboxConfig::default()),
             Err(OutboxError::Corrupt { .. })
         ));
     }
