@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing bsn-gateway needs on Debian/Ubuntu:
 # SoftHSM2 (the embedded default HSM), OpenSC's pkcs11-tool, OpenSSL headers and CLI,
-# curl, Node.js for the test-only tools in test-tools/ (ethers.js), and runs `npm ci` there.
+# curl, systemd (systemd-analyze checks the shipped unit), Node.js for the test-only tools
+# in test-tools/ (ethers.js, ganache), and runs `npm ci` there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm)
+packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

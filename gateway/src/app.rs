@@ -106,6 +106,8 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     write_addr(data, &addr.to_string())?;
     tracing::info!(%addr, tls = tls.is_some(), keys = state.custody.list().len(), "serving");
+    // The HSM pool is open and the listener bound: systemd may start what depends on us.
+    crate::notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
 
     crate::http::server::serve(
         listener,
@@ -138,4 +140,5 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    crate::notify::notify("STOPPING=1");
 }

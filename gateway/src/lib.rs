@@ -12,6 +12,7 @@ pub mod dev;
 pub mod forward;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod secret;
 pub mod txn;

@@ -64,7 +64,7 @@ impl Gateway {
         Gateway::spawn(cmd, dir)
     }
 
-    fn spawn(mut cmd: Command, dir: &Path) -> Gateway {
+    pub fn spawn(mut cmd: Command, dir: &Path) -> Gateway {
         let _ = std::fs::remove_file(dir.join("gateway.addr"));
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
