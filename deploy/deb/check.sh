@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds the Debian package, installs it with dpkg (needs root: CI), and runs the
+# installed binary's --version and `config check` on the shipped config.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+deb=$(deploy/deb/build.sh)
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO dpkg -i "$deb" >/dev/null
+/usr/bin/bsn-gateway --version
+/usr/bin/bsn-gateway config check /etc/bsn-gateway/gateway.toml
+getent passwd bsn-gateway >/dev/null
+[ "$(stat -c '%U %a' /var/lib/bsn-gateway)" = "bsn-gateway 700" ]
+echo "deb: installed and checked $deb"
