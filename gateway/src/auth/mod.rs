@@ -143,7 +143,7 @@ impl Client {
             Some(q) => q
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .take(n, crate::outbox::now()),
+                .take(n, crate::util::unix_now()),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::require;
 use super::router::{json_response, read_json, Resp};
 use crate::algorithm::Algorithm;
 use crate::app::AppState;
@@ -93,18 +94,6 @@ impl Audit {
         };
         state.audit.append(entry).await?;
         result
-    }
-}
-
-fn require(client: &Client, op: Operation) -> Result<(), ApiError> {
-    if client.may(op) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "client {:?} may not {}",
-            client.name,
-            op.as_str()
-        )))
     }
 }
 

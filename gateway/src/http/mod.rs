@@ -14,6 +14,22 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+/// The client's policy must grant `op`, or the request is 403 `forbidden`.
+pub fn require(
+    client: &crate::auth::Client,
+    op: crate::auth::Operation,
+) -> Result<(), error::ApiError> {
+    if client.may(op) {
+        Ok(())
+    } else {
+        Err(error::ApiError::forbidden(format!(
+            "client {:?} lacks the {:?} operation",
+            client.name,
+            op.as_str()
+        )))
+    }
+}
+
 /// `[server]` in the config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

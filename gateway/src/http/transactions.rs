@@ -20,7 +20,7 @@ use crate::outbox::{NewTx, OutboxError};
 use crate::txn::envelope::{Envelope, EnvelopeError};
 use crate::txn::{ethereum, TxId};
 use crate::util::hex0x;
-use crate::verify::{KeyInput, Outcome, Task};
+use crate::verify::{KeyInput, Outcome, Reason, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,23 +65,12 @@ fn reject(id: Option<TxId>, code: &'static str, message: impl Into<String>) -> S
     }
 }
 
-fn require(client: &Client) -> Result<(), ApiError> {
-    if client.may(Operation::Transactions) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "client {:?} may not submit or read transactions",
-            client.name
-        )))
-    }
-}
-
 pub async fn submit(
     state: &Arc<AppState>,
     client: &Client,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    require(client)?;
+    super::require(client, Operation::Transactions)?;
     let body: SubmitRequest = read_json(state, req).await?;
     let ledger = state.forward.ledger(&body.ledger).ok_or_else(|| {
         ApiError::not_found("unknown_ledger", format!("no ledger {:?}", body.ledger))
@@ -131,26 +120,26 @@ pub async fn submit(
                     body: body.clone(),
                     sender: None,
                 },
-                Outcome::Recovered(pk) => {
-                    let hash = crate::util::keccak256(&pk[1..]);
-                    let sender: [u8; 20] = hash[12..].try_into().expect("20 bytes");
-                    if ledger.senders.is_empty() || ledger.senders.contains(&sender) {
+                Outcome::Recovered(pk) => match crate::crypto::ecdsa::eth_address(pk) {
+                    None => reject(Some(*id), Reason::Internal.as_str(), "recovery gave no key"),
+                    Some(sender)
+                        if ledger.senders.is_empty() || ledger.senders.contains(&sender) =>
+                    {
                         Slot::Vetted {
                             id: *id,
                             body: body.clone(),
                             sender: Some(sender),
                         }
-                    } else {
-                        reject(
-                            Some(*id),
-                            "sender_not_allowed",
-                            format!(
-                                "sender {} is not on this ledger's allow-list",
-                                hex0x(&sender)
-                            ),
-                        )
                     }
-                }
+                    Some(sender) => reject(
+                        Some(*id),
+                        "sender_not_allowed",
+                        format!(
+                            "sender {} is not on this ledger's allow-list",
+                            hex0x(&sender)
+                        ),
+                    ),
+                },
                 Outcome::Invalid(r) => reject(
                     Some(*id),
                     r.as_str(),
@@ -335,22 +324,8 @@ fn envelope(
     }
     let algorithm = env.algorithm().map_err(fail)?;
     let key = match (&env.key_id, &env.certificate_pem) {
-        (Some(key_id), None) => {
-            // A key this client may not see is as unknown as one that does not exist.
-            let record = state
-                .custody
-                .get(key_id)
-                .filter(|r| client.may_use_label(&r.label))
-                .ok_or(EnvelopeError::UnknownKey)
-                .map_err(fail)?;
-            if record.algorithm != algorithm {
-                return Err(fail(EnvelopeError::AlgorithmMismatch));
-            }
-            KeyInput::Bytes(
-                crate::util::unhex0x(&record.public_key)
-                    .map_err(|_| fail(EnvelopeError::UnknownKey))?,
-            )
-        }
+        (Some(key_id), None) => super::verify::custody_key(state, client, key_id, algorithm)
+            .map_err(|r| fail(EnvelopeError::Key(r)))?,
         (None, Some(pem)) => {
             let trust = ledger
                 .trust
@@ -365,14 +340,14 @@ fn envelope(
             )))
         }
     };
-    let item = env.item(key, payload).map_err(fail)?;
+    let item = env.item(algorithm, key, payload).map_err(fail)?;
     let body = serde_json::to_vec(&json!({"id": hex0x(&id), "envelope": env}))
         .expect("JSON values serialise");
     Ok((id, body.into(), Task::Verify(item)))
 }
 
 pub fn status(state: &AppState, client: &Client, id: &str) -> Result<Resp, ApiError> {
-    require(client)?;
+    super::require(client, Operation::Transactions)?;
     let not_found = || ApiError::not_found("not_found", format!("no accepted transaction {id}"));
     let key: TxId = crate::util::unhex0x(id)
         .ok()

@@ -46,12 +46,7 @@ pub async fn verify(
     client: &Client,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    if !client.may(Operation::Verify) {
-        return Err(ApiError::forbidden(format!(
-            "client {:?} may not verify",
-            client.name
-        )));
-    }
+    super::require(client, Operation::Verify)?;
     let body: VerifyRequest = read_json(state, req).await?;
     state.limits.check_items(body.items.len())?;
     let mut results: Vec<Option<Outcome>> = Vec::with_capacity(body.items.len());
@@ -80,6 +75,27 @@ pub async fn verify(
     ))
 }
 
+/// The public key of custody key `id` (imported verify-only keys too), for `algorithm`.
+pub(super) fn custody_key(
+    state: &AppState,
+    client: &Client,
+    id: &str,
+    algorithm: Algorithm,
+) -> Result<KeyInput, Reason> {
+    // A key this client may not see is as unknown as one that does not exist.
+    let record = state
+        .custody
+        .get(id)
+        .filter(|r| client.may_use_label(&r.label))
+        .ok_or(Reason::UnknownKey)?;
+    if record.algorithm != algorithm {
+        return Err(Reason::AlgorithmMismatch);
+    }
+    Ok(KeyInput::Bytes(
+        unhex0x(&record.public_key).map_err(|_| Reason::Internal)?,
+    ))
+}
+
 fn prepare(state: &AppState, client: &Client, item: &VerifyItem) -> Result<Item, Reason> {
     let algorithm: Algorithm = item
         .algorithm
@@ -95,18 +111,7 @@ fn prepare(state: &AppState, client: &Client, item: &VerifyItem) -> Result<Item,
             KeyInput::Bytes(unhex0x(hex).map_err(|_| Reason::BadEncoding)?)
         }
         (None, Some(pem), None, None) => KeyInput::Pem(pem.clone()),
-        (None, None, Some(id), None) => {
-            // A key this client may not see is as unknown as one that does not exist.
-            let record = state
-                .custody
-                .get(id)
-                .filter(|r| client.may_use_label(&r.label))
-                .ok_or(Reason::UnknownKey)?;
-            if record.algorithm != algorithm {
-                return Err(Reason::AlgorithmMismatch);
-            }
-            KeyInput::Bytes(unhex0x(&record.public_key).map_err(|_| Reason::Internal)?)
-        }
+        (None, None, Some(id), None) => custody_key(state, client, id, algorithm)?,
         (None, None, None, Some(addr)) => {
             let bytes = unhex0x(addr).map_err(|_| Reason::BadEncoding)?;
             KeyInput::Address(bytes.try_into().map_err(|_| Reason::BadEncoding)?)

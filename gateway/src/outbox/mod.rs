@@ -261,12 +261,6 @@ pub struct Outbox {
     tx: crossbeam_channel::Sender<Write>,
 }
 
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Outbox {
     /// Opens (or creates) the outbox under `dir`: cuts a torn tail, rebuilds the replay
     /// window and returns every accepted transaction not yet resolved, oldest first.
@@ -281,7 +275,7 @@ impl Outbox {
             ))
         })?;
         let mut book = Book::default();
-        let now = now();
+        let now = crate::util::unix_now();
         let horizon = now.saturating_sub(config.replay_window_seconds);
         let bucket = config.bucket_seconds();
 
@@ -404,7 +398,7 @@ impl Outbox {
     /// (an id seen within the window, or twice in this call). All or nothing on error.
     pub async fn accept(&self, txs: Vec<NewTx>) -> Result<Vec<bool>, OutboxError> {
         let cfg = &self.shared.config;
-        let now = now();
+        let now = crate::util::unix_now();
         let mut fresh = Vec::with_capacity(txs.len());
         let mut verdicts = Vec::with_capacity(txs.len());
         {

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::{now, Record, Segment, Shared, Write};
+use super::{Record, Segment, Shared, Write};
 use crate::metrics as m;
 use crate::txn::TxId;
+use crate::util::unix_now;
 
 /// At most this many writes share one fsync, so one batch cannot grow without bound.
 const MAX_GROUP: usize = 4096;
@@ -217,7 +218,7 @@ impl Writer {
     /// Appends resolved statuses to their time buckets and syncs each file touched.
     fn index(&mut self, summaries: &[(TxId, super::TxStatus)]) -> std::io::Result<()> {
         let bucket = self.shared.config.bucket_seconds();
-        let horizon = now().saturating_sub(self.shared.config.replay_window_seconds);
+        let horizon = unix_now().saturating_sub(self.shared.config.replay_window_seconds);
         let mut by_bucket: HashMap<u64, Vec<u8>> = HashMap::new();
         for (id, s) in summaries {
             if s.accepted_at < horizon {
@@ -250,7 +251,7 @@ impl Writer {
         self.last_sweep = Instant::now();
         let window = self.shared.config.replay_window_seconds;
         let bucket = self.shared.config.bucket_seconds();
-        let horizon = now().saturating_sub(window);
+        let horizon = unix_now().saturating_sub(window);
         {
             let mut book = self.shared.book();
             book.entries.retain(|_, e| {

@@ -10,7 +10,7 @@ use openssl::x509::{X509StoreContext, X509};
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::Algorithm;
-use crate::verify::{Hash, Item, KeyInput, Message, SigFormat};
+use crate::verify::{Hash, Item, KeyInput, Message, Reason, SigFormat};
 
 /// An envelope as the client sends it and as it is forwarded.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -34,10 +34,9 @@ pub struct Envelope {
 pub enum EnvelopeError {
     #[error("{0}")]
     Invalid(String),
-    #[error("unknown key")]
-    UnknownKey,
-    #[error("the key is for another algorithm")]
-    AlgorithmMismatch,
+    /// The custody key named by `key_id` cannot be used (unknown, other algorithm).
+    #[error("key_id: {}", .0.as_str())]
+    Key(Reason),
     #[error("certificate: {0}")]
     BadCertificate(String),
     #[error("the certificate does not chain to this ledger's trust anchors: {0}")]
@@ -50,8 +49,7 @@ impl EnvelopeError {
     pub fn code(&self) -> &'static str {
         match self {
             EnvelopeError::Invalid(_) => "invalid_item",
-            EnvelopeError::UnknownKey => "unknown_key",
-            EnvelopeError::AlgorithmMismatch => "algorithm_mismatch",
+            EnvelopeError::Key(r) => r.as_str(),
             EnvelopeError::BadCertificate(_) => "bad_certificate",
             EnvelopeError::Untrusted(_) | EnvelopeError::NoTrustAnchors => "untrusted_certificate",
         }
@@ -127,8 +125,12 @@ impl Envelope {
     }
 
     /// The engine task that checks the signature over the payload, given the signer's key.
-    pub fn item(&self, key: KeyInput, payload: Vec<u8>) -> Result<Item, EnvelopeError> {
-        let algorithm = self.algorithm()?;
+    pub fn item(
+        &self,
+        algorithm: Algorithm,
+        key: KeyInput,
+        payload: Vec<u8>,
+    ) -> Result<Item, EnvelopeError> {
         let format = match self.format.as_deref() {
             None => SigFormat::default_for(algorithm),
             Some(f) => SigFormat::parse(f)
