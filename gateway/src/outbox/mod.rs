@@ -134,6 +134,19 @@ pub struct TxStatus {
     pub response: Option<String>,
 }
 
+impl TxStatus {
+    fn new(ledger: Arc<str>, accepted_at: u64, state: State) -> TxStatus {
+        TxStatus {
+            ledger,
+            accepted_at,
+            state,
+            attempts: 0,
+            node: None,
+            response: None,
+        }
+    }
+}
+
 /// A transaction to make durable.
 pub struct NewTx {
     pub id: TxId,
@@ -146,7 +159,6 @@ pub struct Pending {
     pub id: TxId,
     pub ledger: Arc<str>,
     pub body: Arc<[u8]>,
-    pub attempts: u32,
 }
 
 /// What the log holds. Index files hold only `Done`.
@@ -215,7 +227,58 @@ struct Book {
     pending_bytes: u64,
 }
 
+impl Entry {
+    fn resolved(status: TxStatus) -> Entry {
+        Entry {
+            status,
+            segment: None,
+            bytes: 0,
+        }
+    }
+}
+
 impl Book {
+    fn segment(&mut self, seq: u64) -> &mut Segment {
+        self.segments.entry(seq).or_default()
+    }
+
+    /// Tracks an unresolved transaction; its segment, when known, counts it.
+    fn track(&mut self, id: TxId, entry: Entry) {
+        self.pending += 1;
+        self.pending_bytes += entry.bytes;
+        if let Some(seq) = entry.segment {
+            self.segment(seq).unresolved += 1;
+        }
+        self.entries.insert(id, entry);
+    }
+
+    /// Its `Accepted` record is now in segment `seq` (and counts there while unresolved).
+    fn place(&mut self, id: TxId, seq: u64) {
+        self.segment(seq).ids.push(id);
+        if let Some(e) = self.entries.get_mut(&id) {
+            if !e.status.state.resolved() {
+                e.segment = Some(seq);
+                self.segment(seq).unresolved += 1;
+            }
+        }
+    }
+
+    /// No longer waits to be forwarded (resolved, or never made durable).
+    fn unpend(&mut self, id: &TxId) {
+        if let Some(e) = self.entries.get(id).filter(|e| !e.status.state.resolved()) {
+            self.pending -= 1;
+            self.pending_bytes -= e.bytes;
+        }
+    }
+
+    /// Its outcome is on disk: its `Accepted` record no longer holds its segment.
+    fn release(&mut self, id: &TxId) {
+        if let Some(seq) = self.entries.get_mut(id).and_then(|e| e.segment.take()) {
+            let seg = self.segment(seq);
+            seg.unresolved = seg.unresolved.saturating_sub(1);
+        }
+    }
+
     fn publish(&self) {
         metrics::gauge!(m::OUTBOX_PENDING).set(self.pending as f64);
         metrics::gauge!(m::OUTBOX_TRACKED).set(self.entries.len() as f64);
@@ -289,14 +352,7 @@ impl Outbox {
             for r in scan {
                 if let Record::Done { .. } = r {
                     let (id, status) = parse_done(r, &path)?;
-                    book.entries.insert(
-                        id,
-                        Entry {
-                            status,
-                            segment: None,
-                            bytes: 0,
-                        },
-                    );
+                    book.entries.insert(id, Entry::resolved(status));
                 }
             }
         }
@@ -307,10 +363,7 @@ impl Outbox {
         let mut where_pending: HashMap<TxId, usize> = HashMap::new();
         for (seq, path) in &segments {
             let records = recover(path, Some(*seq) == last)?;
-            let mut seg = Segment {
-                bytes: std::fs::metadata(path).map_err(io)?.len(),
-                ..Segment::default()
-            };
+            book.segment(*seq).bytes = std::fs::metadata(path).map_err(io)?.len();
             for r in records {
                 match r {
                     Record::Accepted {
@@ -320,7 +373,7 @@ impl Outbox {
                         body,
                     } => {
                         let id = parse_id(&id, path)?;
-                        seg.ids.push(id);
+                        book.segment(*seq).ids.push(id);
                         if book
                             .entries
                             .get(&id)
@@ -332,43 +385,29 @@ impl Outbox {
                             .map_err(|_| corrupt(path, "a body is not base64"))?
                             .into();
                         let ledger: Arc<str> = ledger.into();
-                        seg.unresolved += 1;
-                        book.pending += 1;
-                        book.pending_bytes += body.len() as u64;
-                        book.entries.insert(
+                        book.track(
                             id,
                             Entry {
-                                status: TxStatus {
-                                    ledger: ledger.clone(),
-                                    accepted_at: at,
-                                    state: State::Accepted,
-                                    attempts: 0,
-                                    node: None,
-                                    response: None,
-                                },
+                                status: TxStatus::new(ledger.clone(), at, State::Accepted),
                                 segment: Some(*seq),
                                 bytes: body.len() as u64,
                             },
                         );
                         where_pending.insert(id, pending.len());
-                        pending.push(Some(Pending {
-                            id,
-                            ledger,
-                            body,
-                            attempts: 0,
-                        }));
+                        pending.push(Some(Pending { id, ledger, body }));
                     }
                     done @ Record::Done { .. } => {
                         let (id, status) = parse_done(done, path)?;
-                        seg.ids.push(id);
+                        book.segment(*seq).ids.push(id);
                         if let Some(i) = where_pending.remove(&id) {
                             pending[i] = None;
                         }
-                        resolve(&mut book, &mut seg, *seq, id, status);
+                        book.unpend(&id);
+                        book.release(&id);
+                        book.entries.insert(id, Entry::resolved(status));
                     }
                 }
             }
-            book.segments.insert(*seq, seg);
         }
         let next = last.map_or(1, |n| n + 1);
         let shared = Arc::new(Shared {
@@ -435,19 +474,10 @@ impl Outbox {
                 if !new {
                     continue;
                 }
-                book.pending += 1;
-                book.pending_bytes += t.body.len() as u64;
-                book.entries.insert(
+                book.track(
                     t.id,
                     Entry {
-                        status: TxStatus {
-                            ledger: t.ledger.clone(),
-                            accepted_at: now,
-                            state: State::Accepting,
-                            attempts: 0,
-                            node: None,
-                            response: None,
-                        },
+                        status: TxStatus::new(t.ledger.clone(), now, State::Accepting),
                         segment: None,
                         bytes: t.body.len() as u64,
                     },
@@ -494,10 +524,8 @@ impl Outbox {
             }
             Err(e) => {
                 for id in &ids {
-                    if let Some(entry) = book.entries.remove(id) {
-                        book.pending -= 1;
-                        book.pending_bytes -= entry.bytes;
-                    }
+                    book.unpend(id);
+                    book.entries.remove(id);
                 }
                 Err(OutboxError::Io(e))
             }
@@ -505,31 +533,31 @@ impl Outbox {
     }
 
     /// Counts one more delivery attempt (persisted with the outcome).
-    pub fn attempted(&self, id: &TxId) -> u32 {
-        let mut book = self.shared.book();
-        book.entries.get_mut(id).map_or(0, |e| {
+    pub fn attempted(&self, id: &TxId) {
+        if let Some(e) = self.shared.book().entries.get_mut(id) {
             e.status.attempts += 1;
-            e.status.attempts
-        })
+        }
     }
 
     /// Records the outcome: forwarded (the node took it) or failed (permanently refused).
     pub fn resolve(&self, id: &TxId, state: State, node: Option<String>, response: Option<String>) {
         let frame = {
             let mut book = self.shared.book();
+            if book
+                .entries
+                .get(id)
+                .is_none_or(|e| e.status.state.resolved())
+            {
+                return;
+            }
+            book.unpend(id);
             let Some(e) = book.entries.get_mut(id) else {
                 return;
             };
-            if e.status.state.resolved() {
-                return;
-            }
             e.status.state = state;
             e.status.node = node;
             e.status.response = response.map(|r| truncate(r, 512));
             let frame = Record::done(id, &e.status).encode();
-            let bytes = e.bytes;
-            book.pending -= 1;
-            book.pending_bytes -= bytes;
             book.publish();
             frame
         };
@@ -549,33 +577,6 @@ impl Outbox {
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)
     }
-}
-
-/// Applies a resolved status found on disk to the book.
-fn resolve(book: &mut Book, current: &mut Segment, seq: u64, id: TxId, status: TxStatus) {
-    if let Some(old) = book.entries.get(&id) {
-        if !old.status.state.resolved() {
-            match old.segment {
-                Some(s) if s == seq => current.unresolved -= 1,
-                Some(s) => {
-                    if let Some(seg) = book.segments.get_mut(&s) {
-                        seg.unresolved -= 1;
-                    }
-                }
-                None => {}
-            }
-            book.pending -= 1;
-            book.pending_bytes -= old.bytes;
-        }
-    }
-    book.entries.insert(
-        id,
-        Entry {
-            status,
-            segment: None,
-            bytes: 0,
-        },
-    );
 }
 
 fn truncate(mut s: String, max: usize) -> String {

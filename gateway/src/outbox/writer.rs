@@ -117,42 +117,21 @@ impl Writer {
         let mut replies = Vec::new();
         {
             let mut book = self.shared.book();
-            let mut here_ids = Vec::new();
-            let mut here_unresolved: i64 = 0;
             for w in batch {
                 match w {
                     Write::Accept { ids, reply, .. } => {
-                        for id in &ids {
-                            if let Some(e) = book.entries.get_mut(id) {
-                                if e.status.state.resolved() {
-                                    continue;
-                                }
-                                e.segment = Some(self.seq);
-                                here_unresolved += 1;
-                            }
+                        for id in ids {
+                            book.place(id, self.seq);
                         }
-                        here_ids.extend(ids);
                         replies.push(reply);
                     }
                     Write::Done { id, .. } => {
-                        let accepted_in = book.entries.get_mut(&id).and_then(|e| e.segment.take());
-                        match accepted_in {
-                            Some(s) if s == self.seq => here_unresolved -= 1,
-                            Some(s) => {
-                                if let Some(seg) = book.segments.get_mut(&s) {
-                                    seg.unresolved = seg.unresolved.saturating_sub(1);
-                                }
-                            }
-                            None => {}
-                        }
-                        here_ids.push(id);
+                        book.release(&id);
+                        book.segment(self.seq).ids.push(id);
                     }
                 }
             }
-            let seg = book.segments.entry(self.seq).or_default();
-            seg.ids.extend(here_ids);
-            seg.unresolved = (seg.unresolved as i64 + here_unresolved).max(0) as usize;
-            seg.bytes = self.len;
+            book.segment(self.seq).bytes = self.len;
             book.publish();
         }
         for r in replies {
