@@ -107,13 +107,23 @@ pub async fn rpc(
 /// `eth_sendRawTransaction`, then, when the node refuses, whether it has the transaction
 /// anyway: a retry after a lost answer, or a restart, finds it already there ("nonce too
 /// low", "already known"); that counts as delivered, so delivery is idempotent by hash.
+/// With `ask_first`, the node is asked before anything is sent: a node that has the
+/// transaction should not get it twice (ganache, for one, mines a re-sent one again).
 pub async fn send_ethereum(
     client: &HttpClient,
     uri: &Uri,
     raw: &[u8],
     id: &[u8; 32],
+    ask_first: bool,
     timeout: Duration,
 ) -> Sent {
+    if ask_first {
+        match known_ethereum(client, uri, id, timeout).await {
+            Ok(true) => return Sent::Delivered("already known to the node".into()),
+            Ok(false) => {}
+            Err(e) => return Sent::Retry(e),
+        }
+    }
     let sent = rpc(
         client,
         uri,

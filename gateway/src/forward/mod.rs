@@ -88,28 +88,17 @@ impl LedgerConfig {
             format!("--ledger {flag:?}: expected NAME=ethereum+URL or NAME=http+URL")
         })?;
         let (kind, url) = if let Some(u) = rest.strip_prefix("ethereum+") {
-            (LedgerKind::Ethereum, u)
+            ("ethereum", u)
         } else if let Some(u) = rest.strip_prefix("http+") {
-            (LedgerKind::Http, u)
+            ("http", u)
         } else {
             return Err(format!(
                 "--ledger {flag:?}: the URL must start with ethereum+ or http+"
             ));
         };
-        Ok(LedgerConfig {
-            name: name.to_string(),
-            kind,
-            nodes: vec![url.to_string()],
-            chain_id: None,
-            senders: Vec::new(),
-            submit_path: default_submit_path(),
-            health_path: default_health_path(),
-            trust_roots_file: None,
-            trust_intermediates_file: None,
-            max_in_flight_per_node: default_in_flight(),
-            request_timeout_ms: default_timeout(),
-            max_transaction_bytes: default_tx_bytes(),
-        })
+        // Through serde, so every other field takes the same default as in a config file.
+        serde_json::from_value(serde_json::json!({"name": name, "kind": kind, "nodes": [url]}))
+            .map_err(|e| format!("--ledger {flag:?}: {e}"))
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -127,7 +116,7 @@ impl LedgerConfig {
             return Err(ctx("no nodes".into()));
         }
         for n in &self.nodes {
-            parse_node(n).map_err(ctx)?;
+            self.node_uris(n).map_err(ctx)?;
         }
         parse_senders(&self.senders).map_err(ctx)?;
         if self.kind == LedgerKind::Http && (self.chain_id.is_some() || !self.senders.is_empty()) {
@@ -155,6 +144,23 @@ impl LedgerConfig {
             return Err(ctx("max_transaction_bytes must be >= 64".into()));
         }
         Ok(())
+    }
+}
+
+impl LedgerConfig {
+    /// A node's submit and health-check URIs: the JSON-RPC endpoint twice for Ethereum;
+    /// the base URL joined with `submit_path` and `health_path` for http.
+    fn node_uris(&self, url: &str) -> Result<(Uri, Uri), String> {
+        let base = parse_node(url)?;
+        if self.kind == LedgerKind::Ethereum {
+            return Ok((base.clone(), base));
+        }
+        let join = |path: &str| {
+            format!("{}{path}", url.trim_end_matches('/'))
+                .parse::<Uri>()
+                .map_err(|e| format!("node {url:?} with path {path:?}: {e}"))
+        };
+        Ok((join(&self.submit_path)?, join(&self.health_path)?))
     }
 }
 
@@ -266,8 +272,6 @@ pub struct Ledger {
     pub trust: Option<TrustAnchors>,
     pub max_transaction_bytes: usize,
     nodes: Vec<Arc<Node>>,
-    submit_path: String,
-    health_path: String,
     timeout: Duration,
     queue: mpsc::UnboundedSender<Job>,
 }
@@ -289,16 +293,6 @@ impl Ledger {
             body,
             maybe_sent: false,
         });
-    }
-
-    fn node_uri(&self, node: &Node, path: &str) -> Uri {
-        if self.kind == LedgerKind::Ethereum {
-            return node.uri.clone();
-        }
-        let base = node.uri.to_string();
-        format!("{}{}", base.trim_end_matches('/'), path)
-            .parse()
-            .unwrap_or_else(|_| node.uri.clone())
     }
 
     /// The healthy node, breaker permitting, with the fewest requests in flight.
@@ -336,9 +330,11 @@ impl Forwarder {
                 .nodes
                 .iter()
                 .map(|u| {
+                    let (submit, health) = c.node_uris(u)?;
                     Ok(Arc::new(Node::new(
                         &c.name,
-                        parse_node(u)?,
+                        submit,
+                        health,
                         c.max_in_flight_per_node,
                     )))
                 })
@@ -353,8 +349,6 @@ impl Forwarder {
                 trust,
                 max_transaction_bytes: c.max_transaction_bytes,
                 nodes,
-                submit_path: c.submit_path.clone(),
-                health_path: c.health_path.clone(),
                 timeout: Duration::from_millis(c.request_timeout_ms),
                 queue,
             });
@@ -456,34 +450,16 @@ async fn deliver(
         };
         outbox.attempted(&job.id);
         let started = Instant::now();
+        let uri = &claim.node.submit;
         let sent = match ledger.kind {
-            LedgerKind::Ethereum if job.maybe_sent || retry > 0 => {
-                // Ask before sending again: a node that has it should not get it twice
-                // (ganache, for one, would mine a re-sent transaction again).
-                match client::known_ethereum(client, &claim.node.uri, &job.id, ledger.timeout).await
-                {
-                    Ok(true) => Sent::Delivered("already known to the node".into()),
-                    Ok(false) => {
-                        client::send_ethereum(
-                            client,
-                            &claim.node.uri,
-                            &job.body,
-                            &job.id,
-                            ledger.timeout,
-                        )
-                        .await
-                    }
-                    Err(e) => Sent::Retry(e),
-                }
-            }
             LedgerKind::Ethereum => {
-                client::send_ethereum(client, &claim.node.uri, &job.body, &job.id, ledger.timeout)
+                // A retry, or a transaction queued again after a restart, may already
+                // be on the node.
+                let ask_first = job.maybe_sent || retry > 0;
+                client::send_ethereum(client, uri, &job.body, &job.id, ask_first, ledger.timeout)
                     .await
             }
-            LedgerKind::Http => {
-                let uri = ledger.node_uri(claim.node, &ledger.submit_path);
-                client::send_http(client, &uri, &job.body, ledger.timeout).await
-            }
+            LedgerKind::Http => client::send_http(client, uri, &job.body, ledger.timeout).await,
         };
         metrics::histogram!(m::FORWARD_SECONDS, "ledger" => ledger.name.to_string())
             .record(started.elapsed().as_secs_f64());
@@ -534,32 +510,26 @@ async fn health_loop(
         tick.tick().await;
         let up = match ledger.kind {
             LedgerKind::Ethereum => {
-                match client::rpc(
+                let answer = client::rpc(
                     &client,
-                    &node.uri,
+                    &node.health,
                     "eth_chainId",
                     serde_json::json!([]),
                     timeout,
                 )
-                .await
-                {
-                    Ok(Ok(v)) => match v
+                .await;
+                let chain = match answer {
+                    Ok(Ok(v)) => v
                         .as_str()
-                        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-                    {
-                        Some(id) => chain_matches(&ledger, &node, id),
-                        None => false,
-                    },
-                    _ => false,
-                }
+                        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()),
+                    _ => None,
+                };
+                chain.is_some_and(|id| chain_matches(&ledger, &node, id))
             }
-            LedgerKind::Http => {
-                let uri = ledger.node_uri(&node, &ledger.health_path);
-                matches!(
-                    client::exchange(&client, hyper::Method::GET, uri, None, timeout).await,
-                    Ok((s, _)) if s.is_success()
-                )
-            }
+            LedgerKind::Http => matches!(
+                client::exchange(&client, hyper::Method::GET, node.health.clone(), None, timeout).await,
+                Ok((s, _)) if s.is_success()
+            ),
         };
         node.set_healthy(up);
     }
@@ -585,4 +555,38 @@ fn chain_matches(ledger: &Ledger, node: &Node, id: u64) -> bool {
         tracing::error!(ledger = %ledger.name, node = %node.name, node_chain = id, ledger_chain = known, "node is on another chain");
     }
     known == id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_flag_means_what_the_same_config_table_means() {
+        let flag = LedgerConfig::from_flag("eth=ethereum+http://127.0.0.1:8545").unwrap();
+        let table: LedgerConfig = toml::from_str(
+            "name = \"eth\"\nkind = \"ethereum\"\nnodes = [\"http://127.0.0.1:8545\"]",
+        )
+        .unwrap();
+        assert_eq!(format!("{flag:?}"), format!("{table:?}"));
+        flag.validate().unwrap();
+        let http = LedgerConfig::from_flag("fab=http+http://10.0.0.1:7080/").unwrap();
+        assert_eq!(http.kind, LedgerKind::Http);
+        let (submit, health) = http.node_uris(&http.nodes[0]).unwrap();
+        assert_eq!(submit.to_string(), "http://10.0.0.1:7080/transactions");
+        assert_eq!(health.to_string(), "http://10.0.0.1:7080/health");
+        for bad in [
+            "eth",
+            "eth=ftp+http://h:1",
+            "=ethereum+http://h:1",
+            "e=ethereum+https://h:1",
+        ] {
+            assert!(
+                LedgerConfig::from_flag(bad)
+                    .and_then(|l| l.validate())
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

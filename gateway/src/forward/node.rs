@@ -12,7 +12,10 @@ use crate::metrics as m;
 pub struct Node {
     /// For logs and metric labels: scheme, host and port only.
     pub name: String,
-    pub uri: Uri,
+    /// Where transactions go, and what the health check asks (for Ethereum both are the
+    /// JSON-RPC endpoint).
+    pub submit: Uri,
+    pub health: Uri,
     ledger: String,
     healthy: AtomicBool,
     in_flight: AtomicUsize,
@@ -30,15 +33,16 @@ struct Breaker {
 }
 
 impl Node {
-    pub fn new(ledger: &str, uri: Uri, max_in_flight: usize) -> Node {
+    pub fn new(ledger: &str, submit: Uri, health: Uri, max_in_flight: usize) -> Node {
         let name = format!(
             "{}://{}",
-            uri.scheme_str().unwrap_or("http"),
-            uri.authority().map_or("", |a| a.as_str())
+            submit.scheme_str().unwrap_or("http"),
+            submit.authority().map_or("", |a| a.as_str())
         );
         let n = Node {
             name,
-            uri,
+            submit,
+            health,
             ledger: ledger.to_string(),
             healthy: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -141,7 +145,8 @@ mod tests {
 
     #[test]
     fn the_breaker_opens_after_failures_and_a_trial_closes_it() {
-        let n = Node::new("l", "http://127.0.0.1:1".parse().unwrap(), 2);
+        let uri: Uri = "http://127.0.0.1:1".parse().unwrap();
+        let n = Node::new("l", uri.clone(), uri, 2);
         assert!(n.try_claim().is_none(), "not healthy until checked");
         n.set_healthy(true);
         let (a, b) = (n.try_claim().unwrap(), n.try_claim().unwrap());
