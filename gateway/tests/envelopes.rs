@@ -30,7 +30,7 @@ impl HttpLedger {
         let port = common::ledger::free_port();
         let file = dir.join("ledger.jsonl");
         let mut child = Command::new("node")
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../test-tools"))
+            .current_dir(common::test_tools())
             .arg("http-ledger.js")
             .arg(port.to_string())
             .arg(&file)

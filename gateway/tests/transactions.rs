@@ -57,6 +57,25 @@ fn wait_status(g: &Gateway, id: &str, want: &str) -> Value {
     }
 }
 
+/// Waits until each is `forwarded`; fails at once on `failed`, and on timeout shows one
+/// status and the gateway's log.
+fn wait_all_forwarded(g: &Gateway, txs: &[Signed], within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut open: Vec<&Signed> = txs.iter().collect();
+    while !open.is_empty() {
+        open.retain(|t| {
+            let s = g.get(&format!("/v1/transactions/{}", t.hash)).body;
+            assert_ne!(s["status"], "failed", "{}: {s}", t.hash);
+            s["status"] != "forwarded"
+        });
+        if Instant::now() > deadline {
+            let s = g.get(&format!("/v1/transactions/{}", open[0].hash)).body;
+            panic!("{} not forwarded, e.g. {s}\n{}", open.len(), g.log());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn assert_mined_once(node: &Ganache) {
     let mined = node.mined_hashes();
     let unique: std::collections::HashSet<&String> = mined.iter().collect();
@@ -282,9 +301,12 @@ fn bad_transactions_are_rejected_and_never_reach_the_node() {
     g.terminate();
 
     // Quotas and a sender allow-list come from the config file.
-    let (dapp_token, dapp_hash) = new_token();
+    let (dapp_token, dapp_hash) = bsn_gateway::auth::new_token();
+    let dapp_token = dapp_token.expose().to_string();
+    let (reader_token, reader_hash) = bsn_gateway::auth::new_token();
+    let reader_token = reader_token.expose().to_string();
     let tail = format!(
-        "[[clients]]\nname = \"dapp\"\ntoken_sha256 = \"{dapp_hash}\"\noperations = [\"transactions\"]\nkeys = []\ntransactions_per_second = 0.5\ntransactions_burst = 2\n\n[[ledgers]]\nname = \"eth\"\nkind = \"ethereum\"\nnodes = [\"{}\"]\nsenders = [\"{}\"]\n",
+        "[[clients]]\nname = \"dapp\"\ntoken_sha256 = \"{dapp_hash}\"\noperations = [\"transactions\"]\nkeys = []\ntransactions_per_second = 0.5\ntransactions_burst = 2\n\n[[clients]]\nname = \"reader\"\ntoken_sha256 = \"{reader_hash}\"\noperations = [\"verify\"]\nkeys = []\n\n[[ledgers]]\nname = \"eth\"\nkind = \"ethereum\"\nnodes = [\"{}\"]\nsenders = [\"{}\"]\n",
         node.url(),
         good[0].from
     );
@@ -341,29 +363,119 @@ fn bad_transactions_are_rejected_and_never_reach_the_node() {
     }
     let r = g.call("GET", "/v1/verify", None, Some(&dapp_token));
     assert_eq!(r.status, 405);
+    // A client without the transactions operation can neither submit nor read.
+    let r = g.call(
+        "POST",
+        "/v1/transactions",
+        Some(body(&[&good[1].raw]).as_bytes()),
+        Some(&reader_token),
+    );
+    assert_eq!((r.status, error_code(&r)), (403, "forbidden"), "{}", r.body);
+    let r = g.call(
+        "GET",
+        &format!("/v1/transactions/{}", good[0].hash),
+        None,
+        Some(&reader_token),
+    );
+    assert_eq!((r.status, error_code(&r)), (403, "forbidden"), "{}", r.body);
 }
 
-fn new_token() -> (String, String) {
-    let out = std::process::Command::new(common::BIN)
-        .args(["token", "new"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .next()
-        .unwrap()
-        .trim_start_matches("token = ")
-        .to_string();
-    let hash = text
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .nth(1)
-        .unwrap()
-        .to_string();
-    (token, hash)
+#[test]
+fn malformed_transaction_requests_get_typed_errors_and_nothing_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nodes that never answer: admission does not need them, but an Ethereum ledger
+    // cannot check chain ids before one has.
+    let g = Gateway::start_dev_with(
+        dir.path(),
+        &[
+            format!("--ledger=fab=http+http://127.0.0.1:{}", ledger::free_port()),
+            format!(
+                "--ledger=eth=ethereum+http://127.0.0.1:{}",
+                ledger::free_port()
+            ),
+        ],
+    );
+    let t = Some(g.token.as_str());
+    let many: Vec<Value> = (0..1025).map(|_| json!({"raw": "0x00"})).collect();
+    let big = format!(
+        "{{\"ledger\": \"fab\", \"transactions\": [{{\"raw\": \"0x{}\"}}]}}",
+        "00".repeat(600_000)
+    );
+    let id = format!("/v1/transactions/0x{}", "ab".repeat(32));
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<&'a str>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("POST", "/v1/transactions", b"".to_vec(), t, 400, "malformed_json"),
+        ("POST", "/v1/transactions", b"{\"ledger\":".to_vec(), t, 400, "malformed_json"),
+        ("POST", "/v1/transactions", b"{}".to_vec(), t, 400, "invalid_request"),
+        ("POST", "/v1/transactions", br#"{"ledger":"fab","transactions":[],"x":1}"#.to_vec(), t, 400, "invalid_request"),
+        ("POST", "/v1/transactions", br#"{"ledger":"fab","transactions":"no"}"#.to_vec(), t, 400, "invalid_request"),
+        ("POST", "/v1/transactions", br#"{"ledger":"fab","transactions":[]}"#.to_vec(), t, 400, "invalid_request"),
+        ("POST", "/v1/transactions", br#"{"ledger":"fab","transactions":[{"envelope":{"algorithm":"ed25519","key_id":"k","payload_b64":"","signature":"","bogus":1}}]}"#.to_vec(), t, 400, "invalid_request"),
+        ("POST", "/v1/transactions", json!({"ledger": "fab", "transactions": many}).to_string().into_bytes(), t, 413, "too_many_items"),
+        ("POST", "/v1/transactions", big.into_bytes(), t, 413, "body_too_large"),
+        ("POST", "/v1/transactions", br#"{"ledger":"fab","transactions":[{"raw":"0x00"}]}"#.to_vec(), None, 401, "unauthenticated"),
+        ("POST", "/v1/transactions", br#"{"ledger":"fab","transactions":[{"raw":"0x00"}]}"#.to_vec(), Some("bsn_wrong"), 401, "unauthenticated"),
+        ("POST", "/v1/transactions", br#"{"ledger":"nope","transactions":[{"raw":"0x00"}]}"#.to_vec(), t, 404, "unknown_ledger"),
+        ("POST", "/v1/transactions", br#"{"ledger":"eth","transactions":[{"raw":"0x02c0"}]}"#.to_vec(), t, 503, "ledger_unavailable"),
+        ("GET", "/v1/transactions", vec![], t, 405, "method_not_allowed"),
+        ("DELETE", &id, vec![], t, 405, "method_not_allowed"),
+        ("GET", &id, vec![], None, 401, "unauthenticated"),
+        ("GET", "/v1/transactions/0xzz", vec![], t, 404, "not_found"),
+        ("GET", &id, vec![], t, 404, "not_found"),
+    ];
+    for (method, path, body, token, status, code) in &cases {
+        let body = (*method != "GET" && *method != "DELETE").then_some(body.as_slice());
+        let r = g.call(method, path, body, *token);
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (*status, *code),
+            "{method} {path}: {}",
+            r.body
+        );
+        if *status == 503 {
+            assert!(r.retry_after.is_some());
+        }
+    }
+
+    // Bad items are rejected one by one, each with its reason.
+    let key = g.create_key("fab-key", "ecdsa-p256");
+    let env = |extra: Value| {
+        let mut e = json!({"algorithm": "ecdsa-p256", "key_id": key["id"], "payload_b64": "cGF5", "signature": "0x00"});
+        e.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"envelope": e})
+    };
+    let items = vec![
+        (json!({}), "invalid_item"),
+        (
+            json!({"raw": "0x02c0", "envelope": env(json!({}))["envelope"]}),
+            "invalid_item",
+        ),
+        (json!({"raw": "0x02c0"}), "wrong_ledger_kind"),
+        (env(json!({"payload_b64": "!!"})), "invalid_item"),
+        (env(json!({"algorithm": "rsa"})), "invalid_item"),
+        (env(json!({"signature": "zz"})), "invalid_item"),
+        (env(json!({"format": "eth"})), "invalid_item"),
+        (env(json!({"key_id": "k"})), "unknown_key"),
+        (env(json!({"algorithm": "ed25519"})), "algorithm_mismatch"),
+        (env(json!({})), "bad_encoding"),
+        (
+            env(json!({"key_id": null, "certificate_pem": "x"})),
+            "untrusted_certificate",
+        ),
+    ];
+    let txs: Vec<Value> = items.iter().map(|(t, _)| t.clone()).collect();
+    let r = g.post(
+        "/v1/transactions",
+        json!({"ledger": "fab", "transactions": txs}),
+    );
+    assert_eq!((r.status, error_code(&r)), (422, "rejected"), "{}", r.body);
+    for (res, (item, code)) in r.body["results"].as_array().unwrap().iter().zip(&items) {
+        assert_eq!(res["reason"]["code"], *code, "{item}: {res}");
+    }
+    assert_eq!(g.get("/healthz").status, 200);
+    assert!(!g.log().contains("panicked"), "{}", g.log());
 }
 
 #[test]
@@ -404,6 +516,7 @@ fn transactions_wait_while_the_node_is_down_and_are_mined_once_when_it_is_back()
     );
 
     node.resume();
+    wait_all_forwarded(&g, &txs, Duration::from_secs(90));
     let hashes: Vec<String> = txs.iter().map(|t| t.hash.clone()).collect();
     node.wait_mined(&hashes, Duration::from_secs(90));
     for t in &txs {
@@ -537,20 +650,7 @@ fn kill_9_during_a_stream_loses_no_accepted_transaction() {
         }
     }
     // Every valid transaction is now accepted: each must end forwarded, none failed.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let mut open: Vec<&Signed> = valid.iter().collect();
-    while !open.is_empty() {
-        open.retain(|t| {
-            let s = g.get(&format!("/v1/transactions/{}", t.hash)).body;
-            assert_ne!(s["status"], "failed", "{}: {s}", t.hash);
-            s["status"] != "forwarded"
-        });
-        if Instant::now() > deadline {
-            let s = g.get(&format!("/v1/transactions/{}", open[0].hash)).body;
-            panic!("{} not forwarded, e.g. {s}\n{}", open.len(), g.log());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_all_forwarded(&g, &valid, Duration::from_secs(240));
     let hashes: Vec<String> = valid.iter().map(|t| t.hash.clone()).collect();
     node.wait_mined(&hashes, Duration::from_secs(120));
     for t in &foreign {

@@ -1,7 +1,7 @@
 //! A real Ethereum node for the tests: ganache from test-tools/ (pinned by its
 //! package-lock.json), on 127.0.0.1 at a free port; and transactions signed by ethers.js.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,10 +10,6 @@ use serde_json::{json, Value};
 pub const CHAIN_ID: u64 = 1337;
 /// Where test transactions send value: an address nobody holds a key for.
 pub const SINK: &str = "0x3535353535353535353535353535353535353535";
-
-fn tools() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-tools")
-}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -67,13 +63,9 @@ impl Ganache {
     /// (Re)starts the node on the same port and chain database.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "already running");
-        assert!(
-            tools().join("node_modules/ganache").exists(),
-            "test-tools/node_modules is missing: run `npm ci` in test-tools (the README's test command does)"
-        );
         std::fs::create_dir_all(&self.db).unwrap();
         let mut cmd = Command::new("node");
-        cmd.current_dir(tools())
+        cmd.current_dir(super::test_tools())
             .arg("node_modules/ganache/dist/node/cli.js")
             .args(["--server.host", "127.0.0.1", "--server.port"])
             .arg(self.port.to_string())
@@ -179,11 +171,26 @@ impl Ganache {
             if missing == 0 {
                 return receipts;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{missing} of {} transactions not mined",
-                hashes.len()
-            );
+            if Instant::now() > deadline {
+                // What the node holds of the first few: pending in its pool or unknown,
+                // and how far its sender's nonce got.
+                let seen: Vec<String> = hashes
+                    .iter()
+                    .zip(&receipts)
+                    .filter(|(_, r)| r.is_null())
+                    .take(3)
+                    .map(|(h, _)| {
+                        let t = self.transaction(h);
+                        let nonce = t["from"].as_str().map(|f| self.nonce(f));
+                        format!("{h}: node has {t}, sender nonce {nonce:?}")
+                    })
+                    .collect();
+                panic!(
+                    "{missing} of {} transactions not mined:\n{}",
+                    hashes.len(),
+                    seen.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -221,7 +228,7 @@ pub fn sign(specs: &[Spec]) -> Vec<Signed> {
         })
         .collect();
     let mut child = Command::new("node")
-        .current_dir(tools())
+        .current_dir(super::test_tools())
         .arg("sign-eth.js")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

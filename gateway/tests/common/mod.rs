@@ -311,15 +311,21 @@ pub fn pkcs11_tool(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs a script with node in test-tools/ (ethers.js is installed there by `npm ci`).
-pub fn node(script: &str) -> String {
+/// test-tools/, where `npm ci` (run by the README's test command) installed ethers.js and
+/// ganache.
+pub fn test_tools() -> PathBuf {
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../test-tools");
     assert!(
-        tools.join("node_modules/ethers").exists(),
+        tools.join("node_modules/ethers").exists() && tools.join("node_modules/ganache").exists(),
         "test-tools/node_modules is missing: run `npm ci` in test-tools (the README's test command does)"
     );
+    tools
+}
+
+/// Runs a script with node in test-tools/.
+pub fn node(script: &str) -> String {
     let out = Command::new("node")
-        .current_dir(&tools)
+        .current_dir(test_tools())
         .args(["-e", script])
         .output()
         .expect("run node");
