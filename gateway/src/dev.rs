@@ -112,6 +112,19 @@ pub fn prepare(
     ))
 }
 
+/// The config of a data dir that `serve --dev` has already set up, for tools that must not
+/// create one (`hsm probe`). Sets `SOFTHSM2_CONF`, as `prepare` does.
+pub fn existing(data_dir: &Path) -> anyhow::Result<Config> {
+    if !data_dir.join("softhsm2.conf").exists() {
+        anyhow::bail!(
+            "{} holds no embedded token; start `bsn-gateway serve --dev --data-dir {0}` once",
+            data_dir.display()
+        );
+    }
+    let listen = SocketAddr::from(([127, 0, 0, 1], 8080));
+    Ok(prepare(data_dir, listen, &[])?.0)
+}
+
 /// Initialises the token and its user PIN unless a token with this label exists.
 pub fn ensure_token(
     pkcs11: &Pkcs11,

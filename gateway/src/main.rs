@@ -32,6 +32,37 @@ enum Command {
     /// Client token tools.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// HSM tools.
+    #[command(subcommand)]
+    Hsm(HsmCommand),
+}
+
+#[derive(Subcommand)]
+enum HsmCommand {
+    /// List the module's slots, tokens and mechanisms, and say what the profile expects
+    /// that is missing. Exits 1 when something is.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// The config file whose [hsm] to probe.
+    #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// The embedded token under --data-dir (made by `serve --dev`).
+    #[arg(long, requires = "data_dir")]
+    dev: bool,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A built-in profile name or a profile file, instead of the config's.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Do not log in: skip the sign test on session keys.
+    #[arg(long)]
+    no_login: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -97,11 +128,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: {n} entries, chain intact", file.display());
             Ok(())
         }
+        Command::Hsm(HsmCommand::Probe(args)) => probe(args),
         Command::Token(TokenCommand::New) => {
             let (token, hash) = bsn_gateway::auth::new_token();
             println!("token = {}\ntoken_sha256 = \"{hash}\"", token.expose());
             Ok(())
         }
+    }
+}
+
+fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    use bsn_gateway::custody::probe;
+    use bsn_gateway::custody::profile::Profile;
+    let config = match (&args.config, &args.data_dir) {
+        (Some(path), _) => Config::load(path)?,
+        (None, Some(dir)) => bsn_gateway::dev::existing(dir)?,
+        (None, None) => unreachable!("clap requires --config or --dev --data-dir"),
+    };
+    let profile = match &args.profile {
+        Some(p) if p.ends_with(".toml") || p.contains('/') => {
+            Profile::from_file(std::path::Path::new(p))?
+        }
+        Some(name) => Profile::built_in(name)?,
+        None => config.hsm.profile()?,
+    };
+    let module = profile.module_path(config.hsm.module.as_deref())?;
+    let pin = if args.no_login {
+        None
+    } else {
+        Some(config.hsm.pin.read().context("HSM PIN")?)
+    };
+    let report = probe::probe(&probe::Target {
+        module: &module,
+        profile: &profile,
+        selector: &config.hsm.selector(),
+        pin: pin.as_ref(),
+        pool_size: config.hsm.pool_size.unwrap_or(profile.default_pool_size),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    match report.missing().count() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} expectation(s) of profile {} not met", profile.name),
     }
 }
 

@@ -49,7 +49,7 @@ pub enum HsmError {
 }
 
 impl HsmError {
-    fn from_ck(e: CkError) -> Self {
+    pub(crate) fn from_ck(e: CkError) -> Self {
         match &e {
             CkError::Pkcs11(rv, f) => HsmError::Pkcs11 {
                 function: format!("C_{f:?}"),
@@ -306,23 +306,11 @@ impl Hsm {
         id: &[u8],
         label: &str,
     ) -> Result<Vec<u8>, HsmError> {
-        let (mechanism, params) = match alg {
-            Algorithm::EcdsaP256 => (Mechanism::EccKeyPairGen, OID_P256),
-            Algorithm::EcdsaSecp256k1 => (Mechanism::EccKeyPairGen, OID_SECP256K1),
-            Algorithm::Ed25519 => (
-                Mechanism::EccEdwardsKeyPairGen,
-                match self.quirks.ed25519_params {
-                    Ed25519Params::Oid => OID_ED25519,
-                    Ed25519Params::Printable => PRINTABLE_EDWARDS25519,
-                },
-            ),
-            Algorithm::Sm2 => {
-                return Err(HsmError::Pkcs11 {
-                    function: "C_GenerateKeyPair".into(),
-                    code: "CKR_MECHANISM_INVALID".into(),
-                })
-            }
-        };
+        let (mechanism, params) =
+            keygen_mechanism(alg, &self.quirks).ok_or_else(|| HsmError::Pkcs11 {
+                function: "C_GenerateKeyPair".into(),
+                code: "CKR_MECHANISM_INVALID".into(),
+            })?;
         let public = [
             Attribute::Token(true),
             Attribute::Private(false),
@@ -369,10 +357,7 @@ impl Hsm {
         inputs: &[Vec<u8>],
     ) -> Result<Vec<Vec<u8>>, HsmError> {
         let key = self.private_handle(session, id)?;
-        let mechanism = match alg {
-            Algorithm::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
-            _ => Mechanism::Ecdsa,
-        };
+        let mechanism = sign_mechanism(alg);
         inputs
             .iter()
             .map(|data| {
@@ -430,6 +415,34 @@ impl Hsm {
             }
             Err(_) => tracing::warn!("HSM still in use at shutdown; not finalising"),
         }
+    }
+}
+
+/// The key-pair mechanism and CKA_EC_PARAMS for an algorithm; None where PKCS#11 has no
+/// standard mechanism (SM2).
+pub(super) fn keygen_mechanism(
+    alg: Algorithm,
+    quirks: &Quirks,
+) -> Option<(Mechanism<'static>, &'static [u8])> {
+    Some(match alg {
+        Algorithm::EcdsaP256 => (Mechanism::EccKeyPairGen, OID_P256),
+        Algorithm::EcdsaSecp256k1 => (Mechanism::EccKeyPairGen, OID_SECP256K1),
+        Algorithm::Ed25519 => (
+            Mechanism::EccEdwardsKeyPairGen,
+            match quirks.ed25519_params {
+                Ed25519Params::Oid => OID_ED25519,
+                Ed25519Params::Printable => PRINTABLE_EDWARDS25519,
+            },
+        ),
+        Algorithm::Sm2 => return None,
+    })
+}
+
+/// Pure EdDSA, or ECDSA over a digest the caller made.
+pub(super) fn sign_mechanism(alg: Algorithm) -> Mechanism<'static> {
+    match alg {
+        Algorithm::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+        _ => Mechanism::Ecdsa,
     }
 }
 

@@ -2,6 +2,7 @@
 //! public keys imported for verify-only use; metadata in a local journal.
 
 pub mod hsm;
+pub mod probe;
 pub mod profile;
 pub mod store;
 
