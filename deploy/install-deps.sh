@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing bsn-gateway needs on Debian/Ubuntu:
 # SoftHSM2 (the embedded default HSM), OpenSC's pkcs11-tool, OpenSSL headers and CLI,
-# curl, systemd (systemd-analyze checks the shipped unit), Node.js for the test-only tools
+# curl, systemd (systemd-analyze checks the shipped unit), prometheus (promtool checks the
+# alert rules and a live scrape), Node.js for the test-only tools
 # in test-tools/ (ethers.js, ganache), and runs `npm ci` there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm systemd)
+packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm systemd prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

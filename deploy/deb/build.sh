@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds target/bsn-gateway_<version>_<arch>.deb with dpkg-deb from the release binary:
 # /usr/bin/bsn-gateway, /etc/bsn-gateway/gateway.toml (a conffile), the systemd unit, the
-# HSM profiles and the README; the postinst creates the bsn-gateway user and
+# HSM profiles, the Prometheus rules and Grafana dashboard, and the README; the postinst creates the bsn-gateway user and
 # /var/lib/bsn-gateway.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,6 +16,9 @@ install -D -m 0644 deploy/systemd/bsn-gateway.service "$root/lib/systemd/system/
 install -D -m 0644 README.md "$root/usr/share/doc/bsn-gateway/README.md"
 install -d "$root/usr/share/bsn-gateway/hsm-profiles"
 install -m 0644 hsm-profiles/*.toml "$root/usr/share/bsn-gateway/hsm-profiles/"
+install -d "$root/usr/share/bsn-gateway/prometheus" "$root/usr/share/bsn-gateway/grafana"
+install -m 0644 deploy/prometheus/*.yml "$root/usr/share/bsn-gateway/prometheus/"
+install -m 0644 deploy/grafana/*.json "$root/usr/share/bsn-gateway/grafana/"
 install -D -m 0755 deploy/deb/postinst "$root/DEBIAN/postinst"
 echo /etc/bsn-gateway/gateway.toml > "$root/DEBIAN/conffiles"
 cat > "$root/DEBIAN/control" <<CONTROL

@@ -10,4 +10,7 @@ $SUDO dpkg -i "$deb" >/dev/null
 /usr/bin/bsn-gateway config check /etc/bsn-gateway/gateway.toml
 getent passwd bsn-gateway >/dev/null
 [ "$(stat -c '%U %a' /var/lib/bsn-gateway)" = "bsn-gateway 700" ]
+# The shipped alert rules are the tested ones, loadable where the package put them.
+promtool check rules /usr/share/bsn-gateway/prometheus/bsn-gateway-alerts.yml >/dev/null
+[ -s /usr/share/bsn-gateway/grafana/bsn-gateway.json ]
 echo "deb: installed and checked $deb"

@@ -1,10 +1,15 @@
 //! The metrics catalogue in the README is kept true against the live exporter: every
 //! `bsn_gateway_*` family a working gateway exports is listed with its type and labels,
 //! every listed family is one the code defines, and names follow Prometheus conventions.
+//! The shipped Prometheus config, alert rules and Grafana dashboard are checked by promtool
+//! and held to the same catalogue: they query only metrics and labels the gateway exports.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use common::Gateway;
 use serde_json::json;
@@ -65,6 +70,12 @@ fn the_readme_catalogue_matches_the_live_exporter() {
     assert_eq!(r.status, 200);
     let scrape = g.call("GET", "/metrics", None, None);
     let text = scrape.body.as_str().expect("text exposition").to_string();
+    let lint = promtool(&["check", "metrics"], Some(&text));
+    assert!(
+        lint.0,
+        "promtool check metrics on a live scrape: {}",
+        lint.1
+    );
 
     let catalogue = readme_catalogue();
     let mut types = BTreeMap::new();
@@ -130,5 +141,286 @@ fn the_readme_catalogue_matches_the_live_exporter() {
             "gauge" => assert!(!name.ends_with("_total"), "{name}: a gauge is not a _total"),
             other => panic!("{name}: unknown type {other}"),
         }
+    }
+}
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Runs promtool (Debian package prometheus, installed by deploy/install-deps.sh).
+fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; deploy/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn promtool_accepts_the_scrape_config_and_the_alert_rules_fire_as_specified() {
+    let dir = deploy().join("prometheus");
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    for args in [
+        vec!["check", "config", &path("prometheus.yml")],
+        vec!["check", "rules", &path("bsn-gateway-alerts.yml")],
+        // Each alert fires on the series it is for and not on healthy ones beside them.
+        vec!["test", "rules", &path("bsn-gateway-alerts.test.yml")],
+    ] {
+        let args: Vec<&str> = args.iter().map(|a| a.as_ref()).collect();
+        let (ok, out) = promtool(&args, None);
+        assert!(ok, "promtool {args:?}: {out}");
+    }
+    // Every alert the issue names has a rule, and every rule a unit test.
+    let rules = std::fs::read_to_string(dir.join("bsn-gateway-alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("bsn-gateway-alerts.test.yml")).unwrap();
+    let names: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    for wanted in [
+        "BsnGatewayDown",
+        "BsnGatewayHsmSessionsExhausted",
+        "BsnGatewaySignErrorRate",
+        "BsnGatewayVerifyQueueSaturated",
+        "BsnGatewayOutboxGrowing",
+        "BsnGatewayLedgerNodeDown",
+        "BsnGatewayOutboxFsyncSlow",
+    ] {
+        assert!(names.contains(&wanted), "no alert {wanted}");
+    }
+    for name in &names {
+        assert!(
+            tests.contains(&format!("alertname: {name}\n")),
+            "alert {name} has no promtool unit test"
+        );
+    }
+}
+
+/// The metric names and label names a PromQL expression refers to.
+fn promql_refs(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut metrics = BTreeSet::new();
+    let mut labels = BTreeSet::new();
+    let bytes = expr.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut i = 0;
+    let mut in_braces = false;
+    let mut grouping = 0usize; // inside by (...) / on (...) / without (...) / ignoring (...)
+    let mut last_word = String::new();
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'"' {
+            // Skip string literals (label values, regexes).
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i += 1;
+            continue;
+        }
+        if ident(c) && !(c.is_ascii_digit()) {
+            let start = i;
+            while i < bytes.len() && ident(bytes[i]) {
+                i += 1;
+            }
+            let word = &expr[start..i];
+            let rest = expr[i..].trim_start();
+            if in_braces || grouping > 0 {
+                labels.insert(word.to_string());
+            } else if word.starts_with("bsn_gateway_") || word == "up" {
+                metrics.insert(word.to_string());
+            }
+            last_word = word.to_string();
+            let _ = rest;
+            continue;
+        }
+        match c {
+            b'{' => in_braces = true,
+            b'}' => in_braces = false,
+            b'(' if ["by", "on", "without", "ignoring"].contains(&last_word.as_str()) => {
+                grouping += 1
+            }
+            b')' if grouping > 0 => grouping -= 1,
+            _ => {}
+        }
+        if !c.is_ascii_whitespace() {
+            last_word.clear();
+        }
+        i += 1;
+    }
+    (metrics, labels)
+}
+
+/// Checks one expression (and the labels its legend or annotations use) against the
+/// catalogue: every metric is exported, every label is one those metrics carry.
+fn check_expr(
+    origin: &str,
+    expr: &str,
+    extra_labels: &BTreeSet<String>,
+    catalogue: &BTreeMap<String, Row>,
+) -> BTreeSet<String> {
+    let (metrics, labels) = promql_refs(expr);
+    assert!(!metrics.is_empty(), "{origin}: no metric in {expr:?}");
+    let mut known: BTreeSet<String> = ["instance", "job", "le"].map(String::from).into();
+    let mut families = BTreeSet::new();
+    for m in &metrics {
+        if m == "up" {
+            continue;
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                m.strip_suffix(s)
+                    .filter(|f| catalogue.get(*f).is_some_and(|r| r.kind == "histogram"))
+            })
+            .unwrap_or(m);
+        let row = catalogue
+            .get(family)
+            .unwrap_or_else(|| panic!("{origin}: {m} is not a metric the gateway exports"));
+        if row.kind == "histogram" {
+            assert_ne!(
+                family, m,
+                "{origin}: query {m}_bucket, not the histogram name"
+            );
+        }
+        known.extend(row.labels.iter().cloned());
+        families.insert(family.to_string());
+    }
+    for l in labels.iter().chain(extra_labels) {
+        assert!(
+            known.contains(l),
+            "{origin}: label {l} is not on {metrics:?} (they carry {known:?})"
+        );
+    }
+    families
+}
+
+/// `{{name}}` placeholders in a Grafana legend.
+fn legend_labels(legend: &str) -> BTreeSet<String> {
+    legend
+        .split("{{")
+        .skip(1)
+        .filter_map(|p| p.split_once("}}"))
+        .map(|(name, _)| name.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn alerts_and_dashboard_query_only_exported_metrics_and_labels() {
+    let catalogue = readme_catalogue();
+    let mut used = BTreeSet::new();
+
+    // Alert rules: each rule's expr, and the $labels its annotations use.
+    let rules =
+        std::fs::read_to_string(deploy().join("prometheus/bsn-gateway-alerts.yml")).unwrap();
+    let mut count = 0;
+    for rule in rules.split("- alert: ").skip(1) {
+        let name = rule.lines().next().unwrap().trim();
+        let mut lines = rule
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("expr:"));
+        let first = lines.next().unwrap_or_else(|| panic!("{name}: no expr"));
+        let inline = first.trim_start().trim_start_matches("expr:").trim();
+        let expr = if inline == "|" {
+            lines
+                .take_while(|l| l.starts_with("          ") || l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            inline.to_string()
+        };
+        let annotation_labels: BTreeSet<String> = rule
+            .split("$labels.")
+            .skip(1)
+            .map(|p| {
+                p.chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect()
+            })
+            .collect();
+        used.extend(check_expr(name, &expr, &annotation_labels, &catalogue));
+        count += 1;
+    }
+    assert!(count >= 7, "{count} alert rules read");
+
+    // The Grafana dashboard: every target's expr and legend, and the variables' queries.
+    let text = std::fs::read_to_string(deploy().join("grafana/bsn-gateway.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let legend = legend_labels(t["legendFormat"].as_str().unwrap_or(""));
+            used.extend(check_expr(title, expr, &legend, &catalogue));
+            exprs.push(expr.to_string());
+        }
+    }
+    for var in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["query"]["query"].as_str() {
+            let inner = q
+                .strip_prefix("label_values(")
+                .and_then(|q| q.rsplit_once(','))
+                .map(|(metric, label)| {
+                    let label = label.trim().trim_end_matches(')').to_string();
+                    (metric.to_string(), BTreeSet::from([label]))
+                })
+                .unwrap_or_else(|| panic!("variable query {q:?} is not label_values(m, l)"));
+            check_expr("variable", &inner.0, &inner.1, &catalogue);
+        }
+    }
+    assert!(exprs.len() >= 30, "{} dashboard queries", exprs.len());
+
+    // The dashboard's PromQL parses: promtool checks it as recording rules, with Grafana's
+    // variables replaced by what they expand to.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*")
+            .replace("$job", ".*");
+        rules.push_str(&format!(
+            "      - record: dashboard:q{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        ));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("dashboard.rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let (ok, out) = promtool(&["check", "rules", file.to_str().unwrap()], None);
+    assert!(ok, "dashboard PromQL: {out}");
+
+    // Between them, the dashboard and the alerts cover every part of the gateway.
+    for part in [
+        "http",
+        "hsm",
+        "verify",
+        "outbox",
+        "forward",
+        "ledger",
+        "transactions",
+    ] {
+        assert!(
+            used.iter()
+                .any(|f| f.starts_with(&format!("bsn_gateway_{part}"))),
+            "nothing charts or alerts on bsn_gateway_{part}_*"
+        );
     }
 }
