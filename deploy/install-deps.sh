@@ -3,7 +3,8 @@
 # SoftHSM2 (the embedded default HSM), OpenSC's pkcs11-tool, OpenSSL headers and CLI,
 # curl, systemd (systemd-analyze checks the shipped unit), prometheus (promtool checks the
 # alert rules and a live scrape), Node.js for the test-only tools
-# in test-tools/ (ethers.js, ganache), and runs `npm ci` there.
+# in test-tools/ (ethers.js, ganache), and runs `npm ci` there; Python's venv for the pinned
+# test-only Python tools (schemathesis) in .venv-tools/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,10 @@ done
 # A Node.js installed some other way counts.
 if command -v node >/dev/null && command -v npm >/dev/null; then
   missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+# A Python 3 with venv and pip, however installed, counts; else Debian's.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3 python3-venv)
 fi
 read -r -a missing <<<"${missing[*]}"
 if ((${#missing[@]})); then
@@ -32,4 +37,11 @@ fi
 # Test-only tools, pinned by test-tools/package-lock.json.
 if [ ! -d test-tools/node_modules ] || [ test-tools/package-lock.json -nt test-tools/node_modules ]; then
   npm ci --prefix test-tools --no-audit --no-fund --loglevel=error
+fi
+
+# Test-only Python tools, pinned by test-tools/requirements.txt.
+if [ ! -x .venv-tools/bin/schemathesis ] || [ test-tools/requirements.txt -nt .venv-tools/bin/schemathesis ]; then
+  python3 -m venv .venv-tools
+  .venv-tools/bin/pip install --quiet --disable-pip-version-check -r test-tools/requirements.txt
+  touch .venv-tools/bin/schemathesis
 fi

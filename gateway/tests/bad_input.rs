@@ -215,7 +215,7 @@ fn bad_requests_get_typed_errors_and_the_gateway_keeps_serving() {
         ),
         ("GET", "/v1/keys", vec![], Some(""), 401, "unauthenticated"),
         ("PUT", &k1_sign, vec![], t, 405, "method_not_allowed"),
-        ("GET", "/v2/nothing", vec![], t, 404, "not_found"),
+        ("GET", "/v2/nothing", vec![], t, 404, "no_route"),
     ];
     for (method, path, body, token, status, code) in cases {
         let r = g.call(method, path, Some(&body), token);

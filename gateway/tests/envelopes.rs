@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::ledger::HttpLedger;
 use common::{error_code, Gateway};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
@@ -18,49 +18,6 @@ use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::BasicConstraints;
 use openssl::x509::{X509Name, X509};
 use serde_json::{json, Value};
-
-struct HttpLedger {
-    child: Child,
-    port: u16,
-    file: std::path::PathBuf,
-}
-
-impl HttpLedger {
-    fn start(dir: &std::path::Path) -> HttpLedger {
-        let port = common::ledger::free_port();
-        let file = dir.join("ledger.jsonl");
-        let mut child = Command::new("node")
-            .current_dir(common::test_tools())
-            .arg("http-ledger.js")
-            .arg(port.to_string())
-            .arg(&file)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run node");
-        let mut line = String::new();
-        use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "listening");
-        HttpLedger { child, port, file }
-    }
-
-    fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.file)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for HttpLedger {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn p256() -> PKey<Private> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// For 405: the methods the route takes (RFC 9110 requires the header).
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -67,6 +70,9 @@ impl ApiError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(hyper::header::RETRY_AFTER, secs.into());
+        }
+        if let Some(allow) = self.allow.and_then(|a| a.parse().ok()) {
+            resp.headers_mut().insert(hyper::header::ALLOW, allow);
         }
         resp
     }

@@ -70,7 +70,7 @@ async fn dispatch(
             return (
                 "unmatched",
                 Err(ApiError::not_found(
-                    "not_found",
+                    "no_route",
                     format!("no route for {path}"),
                 )),
             )
@@ -83,14 +83,19 @@ async fn dispatch(
         _ => &[Method::POST],
     };
     if !allowed.contains(&method) {
-        return (
-            route,
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed on {route}"),
-            )),
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {route}"),
         );
+        e.allow = Some(
+            allowed
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        return (route, Err(e));
     }
     match route {
         "/healthz" => return (route, Ok(ops::healthz())),

@@ -274,3 +274,47 @@ pub fn batch(keys: &[String], per_key: u64, chain_id: u64) -> Vec<Signed> {
     }
     sign(&specs)
 }
+
+/// The generic HTTP ledger node of test-tools/http-ledger.js: appends what it takes to a file.
+pub struct HttpLedger {
+    child: Child,
+    pub port: u16,
+    file: std::path::PathBuf,
+}
+
+impl HttpLedger {
+    pub fn start(dir: &std::path::Path) -> HttpLedger {
+        let port = free_port();
+        let file = dir.join("ledger.jsonl");
+        let mut child = Command::new("node")
+            .current_dir(super::test_tools())
+            .arg("http-ledger.js")
+            .arg(port.to_string())
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run node");
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "listening");
+        HttpLedger { child, port, file }
+    }
+
+    pub fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for HttpLedger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

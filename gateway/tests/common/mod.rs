@@ -27,6 +27,7 @@ pub struct Reply {
     pub status: u16,
     pub body: Value,
     pub retry_after: Option<String>,
+    pub allow: Option<String>,
 }
 
 impl Gateway {
@@ -145,6 +146,7 @@ impl Gateway {
                 let mut r = match m {
                     "POST" => self.agent.post(&url),
                     "PUT" => self.agent.put(&url),
+                    "PATCH" => self.agent.patch(&url),
                     other => panic!("method {other}"),
                 };
                 r = r.header("Content-Type", "application/json");
@@ -160,12 +162,17 @@ impl Gateway {
             .headers()
             .get("retry-after")
             .map(|v| v.to_str().unwrap().to_string());
+        let allow = resp
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_string());
         let text = resp.body_mut().read_to_string().unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Reply {
             status,
             body,
             retry_after,
+            allow,
         }
     }
 
