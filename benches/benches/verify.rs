@@ -1,5 +1,6 @@
 //! Verification speed per algorithm: the library call alone ("single", for secp256k1 that
-//! is libsecp256k1's own verify), then the engine with 1 and all workers at 1, 16, 64 and
+//! is libsecp256k1's own verify), the one-time cost of a key the cache has not seen
+//! ("parse-key"), then the engine with 1 and all workers at 1, 16, 64 and
 //! 256 items per call (as many calls in flight as keep every worker busy). At the end a
 //! table gives verifies/s per core beside `openssl speed` measured in the same run.
 //!   cargo bench -p bsn-benches --bench verify
@@ -63,15 +64,22 @@ fn single(f: &Fixture) -> impl Fn() -> bool {
             Box::new(move || vk.verify_strict(&msg, &s).is_ok())
         }
         Algorithm::Sm2 => {
-            let pkey = openssl::pkey::PKey::from_ec_key(ec(Nid::SM2)).unwrap();
+            // The gateway's own SM2 (OpenSSL's is the peer, through `openssl speed`).
+            let key = bsn_gateway::verify::sm2p256::Sm2Key::new(
+                f.key[1..33].try_into().unwrap(),
+                f.key[33..].try_into().unwrap(),
+            );
             let z = bsn_gateway::verify::keys::sm2_z(&f.key);
+            let s = openssl::ecdsa::EcdsaSig::from_der(&sig).unwrap();
+            let (r, s) = (
+                s.r().to_vec_padded(32).unwrap(),
+                s.s().to_vec_padded(32).unwrap(),
+            );
             Box::new(move || {
                 let mut zm = z.to_vec();
                 zm.extend_from_slice(&msg);
                 let e = bsn_gateway::verify::keys::sm3(&zm);
-                let mut ctx = openssl::pkey_ctx::PkeyCtx::new(&pkey).unwrap();
-                ctx.verify_init().unwrap();
-                ctx.verify(&e, &sig).unwrap()
+                key.verify(&e, r[..].try_into().unwrap(), s[..].try_into().unwrap())
             })
         }
     };
@@ -91,6 +99,12 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, worker_counts: &[usize
         let one = single(&fx[0]);
         assert!(one(), "{alg}: the fixture verifies");
         g.bench_function("single", |b| b.iter(&one));
+        // What a key not yet in the engine's cache costs once: parsing, point checks and,
+        // for SM2, Z and the key's table.
+        let key = fx[0].key.clone();
+        g.bench_function("parse-key", |b| {
+            b.iter(|| bsn_gateway::verify::keys::parse_bytes(alg, &key).is_ok())
+        });
         for &workers in worker_counts {
             let engine = Arc::new(
                 Engine::start(&VerifyConfig {

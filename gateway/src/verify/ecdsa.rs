@@ -1,14 +1,14 @@
 //! One ECDSA-style verification: P-256 through OpenSSL's ECDSA_do_verify, secp256k1
-//! through libsecp256k1 (also Ethereum public-key recovery), SM2 through OpenSSL's SM2
-//! signature on the pre-hashed e = SM3(Z || M).
+//! through libsecp256k1 (also Ethereum public-key recovery), SM2 through `sm2p256` on
+//! the pre-hashed e = SM3(Z || M).
 
 use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;
-use openssl::pkey_ctx::PkeyCtx;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use secp256k1::{Message, Secp256k1, VerifyOnly};
 
 use super::keys::{sm3, ParsedKey};
+use super::sm2p256::Sm2Key;
 use super::{Item, KeyInput, Reason, SigFormat};
 use crate::algorithm::Algorithm;
 use crate::crypto::ecdsa::order_and_half;
@@ -39,7 +39,7 @@ impl Verifier {
     pub fn verify(&self, item: &Item, key: Option<&ParsedKey>) -> Result<(), Reason> {
         match (key, item.format) {
             (Some(ParsedKey::P256(ec)), _) => p256(item, ec),
-            (Some(ParsedKey::Sm2 { pkey, z }), _) => sm2(item, pkey, z),
+            (Some(ParsedKey::Sm2 { key, z }), _) => sm2(item, key, z),
             (_, SigFormat::Eth) => self.secp256k1_eth(item, key),
             (Some(ParsedKey::Secp256k1(pk)), _) => self.secp256k1(item, pk),
             _ => Err(Reason::Internal),
@@ -150,11 +150,7 @@ fn p256(item: &Item, key: &openssl::ec::EcKey<openssl::pkey::Public>) -> Result<
     ok_if(sig.verify(&item.ecdsa_digest(), key).unwrap_or(false))
 }
 
-fn sm2(
-    item: &Item,
-    pkey: &openssl::pkey::PKey<openssl::pkey::Public>,
-    z: &[u8; 32],
-) -> Result<(), Reason> {
+fn sm2(item: &Item, key: &Sm2Key, z: &[u8; 32]) -> Result<(), Reason> {
     let e = match &item.message {
         super::Message::Digest(d) => *d,
         super::Message::Bytes(m) => {
@@ -164,21 +160,120 @@ fn sm2(
             sm3(&input)
         }
     };
-    // OpenSSL's SM2 verifier parses DER strictly itself; raw is converted to DER.
-    let der = match item.format {
-        SigFormat::Der => std::borrow::Cow::Borrowed(item.signature.as_slice()),
-        _ => std::borrow::Cow::Owned(
-            crate::crypto::ecdsa::raw_to_der(&item.signature).map_err(|_| Reason::BadEncoding)?,
-        ),
+    let (r, s) = match item.format {
+        SigFormat::Der => {
+            let sig = EcdsaSig::from_der(&item.signature).map_err(|_| Reason::BadEncoding)?;
+            // Strict DER: only the encoding that re-encodes to itself.
+            if sig.to_der().ok().as_deref() != Some(item.signature.as_slice()) {
+                return Err(Reason::BadEncoding);
+            }
+            // Over 32 bytes is over n: a signature that does not verify.
+            match (sig.r().to_vec_padded(32), sig.s().to_vec_padded(32)) {
+                (Ok(r), Ok(s)) => (r, s),
+                _ => return Err(Reason::BadSignature),
+            }
+        }
+        _ => {
+            if item.signature.len() != 64 {
+                return Err(Reason::BadEncoding);
+            }
+            let (r, s) = item.signature.split_at(32);
+            (r.to_vec(), s.to_vec())
+        }
     };
-    if item.format == SigFormat::Der {
-        // Tell undecodable apart from wrong, as the other curves do.
-        match EcdsaSig::from_der(&der).and_then(|s| s.to_der()) {
-            Ok(again) if again == *der => {}
-            _ => return Err(Reason::BadEncoding),
+    let as32 = |v: &[u8]| <[u8; 32]>::try_from(v).map_err(|_| Reason::Internal);
+    ok_if(key.verify(&e, &as32(&r)?, &as32(&s)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::pkey_ctx::PkeyCtx;
+
+    use super::*;
+    use crate::verify::{Hash, Message};
+
+    /// A key and OpenSSL's own SM2 signature (raw r||s) over the digest e.
+    fn signed(e: &[u8; 32]) -> (Sm2Key, Vec<u8>) {
+        let group = EcGroup::from_curve_name(Nid::SM2).unwrap();
+        let private = EcKey::generate(&group).unwrap();
+        let mut bn = openssl::bn::BigNumContext::new().unwrap();
+        let point = private
+            .public_key()
+            .to_bytes(
+                &group,
+                openssl::ec::PointConversionForm::UNCOMPRESSED,
+                &mut bn,
+            )
+            .unwrap();
+        let public = Sm2Key::new(
+            point[1..33].try_into().unwrap(),
+            point[33..].try_into().unwrap(),
+        );
+        let pkey = PKey::from_ec_key(private).unwrap();
+        let mut ctx = PkeyCtx::new(&pkey).unwrap();
+        ctx.sign_init().unwrap();
+        let mut der = Vec::new();
+        ctx.sign_to_vec(e, &mut der).unwrap();
+        let sig = EcdsaSig::from_der(&der).unwrap();
+        let mut raw = sig.r().to_vec_padded(32).unwrap();
+        raw.extend(sig.s().to_vec_padded(32).unwrap());
+        (public, raw)
+    }
+
+    fn item(e: [u8; 32], signature: Vec<u8>) -> Item {
+        Item {
+            algorithm: Algorithm::Sm2,
+            key: KeyInput::Bytes(vec![]),
+            message: Message::Digest(e),
+            hash: Hash::Sha256,
+            signature,
+            format: SigFormat::Raw,
+            require_low_s: false,
         }
     }
-    let mut ctx = PkeyCtx::new(pkey).map_err(|_| Reason::Internal)?;
-    ctx.verify_init().map_err(|_| Reason::Internal)?;
-    ok_if(ctx.verify(&e, &der).unwrap_or(false))
+
+    #[test]
+    fn sm2_accepts_openssls_signatures_and_refuses_out_of_range_values() {
+        let e = [0x5a; 32];
+        let (key, raw) = signed(&e);
+        let q = &key;
+        let z = [0u8; 32];
+        assert_eq!(sm2(&item(e, raw.clone()), q, &z), Ok(()));
+        let mut other = e;
+        other[0] ^= 1;
+        assert_eq!(
+            sm2(&item(other, raw.clone()), q, &z),
+            Err(Reason::BadSignature)
+        );
+
+        let (n, _) = order_and_half(Algorithm::Sm2).unwrap();
+        let n = n.to_vec_padded(32).unwrap();
+        let r = raw[..32].to_vec();
+        let s = raw[32..].to_vec();
+        let join = |a: &[u8], b: &[u8]| [a, b].concat();
+        // r or s of zero or of n; s = n - r, so that t = (r + s) mod n = 0.
+        let mut n_minus_r = BigNum::new().unwrap();
+        n_minus_r
+            .checked_sub(
+                &BigNum::from_slice(&n).unwrap(),
+                &BigNum::from_slice(&r).unwrap(),
+            )
+            .unwrap();
+        for bad in [
+            join(&[0; 32], &s),
+            join(&r, &[0; 32]),
+            join(&n, &s),
+            join(&r, &n),
+            join(&r, &n_minus_r.to_vec_padded(32).unwrap()),
+        ] {
+            assert_eq!(sm2(&item(e, bad), q, &z), Err(Reason::BadSignature));
+        }
+        assert_eq!(
+            sm2(&item(e, raw[..63].to_vec()), q, &z),
+            Err(Reason::BadEncoding)
+        );
+    }
 }

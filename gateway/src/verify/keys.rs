@@ -8,9 +8,10 @@ use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::{EcGroup, EcKey, EcPoint, PointConversionForm};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::{Id, PKey, Public};
+use openssl::pkey::Public;
 use quick_cache::Equivalent;
 
+use super::sm2p256::Sm2Key;
 use super::{KeyInput, Reason};
 use crate::algorithm::Algorithm;
 
@@ -21,7 +22,7 @@ pub enum ParsedKey {
     /// `z` is SM3(ENTL || ID || a || b || xG || yG || xA || yA) for the default ID, so
     /// each verification hashes only Z || M.
     Sm2 {
-        pkey: PKey<Public>,
+        key: Sm2Key,
         z: [u8; 32],
     },
 }
@@ -167,19 +168,22 @@ fn ed25519_key(raw: &[u8; 32]) -> Result<ParsedKey, Reason> {
     Ok(ParsedKey::Ed25519(key))
 }
 
+/// OpenSSL has checked the point is on the curve; the verification tables come from it.
 fn sm2_key(ec: EcKey<Public>) -> Result<ParsedKey, Reason> {
     let mut ctx = BigNumContext::new().map_err(|_| Reason::Internal)?;
     let point = ec
         .public_key()
         .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
         .map_err(|_| Reason::Internal)?;
-    let z = sm2_z(&point);
-    // OpenSSL 3 gives an EC key on the SM2 curve the SM2 type, so verification uses SM2.
-    let pkey = PKey::from_ec_key(ec).map_err(|_| Reason::Internal)?;
-    if pkey.id() != Id::SM2 {
-        return Err(Reason::Internal);
-    }
-    Ok(ParsedKey::Sm2 { pkey, z })
+    let (x, y) = point.get(1..).ok_or(Reason::Internal)?.split_at(32);
+    let key = Sm2Key::new(
+        x.try_into().map_err(|_| Reason::Internal)?,
+        y.try_into().map_err(|_| Reason::Internal)?,
+    );
+    Ok(ParsedKey::Sm2 {
+        key,
+        z: sm2_z(&point),
+    })
 }
 
 /// Z for the default ID and an uncompressed SEC1 point: signers hash SM3(Z || M).

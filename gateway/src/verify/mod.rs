@@ -10,6 +10,7 @@ pub mod ecdsa;
 pub mod ed25519;
 pub mod engine;
 pub mod keys;
+pub mod sm2p256;
 
 use serde::Deserialize;
 
