@@ -276,4 +276,60 @@ mod tests {
             Err(Reason::BadEncoding)
         );
     }
+
+    /// Our verdict and OpenSSL's agree on OpenSSL's signatures and on mutations of them.
+    #[test]
+    fn sm2_verdicts_agree_with_openssl_on_mutated_signatures() {
+        let group = EcGroup::from_curve_name(Nid::SM2).unwrap();
+        let mut bn = openssl::bn::BigNumContext::new().unwrap();
+        let mut agreed_valid = 0;
+        for round in 0..120u32 {
+            let private = EcKey::generate(&group).unwrap();
+            let point = private
+                .public_key()
+                .to_bytes(
+                    &group,
+                    openssl::ec::PointConversionForm::UNCOMPRESSED,
+                    &mut bn,
+                )
+                .unwrap();
+            let ours = Sm2Key::new(
+                point[1..33].try_into().unwrap(),
+                point[33..].try_into().unwrap(),
+            );
+            let pkey = PKey::from_ec_key(private).unwrap();
+            let mut e = [0u8; 32];
+            openssl::rand::rand_bytes(&mut e).unwrap();
+            let mut ctx = PkeyCtx::new(&pkey).unwrap();
+            ctx.sign_init().unwrap();
+            let mut der = Vec::new();
+            ctx.sign_to_vec(&e, &mut der).unwrap();
+            let sig = EcdsaSig::from_der(&der).unwrap();
+            let mut r = sig.r().to_vec_padded(32).unwrap();
+            let mut s = sig.s().to_vec_padded(32).unwrap();
+            // Leave a third alone; flip one bit of e, r or s in the rest.
+            let bit = (round as usize * 37) % 256;
+            match round % 6 {
+                0 | 1 => {}
+                2 | 3 => e[bit / 8] ^= 1 << (bit % 8),
+                4 => r[bit / 8] ^= 1 << (bit % 8),
+                _ => s[bit / 8] ^= 1 << (bit % 8),
+            }
+            let theirs = {
+                let r = BigNum::from_slice(&r).unwrap();
+                let s = BigNum::from_slice(&s).unwrap();
+                let der = EcdsaSig::from_private_components(r, s)
+                    .unwrap()
+                    .to_der()
+                    .unwrap();
+                let mut v = PkeyCtx::new(&pkey).unwrap();
+                v.verify_init().unwrap();
+                v.verify(&e, &der).unwrap_or(false)
+            };
+            let mine = ours.verify(&e, &r[..].try_into().unwrap(), &s[..].try_into().unwrap());
+            assert_eq!(mine, theirs, "round {round}");
+            agreed_valid += mine as u32;
+        }
+        assert_eq!(agreed_valid, 40);
+    }
 }
