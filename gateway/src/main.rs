@@ -120,7 +120,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
             config.hsm.profile()?;
-            println!("{}: ok ({} clients)", file.display(), config.clients.len());
+            // Files the config names are read now, not at the first envelope.
+            for ledger in &config.ledgers {
+                ledger.trust_anchors().map_err(anyhow::Error::msg)?;
+            }
+            println!(
+                "{}: ok ({} clients, {} ledgers)",
+                file.display(),
+                config.clients.len(),
+                config.ledgers.len()
+            );
             Ok(())
         }
         Command::Audit(AuditCommand::Verify { file }) => {

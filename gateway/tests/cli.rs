@@ -118,6 +118,43 @@ fn config_check_accepts_good_files_and_names_what_is_wrong() {
     .unwrap();
     let (ok, out) = run(&["config", "check", bad.to_str().unwrap()]);
     assert!(!ok && out.contains("luna-typo"), "{out}");
+
+    // A ledger's trust files are read by the check: a missing one, then a real one.
+    let roots = dir.path().join("roots.pem");
+    let ledger = |roots: &std::path::Path| {
+        format!(
+            "{text}[[ledgers]]\nname = \"books\"\nkind = \"http\"\nnodes = [\"http://127.0.0.1:7050\"]\ntrust_roots_file = {:?}\n",
+            roots.display().to_string()
+        )
+    };
+    std::fs::write(&bad, ledger(&roots)).unwrap();
+    let (ok, out) = run(&["config", "check", bad.to_str().unwrap()]);
+    assert!(
+        !ok && out.contains("books") && out.contains("roots.pem"),
+        "{out}"
+    );
+    let key = openssl::ec::EcKey::generate(
+        &openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap(),
+    )
+    .unwrap();
+    let key = openssl::pkey::PKey::from_ec_key(key).unwrap();
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "root").unwrap();
+    let name = name.build();
+    let mut cert = openssl::x509::X509Builder::new().unwrap();
+    cert.set_version(2).unwrap();
+    cert.set_subject_name(&name).unwrap();
+    cert.set_issuer_name(&name).unwrap();
+    cert.set_pubkey(&key).unwrap();
+    cert.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    cert.set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    cert.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    std::fs::write(&roots, cert.build().to_pem().unwrap()).unwrap();
+    let (ok, out) = run(&["config", "check", bad.to_str().unwrap()]);
+    assert!(ok && out.contains("1 ledgers"), "{out}");
 }
 
 #[test]

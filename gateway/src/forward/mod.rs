@@ -162,6 +162,16 @@ impl LedgerConfig {
         };
         Ok((join(&self.submit_path)?, join(&self.health_path)?))
     }
+
+    /// The envelope signers' trust anchors, read from their files, for http ledgers that
+    /// name them. Start-up and `config check` both go through here.
+    pub fn trust_anchors(&self) -> Result<Option<TrustAnchors>, String> {
+        self.trust_roots_file
+            .as_deref()
+            .map(|r| TrustAnchors::load(r, self.trust_intermediates_file.as_deref()))
+            .transpose()
+            .map_err(|e| format!("ledger {:?}: {e}", self.name))
+    }
 }
 
 fn parse_node(url: &str) -> Result<Uri, String> {
@@ -320,12 +330,7 @@ impl Forwarder {
         let config = Arc::new(config.clone());
         let mut ledgers = HashMap::new();
         for c in configs {
-            let trust = c
-                .trust_roots_file
-                .as_deref()
-                .map(|r| TrustAnchors::load(r, c.trust_intermediates_file.as_deref()))
-                .transpose()
-                .map_err(|e| format!("ledger {:?}: {e}", c.name))?;
+            let trust = c.trust_anchors()?;
             let nodes = c
                 .nodes
                 .iter()
