@@ -46,14 +46,8 @@ enum HsmCommand {
 
 #[derive(Args)]
 struct ProbeArgs {
-    /// The config file whose [hsm] to probe.
-    #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
-    config: Option<PathBuf>,
-    /// The embedded token under --data-dir (made by `serve --dev`).
-    #[arg(long, requires = "data_dir")]
-    dev: bool,
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    source: Source,
     /// A built-in profile name or a profile file, instead of the config's.
     #[arg(long)]
     profile: Option<String>,
@@ -65,8 +59,9 @@ struct ProbeArgs {
     json: bool,
 }
 
+/// Where the configuration comes from: a file, or the embedded default's data dir.
 #[derive(Args)]
-struct ServeArgs {
+struct Source {
     /// The config file (TOML).
     #[arg(long, required_unless_present = "dev", conflicts_with = "dev")]
     config: Option<PathBuf>,
@@ -75,6 +70,12 @@ struct ServeArgs {
     dev: bool,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    source: Source,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// With --dev: a ledger to forward to, `NAME=ethereum+http://HOST:PORT` or
@@ -149,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     use bsn_gateway::custody::probe;
     use bsn_gateway::custody::profile::Profile;
-    let config = match (&args.config, &args.data_dir) {
+    let config = match (&args.source.config, &args.source.data_dir) {
         (Some(path), _) => Config::load(path)?,
         (None, Some(dir)) => bsn_gateway::dev::existing(dir)?,
         (None, None) => unreachable!("clap requires --config or --dev --data-dir"),
@@ -187,7 +188,7 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // The dev setup edits the environment, so it runs before the runtime starts threads.
-    let (config, dev) = match (&args.config, &args.data_dir) {
+    let (config, dev) = match (&args.source.config, &args.source.data_dir) {
         (Some(path), _) => (Config::load(path)?, None),
         (None, Some(dir)) => {
             let (c, d) = bsn_gateway::dev::prepare(dir, args.listen, &args.ledgers)?;

@@ -311,23 +311,7 @@ impl Hsm {
                 function: "C_GenerateKeyPair".into(),
                 code: "CKR_MECHANISM_INVALID".into(),
             })?;
-        let public = [
-            Attribute::Token(true),
-            Attribute::Private(false),
-            Attribute::Verify(true),
-            Attribute::EcParams(params.to_vec()),
-            Attribute::Id(id.to_vec()),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
-        let private = [
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Id(id.to_vec()),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ];
+        let (public, private) = keypair_templates(params, Some((id, label)));
         let (pub_handle, priv_handle) = session
             .generate_key_pair(&mechanism, &public, &private)
             .map_err(HsmError::from_ck)?;
@@ -436,6 +420,35 @@ pub(super) fn keygen_mechanism(
         ),
         Algorithm::Sm2 => return None,
     })
+}
+
+/// Key-pair templates: the private key sensitive, never extractable, sign-only. With an
+/// id and label the pair is a token object (custody); without, a session object that
+/// vanishes with its session (the probe's sign test).
+pub(super) fn keypair_templates(
+    params: &[u8],
+    persistent: Option<(&[u8], &str)>,
+) -> (Vec<Attribute>, Vec<Attribute>) {
+    let mut public = vec![
+        Attribute::Token(persistent.is_some()),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::EcParams(params.to_vec()),
+    ];
+    let mut private = vec![
+        Attribute::Token(persistent.is_some()),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+    ];
+    if let Some((id, label)) = persistent {
+        for t in [&mut public, &mut private] {
+            t.push(Attribute::Id(id.to_vec()));
+            t.push(Attribute::Label(label.as_bytes().to_vec()));
+        }
+    }
+    (public, private)
 }
 
 /// Pure EdDSA, or ECDSA over a digest the caller made.

@@ -405,18 +405,7 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
     let (gen, params) =
         hsm::keygen_mechanism(alg, &profile.quirks).ok_or("no standard mechanism")?;
     let sign = hsm::sign_mechanism(alg);
-    let public = [
-        Attribute::Token(false),
-        Attribute::Verify(true),
-        Attribute::EcParams(params.to_vec()),
-    ];
-    let private = [
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Sign(true),
-    ];
+    let (public, private) = hsm::keypair_templates(params, None);
     let (pub_h, priv_h) = session
         .generate_key_pair(&gen, &public, &private)
         .map_err(|e| HsmError::from_ck(e).to_string())?;

@@ -195,8 +195,8 @@ mod tests {
     use super::*;
     use crate::verify::{Hash, Message};
 
-    /// A key and OpenSSL's own SM2 signature (raw r||s) over the digest e.
-    fn signed(e: &[u8; 32]) -> (Sm2Key, Vec<u8>) {
+    /// A fresh SM2 key: ours, built from its point, and OpenSSL's, to sign with.
+    fn key_pair() -> (Sm2Key, PKey<openssl::pkey::Private>) {
         let group = EcGroup::from_curve_name(Nid::SM2).unwrap();
         let private = EcKey::generate(&group).unwrap();
         let mut bn = openssl::bn::BigNumContext::new().unwrap();
@@ -208,11 +208,16 @@ mod tests {
                 &mut bn,
             )
             .unwrap();
-        let public = Sm2Key::new(
+        let ours = Sm2Key::new(
             point[1..33].try_into().unwrap(),
             point[33..].try_into().unwrap(),
         );
-        let pkey = PKey::from_ec_key(private).unwrap();
+        (ours, PKey::from_ec_key(private).unwrap())
+    }
+
+    /// A key and OpenSSL's own SM2 signature (raw r||s) over the digest e.
+    fn signed(e: &[u8; 32]) -> (Sm2Key, Vec<u8>) {
+        let (public, pkey) = key_pair();
         let mut ctx = PkeyCtx::new(&pkey).unwrap();
         ctx.sign_init().unwrap();
         let mut der = Vec::new();
@@ -280,24 +285,9 @@ mod tests {
     /// Our verdict and OpenSSL's agree on OpenSSL's signatures and on mutations of them.
     #[test]
     fn sm2_verdicts_agree_with_openssl_on_mutated_signatures() {
-        let group = EcGroup::from_curve_name(Nid::SM2).unwrap();
-        let mut bn = openssl::bn::BigNumContext::new().unwrap();
         let mut agreed_valid = 0;
         for round in 0..120u32 {
-            let private = EcKey::generate(&group).unwrap();
-            let point = private
-                .public_key()
-                .to_bytes(
-                    &group,
-                    openssl::ec::PointConversionForm::UNCOMPRESSED,
-                    &mut bn,
-                )
-                .unwrap();
-            let ours = Sm2Key::new(
-                point[1..33].try_into().unwrap(),
-                point[33..].try_into().unwrap(),
-            );
-            let pkey = PKey::from_ec_key(private).unwrap();
+            let (ours, pkey) = key_pair();
             let mut e = [0u8; 32];
             openssl::rand::rand_bytes(&mut e).unwrap();
             let mut ctx = PkeyCtx::new(&pkey).unwrap();
