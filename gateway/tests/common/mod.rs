@@ -69,8 +69,11 @@ impl Gateway {
         let _ = std::fs::remove_file(dir.join("gateway.addr"));
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
+        // A test that wants another log filter sets BSN_LOG itself.
+        if !cmd.get_envs().any(|(k, _)| k == "BSN_LOG") {
+            cmd.env("BSN_LOG", "info");
+        }
         let child = cmd
-            .env("BSN_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
