@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::ledger::HttpLedger;
+use common::ledger::ScriptNode;
 use common::{error_code, Gateway};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
@@ -88,7 +88,7 @@ fn b64(b: &[u8]) -> String {
 #[test]
 fn envelopes_signed_by_custody_keys_or_trusted_certificates_reach_the_http_ledger() {
     let dir = tempfile::tempdir().unwrap();
-    let node = HttpLedger::start(dir.path());
+    let node = ScriptNode::start("http-ledger.js", dir.path());
 
     // Root -> intermediate -> leaf; plus an expired leaf and a stranger's self-signed one.
     let (root_key, inter_key, leaf_key) = (p256(), p256(), p256());

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use common::ledger::HttpLedger;
+use common::ledger::ScriptNode;
 use common::{error_code, Gateway};
 use serde_json::Value;
 
@@ -149,7 +149,7 @@ fn schemathesis_finds_no_server_error_and_no_departure_from_the_document() {
         st.display()
     );
     let tmp = tempfile::tempdir().unwrap();
-    let node = HttpLedger::start(tmp.path());
+    let node = ScriptNode::start("http-ledger.js", tmp.path());
     let data = tmp.path().join("gw");
     let mut g = Gateway::start_dev_with(
         &data,

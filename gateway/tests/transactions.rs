@@ -664,3 +664,54 @@ fn kill_9_during_a_stream_loses_no_accepted_transaction() {
     }
     assert_mined_once(&node);
 }
+
+#[test]
+fn one_senders_transactions_reach_the_node_in_the_order_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The node refuses the first attempt at every nonce that is 1 mod 4 with a 503, so
+    // those are retried after a backoff: without per-sender order, the later nonces would
+    // overtake them.
+    let node = ledger::ScriptNode::start("eth-recorder.js", tmp.path());
+    let g = dev_with_ledger(
+        &tmp.path().join("gw"),
+        &[format!(
+            "--ledger=eth=ethereum+http://127.0.0.1:{}",
+            node.port
+        )],
+    );
+    let keys: Vec<String> = (0..3).map(|i| ledger::key("order", i)).collect();
+    let per_key = 12;
+    let txs = ledger::batch(&keys, per_key, CHAIN_ID);
+    for chunk in txs.chunks(9) {
+        let raws: Vec<&str> = chunk.iter().map(|t| t.raw.as_str()).collect();
+        let r = submit(&g, "eth", &raws);
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let taken = loop {
+        let taken = node.received();
+        if taken.len() == txs.len() {
+            break taken;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node took {} of {}",
+            taken.len(),
+            txs.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for t in &txs[..keys.len()] {
+        let nonces: Vec<u64> = taken
+            .iter()
+            .filter(|x| x["from"] == t.from.as_str())
+            .map(|x| x["nonce"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            nonces,
+            (0..per_key).collect::<Vec<_>>(),
+            "sender {}",
+            t.from
+        );
+    }
+}

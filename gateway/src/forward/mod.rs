@@ -1,7 +1,9 @@
 //! Forwarding: per ledger, a pool of nodes with health checks, the healthy node with the
 //! fewest requests in flight, a concurrency limit per node, retries with exponential
 //! backoff and jitter, and a circuit breaker per node. Delivery is at least once and
-//! idempotent by transaction id; the outbox records each outcome.
+//! idempotent by transaction id; the outbox records each outcome. Transactions of one
+//! Ethereum sender go one at a time, in the order they were accepted (a "lane"), so a node
+//! never sees nonce n + 1 before nonce n; different senders go in parallel.
 //!
 //! - `node`: one node's health, in-flight count and breaker;
 //! - `client`: the HTTP and JSON-RPC exchanges and what each answer means.
@@ -9,7 +11,7 @@
 pub mod client;
 pub mod node;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -269,6 +271,8 @@ struct Job {
     body: Arc<[u8]>,
     /// It may have reached a node already (queued again after a restart).
     maybe_sent: bool,
+    /// The Ethereum sender: its transactions are delivered one after another.
+    lane: Option<[u8; 20]>,
 }
 
 /// One configured ledger at run time.
@@ -295,13 +299,15 @@ impl Ledger {
         self.nodes.iter().any(|n| n.is_healthy())
     }
 
-    /// Hands an accepted (durable) transaction to the forwarder.
-    pub fn submit(&self, id: TxId, body: Arc<[u8]>) {
+    /// Hands an accepted (durable) transaction to the forwarder; `sender` (Ethereum)
+    /// puts it behind that sender's earlier ones.
+    pub fn submit(&self, id: TxId, body: Arc<[u8]>, sender: Option<[u8; 20]>) {
         // The queue holds what the outbox bounds (max_pending), so it cannot grow past it.
         let _ = self.queue.send(Job {
             id,
             body,
             maybe_sent: false,
+            lane: sender,
         });
     }
 
@@ -376,13 +382,19 @@ impl Forwarder {
             ));
             ledgers.insert(c.name.clone(), ledger);
         }
+        // Oldest first, so each sender's lane keeps its accepted order across the restart.
         for p in pending {
             match ledgers.get(&*p.ledger) {
                 Some(l) => {
+                    let lane = match l.kind {
+                        LedgerKind::Ethereum => ethereum_sender(&p.body),
+                        LedgerKind::Http => None,
+                    };
                     let _ = l.queue.send(Job {
                         id: p.id,
                         body: p.body,
                         maybe_sent: true,
+                        lane,
                     });
                 }
                 None => tracing::error!(
@@ -405,6 +417,19 @@ impl Forwarder {
     }
 }
 
+/// The sender of a raw transaction the gateway accepted earlier (so it decodes and its
+/// signature recovers); None otherwise, which only costs the lane.
+fn ethereum_sender(raw: &[u8]) -> Option<[u8; 20]> {
+    let tx = crate::txn::ethereum::decode(raw).ok()?;
+    let key = crate::verify::ecdsa::Verifier::default()
+        .recover(&tx.signing_hash, &tx.signature, false)
+        .ok()?;
+    crate::crypto::ecdsa::eth_address(&key)
+}
+
+/// Starts deliveries within the ledger's concurrency limit. A job whose sender already has
+/// a delivery under way waits in that sender's lane and starts when the one before it has
+/// an outcome (delivered or refused for good).
 async fn dispatch(
     ledger: Arc<Ledger>,
     mut rx: mpsc::UnboundedReceiver<Job>,
@@ -414,19 +439,50 @@ async fn dispatch(
     outbox: Outbox,
 ) {
     let limit = Arc::new(Semaphore::new(permits));
-    while let Some(job) = rx.recv().await {
+    // Senders with a delivery under way, and what waits behind it.
+    let mut lanes: HashMap<[u8; 20], VecDeque<Job>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<[u8; 20]>();
+    loop {
+        let job = tokio::select! {
+            biased;
+            Some(sender) = done_rx.recv() => {
+                match lanes.get_mut(&sender).and_then(VecDeque::pop_front) {
+                    Some(next) => next,
+                    None => {
+                        lanes.remove(&sender);
+                        continue;
+                    }
+                }
+            }
+            job = rx.recv() => {
+                let Some(job) = job else { return };
+                if let Some(sender) = job.lane {
+                    if let Some(waiting) = lanes.get_mut(&sender) {
+                        waiting.push_back(job);
+                        continue;
+                    }
+                    lanes.insert(sender, VecDeque::new());
+                }
+                job
+            }
+        };
         let Ok(permit) = limit.clone().acquire_owned().await else {
             return;
         };
-        let (ledger, client, config, outbox) = (
+        let (ledger, client, config, outbox, done) = (
             ledger.clone(),
             client.clone(),
             config.clone(),
             outbox.clone(),
+            done_tx.clone(),
         );
         tokio::spawn(async move {
+            let lane = job.lane;
             deliver(&ledger, job, &client, &config, &outbox).await;
             drop(permit);
+            if let Some(sender) = lane {
+                let _ = done.send(sender);
+            }
         });
     }
 }

@@ -180,7 +180,7 @@ pub async fn submit(
             Slot::Vetted { id, body, sender } => {
                 if verdicts.next().unwrap_or(false) {
                     accepted += 1;
-                    ledger.submit(id, body);
+                    ledger.submit(id, body, sender);
                     let mut r = json!({"id": hex0x(&id), "status": "accepted"});
                     if let Some(s) = sender {
                         r["sender"] = hex0x(&s).into();

@@ -275,20 +275,21 @@ pub fn batch(keys: &[String], per_key: u64, chain_id: u64) -> Vec<Signed> {
     sign(&specs)
 }
 
-/// The generic HTTP ledger node of test-tools/http-ledger.js: appends what it takes to a file.
-pub struct HttpLedger {
+/// A node script from test-tools/ (`http-ledger.js`, a generic HTTP ledger;
+/// `eth-recorder.js`, an Ethereum node stub), each appending what it takes to a file.
+pub struct ScriptNode {
     child: Child,
     pub port: u16,
     file: std::path::PathBuf,
 }
 
-impl HttpLedger {
-    pub fn start(dir: &std::path::Path) -> HttpLedger {
+impl ScriptNode {
+    pub fn start(script: &str, dir: &std::path::Path) -> ScriptNode {
         let port = free_port();
-        let file = dir.join("ledger.jsonl");
+        let file = dir.join(format!("{script}.jsonl"));
         let mut child = Command::new("node")
             .current_dir(super::test_tools())
-            .arg("http-ledger.js")
+            .arg(script)
             .arg(port.to_string())
             .arg(&file)
             .stdout(Stdio::piped())
@@ -300,7 +301,7 @@ impl HttpLedger {
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line.trim(), "listening");
-        HttpLedger { child, port, file }
+        ScriptNode { child, port, file }
     }
 
     pub fn received(&self) -> Vec<Value> {
@@ -312,7 +313,7 @@ impl HttpLedger {
     }
 }
 
-impl Drop for HttpLedger {
+impl Drop for ScriptNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
