@@ -1,4 +1,5 @@
-//! Unauthenticated operations endpoints: liveness, readiness and Prometheus metrics.
+//! Unauthenticated operations endpoints: liveness, readiness, Prometheus metrics, and the
+//! OpenAPI document of the API this binary serves.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -44,5 +45,15 @@ pub fn metrics(state: &AppState) -> Resp {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
+    resp
+}
+
+/// The OpenAPI 3.1 document, built into the binary so it always matches the routes.
+pub fn openapi() -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from_static(
+        include_str!("../../openapi.json").as_bytes(),
+    )));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }

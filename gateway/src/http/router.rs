@@ -57,6 +57,7 @@ async fn dispatch(
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
+        ["openapi.json"] => "/openapi.json",
         ["v1", "keys"] => "/v1/keys",
         ["v1", "keys", "import"] => "/v1/keys/import",
         ["v1", "keys", _] => "/v1/keys/{id}",
@@ -79,7 +80,9 @@ async fn dispatch(
     let allowed: &[Method] = match route {
         "/v1/keys" => &[Method::GET, Method::POST],
         "/v1/keys/{id}" => &[Method::GET, Method::DELETE],
-        "/healthz" | "/readyz" | "/metrics" | "/v1/transactions/{id}" => &[Method::GET],
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/v1/transactions/{id}" => {
+            &[Method::GET]
+        }
         _ => &[Method::POST],
     };
     if !allowed.contains(&method) {
@@ -101,6 +104,7 @@ async fn dispatch(
         "/healthz" => return (route, Ok(ops::healthz())),
         "/readyz" => return (route, Ok(ops::readyz(state).await)),
         "/metrics" => return (route, Ok(ops::metrics(state))),
+        "/openapi.json" => return (route, Ok(ops::openapi())),
         _ => {}
     }
     let client = match authenticate(state, &req).await {
