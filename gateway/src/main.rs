@@ -123,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.hsm.profile()?;
             // Files the config names are read now, not at the first envelope.
             for ledger in &config.ledgers {
-                ledger.trust_anchors().map_err(anyhow::Error::msg)?;
+                ledger.check_files().map_err(anyhow::Error::msg)?;
             }
             println!(
                 "{}: ok ({} clients, {} ledgers)",

@@ -7,22 +7,37 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, StatusCode, Uri};
+use hyper_openssl::client::legacy::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use openssl::ssl::{SslConnector, SslMethod, SslVersion};
 use serde_json::{json, Value};
 
 /// Node answers larger than this are not read.
 const MAX_ANSWER: usize = 1 << 20;
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-pub fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
+/// A client for one ledger's nodes, `http://` or `https://`. TLS is 1.2 or later with
+/// the certificate and host name verified against the system roots, plus `ca_file` (PEM)
+/// when the ledger names one (a private CA for its nodes).
+pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    http.enforce_http(false);
+    let tls = |e: openssl::error::ErrorStack| format!("TLS client: {e}");
+    let mut ssl = SslConnector::builder(SslMethod::tls_client()).map_err(tls)?;
+    ssl.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(tls)?;
+    if let Some(ca) = ca_file {
+        ssl.set_ca_file(ca)
+            .map_err(|e| format!("tls_ca_file {}: {e}", ca.display()))?;
+    }
+    let connector = HttpsConnector::with_connector(http, ssl).map_err(tls)?;
+    Ok(Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+        .build(connector))
 }
 
 /// The outcome of one delivery attempt.

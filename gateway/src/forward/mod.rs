@@ -43,8 +43,12 @@ pub enum LedgerKind {
 pub struct LedgerConfig {
     pub name: String,
     pub kind: LedgerKind,
-    /// Node base URLs (`http://host:port`; for Ethereum the JSON-RPC endpoint).
+    /// Node base URLs (`http://host:port` or `https://host:port`; for Ethereum the
+    /// JSON-RPC endpoint).
     pub nodes: Vec<String>,
+    /// PEM CA certificates that `https://` nodes' certificates may chain to, besides the
+    /// system roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Ethereum: the chain id transactions must carry; read from the nodes when absent.
     pub chain_id: Option<u64>,
     /// Ethereum: when not empty, only these sender addresses are let through.
@@ -165,6 +169,14 @@ impl LedgerConfig {
         Ok((join(&self.submit_path)?, join(&self.health_path)?))
     }
 
+    /// Reads every file the ledger names (trust anchors, the nodes' CA), as start-up will.
+    pub fn check_files(&self) -> Result<(), String> {
+        self.trust_anchors()?;
+        client::http_client(self.tls_ca_file.as_deref())
+            .map_err(|e| format!("ledger {:?}: {e}", self.name))?;
+        Ok(())
+    }
+
     /// The envelope signers' trust anchors, read from their files, for http ledgers that
     /// name them. Start-up and `config check` both go through here.
     pub fn trust_anchors(&self) -> Result<Option<TrustAnchors>, String> {
@@ -178,8 +190,10 @@ impl LedgerConfig {
 
 fn parse_node(url: &str) -> Result<Uri, String> {
     let uri: Uri = url.parse().map_err(|e| format!("node {url:?}: {e}"))?;
-    if uri.scheme_str() != Some("http") || uri.host().is_none() {
-        return Err(format!("node {url:?}: must be http://host:port"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!(
+            "node {url:?}: must be http://host:port or https://host:port"
+        ));
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(format!("node {url:?}: no credentials in node URLs"));
@@ -332,11 +346,12 @@ impl Forwarder {
         outbox: Outbox,
         pending: Vec<Pending>,
     ) -> Result<Forwarder, String> {
-        let client = client::http_client();
         let config = Arc::new(config.clone());
         let mut ledgers = HashMap::new();
         for c in configs {
             let trust = c.trust_anchors()?;
+            let client = client::http_client(c.tls_ca_file.as_deref())
+                .map_err(|e| format!("ledger {:?}: {e}", c.name))?;
             let nodes = c
                 .nodes
                 .iter()
@@ -636,11 +651,15 @@ mod tests {
         let (submit, health) = http.node_uris(&http.nodes[0]).unwrap();
         assert_eq!(submit.to_string(), "http://10.0.0.1:7080/transactions");
         assert_eq!(health.to_string(), "http://10.0.0.1:7080/health");
+        LedgerConfig::from_flag("e=ethereum+https://h:1")
+            .and_then(|l| l.validate())
+            .unwrap();
         for bad in [
             "eth",
             "eth=ftp+http://h:1",
             "=ethereum+http://h:1",
-            "e=ethereum+https://h:1",
+            "e=ethereum+ftp://h:1",
+            "e=ethereum+https://user:pw@h:1",
         ] {
             assert!(
                 LedgerConfig::from_flag(bad)

@@ -285,6 +285,11 @@ pub struct ScriptNode {
 
 impl ScriptNode {
     pub fn start(script: &str, dir: &std::path::Path) -> ScriptNode {
+        Self::start_with(script, dir, &[])
+    }
+
+    /// With more arguments after PORT FILE (http-ledger.js: CERT KEY for HTTPS).
+    pub fn start_with(script: &str, dir: &std::path::Path, extra: &[&str]) -> ScriptNode {
         let port = free_port();
         let file = dir.join(format!("{script}.jsonl"));
         let mut child = Command::new("node")
@@ -292,6 +297,7 @@ impl ScriptNode {
             .arg(script)
             .arg(port.to_string())
             .arg(&file)
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("run node");
