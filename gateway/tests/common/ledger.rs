@@ -70,10 +70,13 @@ impl Ganache {
             .args(["--server.host", "127.0.0.1", "--server.port"])
             .arg(self.port.to_string())
             .args(["--chain.chainId", &CHAIN_ID.to_string()])
-            // A block every second, as a real chain makes them: eth_sendRawTransaction
-            // answers at once. (Instamine "eager" blocks the call until a future-nonce
-            // transaction can be mined; "strict" leaves some promoted ones unmined.)
-            .args(["--miner.blockTime", "1", "--logging.quiet"])
+            // Each transaction mined in its own block before eth_sendRawTransaction
+            // answers, one request at a time. With a block time, or requests handled
+            // while a block is mined, ganache 7 files a sender's next nonce that arrives
+            // mid-block as a future one and never promotes it (ConsenSys-archive/ganache
+            // #4522): a real node (geth) promotes it when the block lands.
+            .args(["--miner.instamine", "eager"])
+            .args(["--chain.asyncRequestProcessing", "false", "--logging.quiet"])
             .arg("--database.dbPath")
             .arg(&self.db);
         for k in &self.funded {
@@ -185,8 +188,9 @@ impl Ganache {
                         format!("{h}: node has {t}, sender nonce {nonce:?}")
                     })
                     .collect();
+                let head = self.rpc("eth_blockNumber", json!([]));
                 panic!(
-                    "{missing} of {} transactions not mined:\n{}",
+                    "{missing} of {} transactions not mined (head block {head}):\n{}",
                     hashes.len(),
                     seen.join("\n")
                 );
