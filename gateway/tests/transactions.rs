@@ -536,7 +536,8 @@ fn transactions_wait_while_the_node_is_down_and_are_mined_once_when_it_is_back()
 
 #[test]
 fn kill_9_during_a_stream_loses_no_accepted_transaction() {
-    // Many senders, few nonces each: ganache puts one transaction per sender in a block.
+    // Many senders, few nonces each: one sender's transactions are delivered one at a time,
+    // so senders are what the forwarder runs in parallel.
     let keys: Vec<String> = (0..100).map(|i| ledger::key("crash", i)).collect();
     let node = Ganache::start(&keys);
     let valid = ledger::batch(&keys, 10, CHAIN_ID);

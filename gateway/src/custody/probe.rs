@@ -188,12 +188,22 @@ fn run(pkcs11: &Pkcs11, target: &Target<'_>) -> Result<Report, HsmError> {
             None
         }
     };
-    if let Some(slot) = token_slot {
+    // The slot list was read before the slot was chosen: a token pulled in between has
+    // no report, and is named missing rather than trusted.
+    let chosen = token_slot.and_then(|slot| {
         let token = slots
             .iter()
             .find(|s| s.id == slot.id())
-            .and_then(|s| s.token.as_ref())
-            .expect("a matching slot has a token");
+            .and_then(|s| s.token.as_ref());
+        if token.is_none() {
+            checks.push(missing(
+                "token",
+                "the token left its slot during the probe".into(),
+            ));
+        }
+        token.map(|t| (slot, t))
+    });
+    if let Some((slot, token)) = chosen {
         token_checks(token, profile, target.pool_size, &mut checks);
         let pin_usable = token.user_pin_initialized && !token.user_pin_locked;
         match target.pin {
