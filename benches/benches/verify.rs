@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bsn_benches::{cores, fixtures, peers, Fixture};
+use bsn_benches::{cores, fixtures, peer_on_all_cores, peers, Fixture};
 use bsn_gateway::algorithm::Algorithm;
 use bsn_gateway::verify::{Engine, Hash, Item, KeyInput, Message, SigFormat, Task, VerifyConfig};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -250,4 +250,59 @@ fn main() {
             best / per_core_busy,
         );
     }
+    // The figures above come from different minutes; on a shared host the load moves
+    // between them. Paired rounds alternate peer and engine, a second each, so a change in
+    // load hits both alike; the median of the per-round ratios is the figure to trust.
+    let engine = Arc::new(
+        Engine::start(&VerifyConfig {
+            workers: all,
+            ..VerifyConfig::default()
+        })
+        .unwrap(),
+    );
+    println!("\npaired rounds: {ROUNDS} x (peer on all {cores} cores 1 s, engine with {all} workers ~1 s, {PAIRED_SIZE} items per call)");
+    for alg in Algorithm::ALL {
+        let tasks: Vec<Task> = fixtures(alg, 256).iter().map(task).collect();
+        let mut ratios = Vec::new();
+        let mut rate_guess = 10_000.0;
+        for _ in 0..ROUNDS {
+            let peer = match peer_on_all_cores(alg, cores, 1) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{alg}: {e}");
+                    break;
+                }
+            };
+            let calls = ((rate_guess / PAIRED_SIZE as f64) as usize).max(1);
+            let batch: Vec<Vec<Task>> = (0..calls)
+                .map(|i| {
+                    (0..PAIRED_SIZE)
+                        .map(|j| tasks[(i * PAIRED_SIZE + j) % tasks.len()].clone())
+                        .collect()
+                })
+                .collect();
+            let took = rt.block_on(stream(&engine, batch, in_flight(all, PAIRED_SIZE)));
+            let rate = (calls * PAIRED_SIZE) as f64 / took.as_secs_f64();
+            rate_guess = rate;
+            ratios.push(rate / peer);
+        }
+        if ratios.is_empty() {
+            continue;
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "{:<16} engine / {} with all cores busy: median {:.2} (rounds {:.2} to {:.2})",
+            name(alg),
+            peers
+                .iter()
+                .find(|p| p.algorithm == alg)
+                .map_or("peer", |p| p.name),
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+        );
+    }
 }
+
+const ROUNDS: usize = 5;
+const PAIRED_SIZE: usize = 64;

@@ -208,14 +208,25 @@ fn fixture(algorithm: Algorithm, i: usize) -> Fixture {
 /// `openssl speed` in `processes` processes at once (`-multi`): their summed verifies/s.
 /// On a machine whose cores do not each give a full core's speed when all are busy (SMT
 /// siblings, a shared VM host), this and not one process x cores is what all cores can do.
-pub fn openssl_speed(seconds: u32, processes: usize) -> anyhow::Result<Vec<(Algorithm, f64)>> {
+pub fn openssl_speed(
+    seconds: u32,
+    processes: usize,
+    algorithms: &[Algorithm],
+) -> anyhow::Result<Vec<(Algorithm, f64)>> {
     let mut cmd = Command::new("openssl");
     cmd.args(["speed", "-mr", "-seconds", &seconds.to_string()]);
     if processes > 1 {
         cmd.args(["-multi", &processes.to_string()]);
     }
+    for a in algorithms {
+        cmd.arg(match a {
+            Algorithm::EcdsaP256 => "ecdsap256",
+            Algorithm::Ed25519 => "ed25519",
+            Algorithm::Sm2 => "sm2",
+            Algorithm::EcdsaSecp256k1 => bail!("openssl speed has no secp256k1"),
+        });
+    }
     let out = cmd
-        .args(["ecdsap256", "ed25519", "sm2"])
         .stderr(Stdio::null())
         .output()
         .context("run openssl speed")?;
@@ -235,7 +246,7 @@ pub fn openssl_speed(seconds: u32, processes: usize) -> anyhow::Result<Vec<(Algo
             found.push((alg, v));
         }
     }
-    if found.len() != 3 {
+    if found.len() != algorithms.len() {
         bail!("could not read openssl speed output:\n{text}");
     }
     Ok(found)
@@ -270,8 +281,9 @@ pub struct Peer {
 }
 
 pub fn peers(seconds: u32, cores: usize) -> anyhow::Result<Vec<Peer>> {
-    let one = openssl_speed(seconds, 1)?;
-    let all = openssl_speed(seconds, cores)?;
+    let algorithms = [Algorithm::EcdsaP256, Algorithm::Ed25519, Algorithm::Sm2];
+    let one = openssl_speed(seconds, 1, &algorithms)?;
+    let all = openssl_speed(seconds, cores, &algorithms)?;
     let mut out: Vec<Peer> = one
         .iter()
         .map(|&(algorithm, one_core)| Peer {
@@ -291,4 +303,12 @@ pub fn peers(seconds: u32, cores: usize) -> anyhow::Result<Vec<Peer>> {
         all_cores: libsecp256k1_speed(cores, seconds.into())?,
     });
     Ok(out)
+}
+
+/// The peer of `algorithm` with all `cores` busy at once for `seconds`: summed verifies/s.
+pub fn peer_on_all_cores(algorithm: Algorithm, cores: usize, seconds: u32) -> anyhow::Result<f64> {
+    if algorithm == Algorithm::EcdsaSecp256k1 {
+        return libsecp256k1_speed(cores, seconds.into());
+    }
+    Ok(openssl_speed(seconds, cores, &[algorithm])?[0].1)
 }
