@@ -203,10 +203,9 @@ fn fixture(algorithm: Algorithm, i: usize) -> Fixture {
     }
 }
 
-/// Verifications per second of one core, from `openssl speed -mr`, by our algorithm names
-/// (OpenSSL 3.0 has no secp256k1 in `speed`).
-/// `openssl speed` in `processes` processes at once (`-multi`): their summed verifies/s.
-/// On a machine whose cores do not each give a full core's speed when all are busy (SMT
+/// Verifications per second from `openssl speed -mr`, by our algorithm names (OpenSSL 3.0
+/// has no secp256k1 in `speed`), summed over `processes` run at once (`-multi`). On a
+/// machine whose cores do not each give a full core's speed when all are busy (SMT
 /// siblings, a shared VM host), this and not one process x cores is what all cores can do.
 pub fn openssl_speed(
     seconds: u32,
