@@ -125,13 +125,7 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, worker_counts: &[usize
                         b.iter_custom(|iters| {
                             // Built before the clock starts: the engine's cost, not the
                             // bench's cloning, is what is timed.
-                            let calls: Vec<Vec<Task>> = (0..iters as usize)
-                                .map(|i| {
-                                    (0..size)
-                                        .map(|j| tasks[(i * size + j) % tasks.len()].clone())
-                                        .collect()
-                                })
-                                .collect();
+                            let calls = calls(&tasks, iters as usize, size);
                             rt.block_on(stream(&engine, calls, in_flight(workers, size)))
                         })
                     },
@@ -140,6 +134,17 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, worker_counts: &[usize
         }
         g.finish();
     }
+}
+
+/// `n` calls of `size` items each, taken in turn from the fixtures' tasks.
+fn calls(tasks: &[Task], n: usize, size: usize) -> Vec<Vec<Task>> {
+    (0..n)
+        .map(|i| {
+            (0..size)
+                .map(|j| tasks[(i * size + j) % tasks.len()].clone())
+                .collect()
+        })
+        .collect()
 }
 
 /// Calls kept in flight: enough that every worker always has a full micro-batch waiting.
@@ -273,16 +278,10 @@ fn main() {
                     break;
                 }
             };
-            let calls = ((rate_guess / PAIRED_SIZE as f64) as usize).max(1);
-            let batch: Vec<Vec<Task>> = (0..calls)
-                .map(|i| {
-                    (0..PAIRED_SIZE)
-                        .map(|j| tasks[(i * PAIRED_SIZE + j) % tasks.len()].clone())
-                        .collect()
-                })
-                .collect();
+            let n = ((rate_guess / PAIRED_SIZE as f64) as usize).max(1);
+            let batch = calls(&tasks, n, PAIRED_SIZE);
             let took = rt.block_on(stream(&engine, batch, in_flight(all, PAIRED_SIZE)));
-            let rate = (calls * PAIRED_SIZE) as f64 / took.as_secs_f64();
+            let rate = (n * PAIRED_SIZE) as f64 / took.as_secs_f64();
             rate_guess = rate;
             ratios.push(rate / peer);
         }
