@@ -1,5 +1,5 @@
-//! Wycheproof verification vectors from ../shared/testdata/wycheproof, flattened into cases
-//! the engine and the HTTP API both take.
+//! Wycheproof verification vectors from tests/data/wycheproof (copied into the repository
+//! with their LICENSE), flattened into cases the engine and the HTTP API both take.
 
 use std::path::PathBuf;
 
@@ -56,7 +56,7 @@ pub const SETS: &[(&str, &str, &str, bool)] = &[
 ];
 
 pub fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/wycheproof")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/wycheproof")
 }
 
 pub fn load(
