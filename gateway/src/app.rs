@@ -1,14 +1,17 @@
-//! The one place that wires the parts together: HSM, key store, audit log, authentication,
-//! metrics and the HTTP server, then tears them down in order on shutdown.
+//! The one place that wires the parts together: HSM, custody (key store, audit log and its
+//! checkpoints), authentication, verification, admission (outbox, forwarder), metrics and
+//! the HTTP server; SIGHUP reloads; then tears them down in order on shutdown.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::audit::AuditLog;
+use crate::admission::Admission;
+use crate::audit::anchor::Anchor;
+use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::custody::hsm::{self, Hsm};
@@ -19,15 +22,14 @@ use crate::http::Limits;
 use crate::outbox::Outbox;
 use crate::verify::Engine;
 
+/// What the HTTP front calls. Custody and admission own their work; the rest is shared.
 pub struct AppState {
-    pub custody: Custody,
-    pub auth: Authenticator,
-    pub audit: AuditLog,
+    pub custody: Arc<Custody>,
+    pub admission: Arc<Admission>,
+    pub verify: Arc<Engine>,
+    pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
     pub limits: Limits,
-    pub verify: Engine,
-    pub outbox: Outbox,
-    pub forward: Forwarder,
 }
 
 /// Set only by the embedded default: how to initialise its token on first start.
@@ -37,8 +39,16 @@ pub struct DevToken {
 }
 
 /// Starts everything, serves until SIGTERM/SIGINT, drains, and closes the HSM.
-pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
+/// `config_path` is re-read on SIGHUP (clients, their policies and quotas).
+pub async fn run(
+    config: Config,
+    dev: Option<DevToken>,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let metrics = crate::metrics::install();
+    for w in config.warnings() {
+        tracing::warn!("config: {w}");
+    }
     let profile = config.hsm.profile()?;
     let module = profile.module_path(config.hsm.module.as_deref())?;
     let pin = config.hsm.pin.read().context("HSM PIN")?;
@@ -75,8 +85,24 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("data dir {}", data.display()))?;
     let store = KeyStore::open(&data.join("keys.jsonl")).context("key metadata journal")?;
-    let audit = AuditLog::open(&data.join("audit.log"))?;
-    let auth = Authenticator::new(&config.clients).map_err(anyhow::Error::msg)?;
+    let audit = AuditLog::open(&data.join("audit.log"), config.audit.checkpoint_lines)?;
+    let anchor = Anchor::open(audit.clone(), hsm.clone(), &config.audit, data)
+        .await
+        .context("audit checkpoint key")?;
+    anchor.spawn();
+    let custody = Custody::new(hsm.clone(), store, profile, audit.clone(), config.keys.clone());
+    if let Err(e) = custody.reconcile().await {
+        tracing::error!(error = %e, "could not compare key records with the token");
+    }
+    custody.destroy_due().await;
+    custody.spawn_scheduler();
+
+    let auth = Arc::new(Authenticator::new(&config.clients).map_err(anyhow::Error::msg)?);
+    tokio::spawn(crate::auth::summarise_failures(
+        auth.failures(),
+        audit.clone(),
+        Duration::from_secs(config.audit.auth_failure_summary_seconds),
+    ));
     let tls = config
         .server
         .tls
@@ -84,28 +110,28 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
         .map(crate::http::server::tls_acceptor)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let verify = Engine::start(&config.verify).context("verification workers")?;
+    let verify = Arc::new(Engine::start(&config.verify).context("verification workers")?);
     tracing::info!(workers = verify.workers(), "verification engine started");
     let (outbox, pending) = Outbox::open(&data.join("outbox"), &config.outbox).context("outbox")?;
     let forward = Forwarder::start(&config.ledgers, &config.forward, outbox.clone(), pending)
         .map_err(anyhow::Error::msg)?;
+    let admission = Admission::new(custody.clone(), verify.clone(), outbox, forward);
     let state = Arc::new(AppState {
-        custody: Custody::new(hsm.clone(), store, profile),
-        auth,
-        audit,
+        custody: custody.clone(),
+        admission,
+        verify,
+        auth: auth.clone(),
         metrics,
         limits: config.limits.clone(),
-        verify,
-        outbox,
-        forward,
     });
+    tokio::spawn(reload_on_sighup(config_path, auth, audit.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("bind {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     write_addr(data, &addr.to_string())?;
-    tracing::info!(%addr, tls = tls.is_some(), keys = state.custody.list().len(), "serving");
+    tracing::info!(%addr, tls = tls.is_some(), keys = custody.all().len(), "serving");
     // The HSM pool is open and the listener bound: systemd may start what depends on us.
     crate::notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
 
@@ -118,10 +144,69 @@ pub async fn run(config: Config, dev: Option<DevToken>) -> anyhow::Result<()> {
     )
     .await;
 
+    // A clean stop ends the log with a signed head, so a cut tail shows even without
+    // an exported checkpoint.
+    match anchor.checkpoint().await {
+        Ok(Some(cp)) => tracing::info!(seq = cp.seq, "audit checkpoint at shutdown"),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "audit checkpoint at shutdown failed"),
+    }
     drop(state);
+    drop(custody);
+    drop(anchor);
     tokio::task::spawn_blocking(move || hsm.shutdown()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-reads the config file and swaps in its clients (policies, quotas, tokens)
+/// without dropping a connection. A config that fails validation is refused, its errors
+/// logged, and the running clients kept. Either way the reload is audited.
+async fn reload_on_sighup(path: Option<PathBuf>, auth: Arc<Authenticator>, audit: AuditLog) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; config reload is off");
+        return;
+    };
+    for result in ["ok", "refused"] {
+        metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+    while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::warn!("SIGHUP: the embedded default has no config file to reload");
+            continue;
+        };
+        let outcome = crate::config::Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                let n = auth.replace(&c.clients)?;
+                for w in c.warnings() {
+                    tracing::warn!("config: {w}");
+                }
+                Ok(n)
+            });
+        let (result, detail) = match &outcome {
+            Ok(n) => {
+                tracing::info!(clients = n, "SIGHUP: clients reloaded; other sections take effect at restart");
+                ("ok", format!("{n} clients"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: config refused; the running clients stay");
+                ("refused", e.chars().take(512).collect())
+            }
+        };
+        metrics::counter!(crate::metrics::CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+        let entry = AuditEntry {
+            client: "-".into(),
+            operation: "reload",
+            result: result.into(),
+            detail: Some(detail),
+            ..Default::default()
+        };
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!(error = %e, "cannot audit the reload");
+        }
+    }
 }
 
 /// Tells tests and scripts the bound address (useful with port 0).

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::audit::anchor::AuditConfig;
 use crate::auth::ClientConfig;
-use crate::custody::HsmConfig;
+use crate::custody::{HsmConfig, KeysConfig};
 use crate::forward::{ForwardConfig, LedgerConfig};
 use crate::http::{Limits, ServerConfig};
 use crate::outbox::OutboxConfig;
@@ -20,6 +21,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub server: ServerConfig,
     pub hsm: HsmConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -98,6 +103,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         self.hsm.validate().map_err(ConfigError::Invalid)?;
+        self.keys.validate().map_err(ConfigError::Invalid)?;
+        self.audit.validate().map_err(ConfigError::Invalid)?;
         self.server.validate().map_err(ConfigError::Invalid)?;
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.verify.validate().map_err(ConfigError::Invalid)?;
@@ -120,11 +127,23 @@ impl Config {
             if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
                 return invalid(format!("client {:?} shares a token with another", c.name));
             }
+            if let Some(l) = c
+                .ledgers
+                .iter()
+                .find(|l| *l != "*" && !ledgers.contains(l.as_str()))
+            {
+                return invalid(format!("client {:?}: no ledger {l:?}", c.name));
+            }
         }
         if self.clients.is_empty() {
             return invalid("no [[clients]]: nobody could call the gateway".into());
         }
         Ok(())
+    }
+
+    /// What is valid but probably not meant: printed by `config check` and at start.
+    pub fn warnings(&self) -> Vec<String> {
+        crate::auth::overlapping_patterns(&self.clients)
     }
 }
 
@@ -143,8 +162,13 @@ pin = { file = "/etc/bsn-gateway/user.pin" }
 [[clients]]
 name = "dapp"
 token_sha256 = "0x9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-operations = ["keys:sign"]
+operations = ["keys:sign", "transactions"]
 keys = ["dapp-*"]
+ledgers = ["eth"]
+[[ledgers]]
+name = "eth"
+kind = "ethereum"
+nodes = ["http://127.0.0.1:8545"]
 "#;
 
     fn parse(text: &str) -> Result<Config, String> {
@@ -171,6 +195,10 @@ keys = ["dapp-*"]
             ),
             (GOOD.replace("keys:sign", "keys:fly"), "keys:fly"),
             (GOOD.replace("0x9f86", "0x9f"), "token_sha256"),
+            (GOOD.replace("dapp-*", "dapp*"), "separator"),
+            (GOOD.replace("ledgers = [\"eth\"]", "ledgers = [\"btc\"]"), "btc"),
+            (format!("{GOOD}\n[keys]\ndeletion_window_seconds = 0"), "deletion_window"),
+            (format!("{GOOD}\n[audit]\ncheckpoint_lines = 0"), "checkpoint_lines"),
             (GOOD.replace("{ file =", "{ path ="), "path"),
             (format!("{GOOD}\n[[clients]]\nname = \"dapp\"\ntoken_sha256 = \"0x{}\"\noperations = []\nkeys = []", "11".repeat(32)), "twice"),
         ];

@@ -1,6 +1,7 @@
 //! bsn-gateway: an edge appliance that keeps keys in a PKCS#11 token, checks signatures and
 //! forwards vetted transactions. `app` is the one place where the parts are wired together.
 
+pub mod admission;
 pub mod algorithm;
 pub mod app;
 pub mod audit;

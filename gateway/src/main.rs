@@ -42,6 +42,24 @@ enum HsmCommand {
     /// List the module's slots, tokens and mechanisms, and say what the profile expects
     /// that is missing. Exits 1 when something is.
     Probe(ProbeArgs),
+    /// Compare key records with the token's objects: records whose key is missing, and
+    /// token objects no record points at (orphans). A dry run unless --destroy-orphans.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Args)]
+struct ReconcileArgs {
+    #[command(flatten)]
+    source: Source,
+    /// Destroy the orphan objects (asks for confirmation unless --yes). Refused while a
+    /// gateway runs on the same data dir: a key it is creating would look like an orphan.
+    #[arg(long)]
+    destroy_orphans: bool,
+    #[arg(long, requires = "destroy_orphans")]
+    yes: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -95,8 +113,17 @@ enum ConfigCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of an audit log.
-    Verify { file: PathBuf },
+    /// Check the hash chain of an audit log and every HSM-signed checkpoint in it.
+    Verify {
+        file: PathBuf,
+        /// The audit key's public key (PEM); default: audit-key.pem beside the log.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Checkpoints exported elsewhere ([audit] export_file): each must still be in
+        /// the log, which reports a cut tail or a re-chained edit before them.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,6 +152,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for ledger in &config.ledgers {
                 ledger.check_files().map_err(anyhow::Error::msg)?;
             }
+            for w in config.warnings() {
+                println!("warning: {w}");
+            }
             println!(
                 "{}: ok ({} clients, {} ledgers)",
                 file.display(),
@@ -133,12 +163,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { file }) => {
-            let n = bsn_gateway::audit::verify(&file)?;
-            println!("{}: {n} entries, chain intact", file.display());
-            Ok(())
-        }
+        Command::Audit(AuditCommand::Verify {
+            file,
+            key,
+            checkpoints,
+        }) => audit_verify(&file, key, checkpoints),
         Command::Hsm(HsmCommand::Probe(args)) => probe(args),
+        Command::Hsm(HsmCommand::Reconcile(args)) => reconcile(args),
         Command::Token(TokenCommand::New) => {
             let (token, hash) = bsn_gateway::auth::new_token();
             println!("token = {}\ntoken_sha256 = \"{hash}\"", token.expose());
@@ -147,14 +178,149 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn audit_verify(
+    file: &std::path::Path,
+    key: Option<PathBuf>,
+    checkpoints: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use bsn_gateway::audit::{anchor, verify};
+    let key_path = key.or_else(|| {
+        let p = file.parent()?.join(anchor::KEY_FILE);
+        p.exists().then_some(p)
+    });
+    let key = key_path
+        .as_ref()
+        .map(|p| -> anyhow::Result<_> {
+            let pem = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+            openssl::ec::EcKey::public_key_from_pem(&pem)
+                .with_context(|| format!("{}: not an EC public key", p.display()))
+        })
+        .transpose()?;
+    let exported = checkpoints
+        .as_deref()
+        .map(verify::read_exported)
+        .transpose()?;
+    let r = verify(file, key.as_ref(), exported.as_deref())?;
+    println!("{}: {} entries, chain intact", file.display(), r.lines);
+    match &key_path {
+        Some(p) => println!(
+            "checkpoints: {} verified with the audit key {}",
+            r.checkpoints,
+            p.display()
+        ),
+        None if r.unchecked > 0 => println!(
+            "checkpoints: {} NOT verified: no audit key (give --key audit-key.pem)",
+            r.unchecked
+        ),
+        None => println!("checkpoints: none, and no audit key"),
+    }
+    if exported.is_some() {
+        println!("exported checkpoints: {} found in the log", r.exported);
+    }
+    println!(
+        "anchored to line {}; {} line(s) after it rest on the hash chain alone",
+        r.anchored_to,
+        r.unanchored()
+    );
+    Ok(())
+}
+
+fn load_source(source: &Source) -> anyhow::Result<Config> {
+    match (&source.config, &source.data_dir) {
+        (Some(path), _) => Ok(Config::load(path)?),
+        (None, Some(dir)) => bsn_gateway::dev::existing(dir),
+        (None, None) => unreachable!("clap requires --config or --dev --data-dir"),
+    }
+}
+
+fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    use bsn_gateway::custody::{hsm, reconcile, store::KeyStore};
+    let config = load_source(&args.source)?;
+    let profile = config.hsm.profile()?;
+    let module = profile.module_path(config.hsm.module.as_deref())?;
+    let pin = config.hsm.pin.read().context("HSM PIN")?;
+    // Holding the outbox lock proves no gateway runs on this data dir.
+    let _lock = if args.destroy_orphans {
+        let dir = config.data_dir.join("outbox");
+        std::fs::create_dir_all(&dir)?;
+        let lock = std::fs::File::create(dir.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            anyhow::anyhow!(
+                "a gateway is running on {}: stop it before destroying orphans (a key it is creating would look like one)",
+                config.data_dir.display()
+            )
+        })?;
+        Some(lock)
+    } else {
+        None
+    };
+    let records = KeyStore::read_only(&config.data_dir.join("keys.jsonl"))
+        .context("key metadata journal")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let hsm_cfg = config.hsm.clone();
+        let quirks = profile.quirks.clone();
+        let hsm = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let pkcs11 = hsm::load_module(&module)?;
+            let slot = hsm::find_slot(&pkcs11, &hsm_cfg.selector())?;
+            Ok(hsm::Hsm::open(pkcs11, slot, pin, quirks, 1, hsm_cfg.session_wait())?)
+        })
+        .await??;
+        let objects = hsm.run("find", "any", true, |h, s| h.object_ids(s)).await?;
+        let report = reconcile::compare(
+            &records,
+            &objects,
+            &[bsn_gateway::audit::anchor::KEY_ID],
+        );
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "{} key records, {} token objects",
+                records.len(),
+                objects.values().map(|o| o.total).sum::<usize>()
+            );
+            for id in &report.missing {
+                println!("missing: record {id} has no private key object on the token");
+            }
+            for o in &report.orphans {
+                println!("orphan: CKA_ID {} ({} objects) has no key record", o.id, o.objects);
+            }
+            if report.missing.is_empty() && report.orphans.is_empty() {
+                println!("records and token agree");
+            }
+        }
+        if args.destroy_orphans && !report.orphans.is_empty() {
+            if !args.yes {
+                eprint!(
+                    "destroy {} orphan object(s)? They cannot be recovered. Type yes: ",
+                    report.orphan_objects()
+                );
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim() != "yes" {
+                    anyhow::bail!("not confirmed; nothing destroyed");
+                }
+            }
+            let mut destroyed = 0;
+            for o in &report.orphans {
+                let id = hex::decode(&o.id)?;
+                destroyed += hsm.run("destroy", "any", true, move |h, s| h.destroy(s, &id)).await?;
+            }
+            println!("destroyed {destroyed} orphan object(s)");
+        }
+        drop(objects);
+        tokio::task::spawn_blocking(move || hsm.shutdown()).await?;
+        anyhow::Ok(())
+    })
+}
+
 fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     use bsn_gateway::custody::probe;
     use bsn_gateway::custody::profile::Profile;
-    let config = match (&args.source.config, &args.source.data_dir) {
-        (Some(path), _) => Config::load(path)?,
-        (None, Some(dir)) => bsn_gateway::dev::existing(dir)?,
-        (None, None) => unreachable!("clap requires --config or --dev --data-dir"),
-    };
+    let config = load_source(&args.source)?;
     let profile = match &args.profile {
         Some(p) if p.ends_with(".toml") || p.contains('/') => {
             Profile::from_file(std::path::Path::new(p))?
@@ -205,7 +371,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?
-        .block_on(bsn_gateway::app::run(config, dev))
+        .block_on(bsn_gateway::app::run(config, dev, args.source.config.clone()))
 }
 
 fn init_logging(cfg: &LogConfig) {

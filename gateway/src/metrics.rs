@@ -34,6 +34,11 @@ pub const FORWARD_RETRIES_TOTAL: &str = "bsn_gateway_forward_retries_total";
 pub const FORWARD_SECONDS: &str = "bsn_gateway_forward_duration_seconds";
 pub const LEDGER_NODE_UP: &str = "bsn_gateway_ledger_node_up";
 pub const LEDGER_NODE_BREAKER_STATE: &str = "bsn_gateway_ledger_node_breaker_state";
+pub const AUTH_FAILURES_TOTAL: &str = "bsn_gateway_auth_failures_total";
+pub const HSM_ORPHAN_OBJECTS: &str = "bsn_gateway_hsm_orphan_objects";
+pub const KEYS_MISSING_OBJECTS: &str = "bsn_gateway_keys_missing_objects";
+pub const AUDIT_CHECKPOINTS_TOTAL: &str = "bsn_gateway_audit_checkpoints_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "bsn_gateway_config_reloads_total";
 
 /// Latency buckets from 50 µs to 10 s: HSM signs take tens of µs, fsyncs milliseconds.
 const BUCKETS: &[f64] = &[
@@ -172,5 +177,25 @@ fn describe() {
     describe_gauge!(
         LEDGER_NODE_BREAKER_STATE,
         "Circuit breaker per node: 0 closed, 1 half-open, 2 open"
+    );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests refused 401, by reason (missing or invalid token)"
+    );
+    describe_gauge!(
+        HSM_ORPHAN_OBJECTS,
+        "Token objects with no key record, found by the start-up reconcile"
+    );
+    describe_gauge!(
+        KEYS_MISSING_OBJECTS,
+        "Key records whose private key object is not on the token"
+    );
+    describe_counter!(
+        AUDIT_CHECKPOINTS_TOTAL,
+        "Audit chain heads signed in the HSM, by result (ok or error)"
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Config reloads on SIGHUP, by result (ok or refused)"
     );
 }

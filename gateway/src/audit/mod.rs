@@ -1,25 +1,36 @@
 //! The audit log: every key operation appended as one JSON line that carries the SHA-256
 //! of the line before it, so any edit, removal or reordering breaks the chain. One writer
 //! thread batches the lines of concurrent callers and fsyncs once per batch (group commit);
-//! a caller hears back only after its line is durable.
+//! a caller hears back only after its line is durable. A full queue makes callers wait,
+//! never fail: only key operations and rare summaries are written here (failed
+//! authentications are counted and summarised, not appended one by one).
+//!
+//! - `anchor`: checkpoints, the chain head signed by a key in the HSM;
+//! - `verify`: the offline check of chain and checkpoints (`bsn-gateway audit verify`).
+
+pub mod anchor;
+pub mod verify;
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub use verify::{verify, Report, VerifyError};
+
+pub(crate) const GENESIS: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 1024;
 
 /// What happened, as the caller describes it. `subject_sha256` is the hash of what was
 /// signed (or imported), never the data itself.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditEntry {
     pub client: String,
     pub operation: &'static str,
@@ -29,6 +40,32 @@ pub struct AuditEntry {
     pub subject_sha256: Option<String>,
     /// `ok` or the error code returned to the client.
     pub result: String,
+    /// `hsm` or `external`, on lines about one key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custody: Option<&'static str>,
+    /// For a summary line: how many events it stands for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Free text that is not secret (a reload's errors, a scheduled time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// The chain head at line `seq` (whose SHA-256 is `hash`), signed in the HSM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub hash: String,
+    /// ECDSA P-256 over SHA-256 of `checkpoint_message(seq, hash)`, DER, 0x hex.
+    pub signature: String,
+}
+
+/// The bytes a checkpoint signature covers.
+pub fn checkpoint_message(seq: u64, hash: &str) -> Vec<u8> {
+    format!("bsn-gateway audit checkpoint\n{seq}\n{hash}\n").into_bytes()
 }
 
 #[derive(Serialize)]
@@ -42,8 +79,6 @@ struct Line<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit queue is full")]
-    Busy,
     #[error("audit log is not writable: {0}")]
     Unavailable(String),
     #[error("cannot open audit log {path}: {source}")]
@@ -53,20 +88,34 @@ pub enum AuditError {
     },
 }
 
-struct Pending {
-    entry: AuditEntry,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+enum Msg {
+    Append {
+        entry: AuditEntry,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    /// The last durable line: (seq, SHA-256 hex), and lines since the last checkpoint.
+    Head(tokio::sync::oneshot::Sender<Head>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+    pub since_checkpoint: u64,
 }
 
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: crossbeam_channel::Sender<Pending>,
+    tx: tokio::sync::mpsc::Sender<Msg>,
     healthy: Arc<AtomicBool>,
+    /// Woken when `checkpoint_every` lines have been written since the last checkpoint.
+    due: Arc<tokio::sync::Notify>,
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log, cuts a torn last line left by a crash, and starts the writer.
-    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+    /// Opens (or creates) the log, cuts a torn last line left by a crash, and starts the
+    /// writer. `checkpoint_every` lines after a checkpoint, `due()` is notified.
+    pub fn open(path: &Path, checkpoint_every: u64) -> Result<AuditLog, AuditError> {
         let open_err = |source| AuditError::Open {
             path: path.to_path_buf(),
             source,
@@ -78,39 +127,61 @@ impl AuditLog {
             .open(path)
             .map_err(open_err)?;
         let (seq, prev) = recover_tail(&mut file).map_err(open_err)?;
-        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
-        let h = healthy.clone();
+        let due = Arc::new(tokio::sync::Notify::new());
+        let writer = Writer {
+            file,
+            seq,
+            prev,
+            // Unknown after a restart: count from here, so the first checkpoint comes soon.
+            since_checkpoint: 0,
+            checkpoint_every: checkpoint_every.max(1),
+            healthy: healthy.clone(),
+            due: due.clone(),
+        };
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || writer(file, seq, prev, rx, h))
+            .spawn(move || writer.run(rx))
             .map_err(open_err)?;
-        Ok(AuditLog { tx, healthy })
+        Ok(AuditLog { tx, healthy, due })
     }
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Appends one entry and waits until it is on disk.
+    /// Appends one entry and waits until it is on disk. When the queue is full the caller
+    /// waits for room: a key operation is never refused because others are being logged.
     pub async fn append(&self, entry: AuditEntry) -> Result<(), AuditError> {
         if !self.is_healthy() {
             return Err(AuditError::Unavailable("an earlier write failed".into()));
         }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .try_send(Pending { entry, done })
-            .map_err(|e| match e {
-                crossbeam_channel::TrySendError::Full(_) => AuditError::Busy,
-                crossbeam_channel::TrySendError::Disconnected(_) => {
-                    AuditError::Unavailable("writer stopped".into())
-                }
-            })?;
+            .send(Msg::Append { entry, done })
+            .await
+            .map_err(|_| AuditError::Unavailable("writer stopped".into()))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AuditError::Unavailable(e)),
             Err(_) => Err(AuditError::Unavailable("writer stopped".into())),
         }
+    }
+
+    /// The last durable line.
+    pub async fn head(&self) -> Result<Head, AuditError> {
+        let (reply, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Msg::Head(reply))
+            .await
+            .map_err(|_| AuditError::Unavailable("writer stopped".into()))?;
+        wait.await
+            .map_err(|_| AuditError::Unavailable("writer stopped".into()))
+    }
+
+    pub(crate) fn due(&self) -> Arc<tokio::sync::Notify> {
+        self.due.clone()
     }
 }
 
@@ -152,38 +223,67 @@ fn recover_tail(file: &mut File) -> std::io::Result<(u64, String)> {
     Ok((seq, hex::encode(crate::util::sha256(last))))
 }
 
-fn writer(
-    mut file: File,
-    mut seq: u64,
-    mut prev: String,
-    rx: crossbeam_channel::Receiver<Pending>,
+struct Writer {
+    file: File,
+    seq: u64,
+    prev: String,
+    since_checkpoint: u64,
+    checkpoint_every: u64,
     healthy: Arc<AtomicBool>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+    due: Arc<tokio::sync::Notify>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Msg>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = Vec::new();
+            let mut heads = Vec::new();
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Append { entry, done } => batch.push((entry, done)),
+                    Msg::Head(reply) => heads.push(reply),
+                }
+                if batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.write(batch);
+            }
+            for reply in heads {
+                let _ = reply.send(Head {
+                    seq: self.seq,
+                    hash: self.prev.clone(),
+                    since_checkpoint: self.since_checkpoint,
+                });
             }
         }
+    }
+
+    fn write(&mut self, batch: Vec<(AuditEntry, tokio::sync::oneshot::Sender<Result<(), String>>)>) {
         let mut buf = Vec::with_capacity(batch.len() * 256);
-        let (seq0, prev0) = (seq, prev.clone());
-        for p in &batch {
-            seq += 1;
+        let (seq0, prev0, since0) = (self.seq, self.prev.clone(), self.since_checkpoint);
+        for (entry, _) in &batch {
+            self.seq += 1;
             let line = serde_json::to_vec(&Line {
-                seq,
+                seq: self.seq,
                 ts: now_precise(),
-                entry: &p.entry,
-                prev: &prev,
+                entry,
+                prev: &self.prev,
             })
             .expect("audit line serialises");
-            prev = hex::encode(crate::util::sha256(&line));
+            self.prev = hex::encode(crate::util::sha256(&line));
             buf.extend_from_slice(&line);
             buf.push(b'\n');
+            if entry.checkpoint.is_some() {
+                self.since_checkpoint = 0;
+            } else {
+                self.since_checkpoint += 1;
+            }
         }
         let started = Instant::now();
-        let result = file.write_all(&buf).and_then(|_| file.sync_data());
+        let result = self.file.write_all(&buf).and_then(|_| self.file.sync_data());
         metrics::histogram!(crate::metrics::AUDIT_FSYNC_SECONDS)
             .record(started.elapsed().as_secs_f64());
         let outcome = match result {
@@ -191,14 +291,16 @@ fn writer(
             Err(e) => {
                 // Fail closed: without an audit trail no key operation may go on.
                 tracing::error!(error = %e, "audit log write failed; key operations stop");
-                healthy.store(false, Ordering::Relaxed);
-                seq = seq0;
-                prev = prev0;
+                self.healthy.store(false, Ordering::Relaxed);
+                (self.seq, self.prev, self.since_checkpoint) = (seq0, prev0, since0);
                 Err(e.to_string())
             }
         };
-        for p in batch {
-            let _ = p.done.send(outcome.clone());
+        if self.since_checkpoint >= self.checkpoint_every {
+            self.due.notify_one();
+        }
+        for (_, done) in batch {
+            let _ = done.send(outcome.clone());
         }
     }
 }
@@ -207,40 +309,6 @@ fn now_precise() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    #[error("cannot read {0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    #[error("line {line}: {reason}")]
-    Broken { line: u64, reason: String },
-}
-
-/// Checks the whole chain; returns the number of entries.
-pub fn verify(path: &Path) -> Result<u64, VerifyError> {
-    let file = File::open(path).map_err(|e| VerifyError::Io(path.to_path_buf(), e))?;
-    let mut prev = GENESIS.to_string();
-    let mut n = 0u64;
-    for line in BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| VerifyError::Io(path.to_path_buf(), e))?;
-        n += 1;
-        let broken = |reason: String| VerifyError::Broken { line: n, reason };
-        let v: Value =
-            serde_json::from_slice(&line).map_err(|e| broken(format!("not a JSON entry: {e}")))?;
-        let seq = v.get("seq").and_then(Value::as_u64);
-        if seq != Some(n) {
-            return Err(broken(format!("sequence {seq:?}, expected {n}")));
-        }
-        let claimed = v.get("prev").and_then(Value::as_str).unwrap_or("");
-        if claimed != prev {
-            return Err(broken(
-                "hash chain broken: the previous line was changed, removed or reordered, or this one was".into(),
-            ));
-        }
-        prev = hex::encode(crate::util::sha256(&line));
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
@@ -252,8 +320,8 @@ mod tests {
             client: format!("c{i}"),
             operation: "sign",
             key_id: Some("k".into()),
-            subject_sha256: None,
             result: "ok".into(),
+            ..Default::default()
         }
     }
 
@@ -261,7 +329,7 @@ mod tests {
     async fn concurrent_appends_chain_and_survive_reopen_and_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, 1000).unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -271,29 +339,29 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        assert_eq!(verify(&path).unwrap(), 200);
+        assert_eq!(verify(&path, None, None).unwrap().lines, 200);
 
         // A crash in the middle of a write leaves a partial line.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":201,\"ts\"").unwrap();
         drop(f);
-        assert!(verify(&path).is_err());
-        let log = AuditLog::open(&path).unwrap();
+        assert!(verify(&path, None, None).is_err());
+        let log = AuditLog::open(&path, 1000).unwrap();
         log.append(entry(0)).await.unwrap();
-        assert_eq!(verify(&path).unwrap(), 201);
+        assert_eq!(verify(&path, None, None).unwrap().lines, 201);
     }
 
     #[tokio::test]
     async fn a_tampered_line_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, 1000).unwrap();
         for i in 0..3 {
             log.append(entry(i)).await.unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("\"c1\"", "\"cX\"", 1)).unwrap();
-        match verify(&path) {
+        match verify(&path, None, None) {
             Err(VerifyError::Broken { line, .. }) => assert_eq!(line, 3),
             other => panic!("expected a broken chain, got {other:?}"),
         }

@@ -1,10 +1,14 @@
 //! Bearer-token authentication and per-client policy. Tokens are stored as SHA-256 hashes
 //! (they are 256-bit random values, so a fast hash suffices) and compared in constant time.
+//! The client set is swapped whole on a config reload (SIGHUP); a request keeps the
+//! `Arc<Client>` it authenticated with. Failed authentications are counted, never written
+//! one by one: `failures` is summarised into the audit log at a bounded rate.
 
 pub mod quota;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Deserialize;
 
@@ -18,8 +22,18 @@ pub struct ClientConfig {
     /// What the client may do: `keys:create`, `keys:import`, `keys:read`, `keys:sign`,
     /// `keys:disable`, `keys:destroy`, `verify`, `transactions`, or `*` for all.
     pub operations: Vec<String>,
-    /// Label patterns of the keys it may create and use: exact labels, `prefix*`, or `*`.
+    /// Label patterns of the keys it may create or import: an exact label, `*`, or a
+    /// prefix that ends in a separator (`-`, `_` or `.`) followed by `*` (`dapp-a-*`), so
+    /// one tenant's pattern never reaches into another's names (`dapp-a*` would match
+    /// `dapp-ab-x`). Using a key is decided by ownership, not by its label.
     pub keys: Vec<String>,
+    /// An admin may use, read and destroy every client's keys and transactions, and
+    /// create keys owned by another client.
+    #[serde(default)]
+    pub admin: bool,
+    /// Ledgers it may submit transactions to, by name, or `*` for all.
+    #[serde(default)]
+    pub ledgers: Vec<String>,
     /// Transaction quota: a rate (token bucket of `transactions_burst`) and a daily cap.
     pub transactions_per_second: Option<f64>,
     pub transactions_burst: Option<u64>,
@@ -96,14 +110,101 @@ impl ClientConfig {
             ));
         }
         for p in &self.keys {
-            if p.is_empty() || p[..p.len() - 1].contains('*') {
-                return Err(ctx(format!(
-                    "key pattern {p:?}: use an exact label, prefix* or *"
-                )));
+            Pattern::parse(p).map_err(ctx)?;
+        }
+        for l in &self.ledgers {
+            if l.is_empty() {
+                return Err(ctx("an empty ledger name".into()));
             }
         }
         Ok(())
     }
+}
+
+/// A key label pattern: `*`, an exact label, or `prefix*` whose prefix ends in `-`, `_`
+/// or `.`. Labels are `[A-Za-z0-9_.-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    All,
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    pub fn parse(p: &str) -> Result<Pattern, String> {
+        let bad = |why: &str| {
+            Err(format!(
+                "key pattern {p:?}: {why}; use an exact label, *, or a prefix ending in - _ or . followed by * (dapp-a-*)"
+            ))
+        };
+        if p == "*" {
+            return Ok(Pattern::All);
+        }
+        let (body, prefix) = match p.strip_suffix('*') {
+            Some(b) => (b, true),
+            None => (p, false),
+        };
+        if body.is_empty() || body.len() > 64 {
+            return bad("empty or too long");
+        }
+        if !body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return bad("only A-Z a-z 0-9 - _ . and a final *");
+        }
+        if !prefix {
+            return Ok(Pattern::Exact(body.into()));
+        }
+        if !body.ends_with(['-', '_', '.']) {
+            return bad("a prefix must end in a separator");
+        }
+        Ok(Pattern::Prefix(body.into()))
+    }
+
+    pub fn matches(&self, label: &str) -> bool {
+        match self {
+            Pattern::All => true,
+            Pattern::Exact(l) => l == label,
+            Pattern::Prefix(p) => label.starts_with(p.as_str()),
+        }
+    }
+
+    /// Whether some label matches both.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        match (self, other) {
+            (Pattern::All, _) | (_, Pattern::All) => true,
+            (Pattern::Exact(a), Pattern::Exact(b)) => a == b,
+            (Pattern::Exact(a), p @ Pattern::Prefix(_)) | (p @ Pattern::Prefix(_), Pattern::Exact(a)) => {
+                p.matches(a)
+            }
+            (Pattern::Prefix(a), Pattern::Prefix(b)) => a.starts_with(b.as_str()) || b.starts_with(a.as_str()),
+        }
+    }
+}
+
+/// Pairs of clients whose label patterns overlap: each can take a name the other expects.
+/// Ownership still keeps their keys apart; `config check` warns so operators can tidy up.
+pub fn overlapping_patterns(clients: &[ClientConfig]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, a) in clients.iter().enumerate() {
+        for b in &clients[i + 1..] {
+            for pa in &a.keys {
+                for pb in &b.keys {
+                    let (Ok(x), Ok(y)) = (Pattern::parse(pa), Pattern::parse(pb)) else {
+                        continue;
+                    };
+                    if x.overlaps(&y) {
+                        out.push(format!(
+                            "clients {:?} ({pa}) and {:?} ({pb}) have overlapping key label patterns",
+                            a.name, b.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn parse_hash(s: &str) -> Result<[u8; 32], String> {
@@ -113,13 +214,38 @@ fn parse_hash(s: &str) -> Result<[u8; 32], String> {
         .ok_or_else(|| "token_sha256 must be 0x followed by 64 hex digits".to_string())
 }
 
+/// Who is asking, as custody and admission see it: a name that owns keys and
+/// transactions, and whether it may act on everyone's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub admin: bool,
+}
+
+impl Principal {
+    /// The gateway itself (scheduled destruction, reconcile): acts on every key.
+    pub fn system() -> Principal {
+        Principal {
+            name: "-".into(),
+            admin: true,
+        }
+    }
+
+    /// Whether this caller may act on something `owner` owns.
+    pub fn owns(&self, owner: &str) -> bool {
+        self.admin || self.name == owner
+    }
+}
+
 /// An authenticated caller and what it may do.
 #[derive(Debug)]
 pub struct Client {
     pub name: String,
+    pub principal: Principal,
     token_hash: [u8; 32],
     operations: HashSet<Operation>,
-    key_patterns: Vec<String>,
+    key_patterns: Vec<Pattern>,
+    ledgers: Vec<String>,
     quota: Option<Mutex<quota::Quota>>,
 }
 
@@ -128,12 +254,14 @@ impl Client {
         self.operations.contains(&op)
     }
 
-    /// Whether the policy names this key label.
+    /// Whether the policy lets it create or import a key with this label.
     pub fn may_use_label(&self, label: &str) -> bool {
-        self.key_patterns.iter().any(|p| match p.strip_suffix('*') {
-            Some(prefix) => label.starts_with(prefix),
-            None => p == label,
-        })
+        self.key_patterns.iter().any(|p| p.matches(label))
+    }
+
+    /// Whether it may submit transactions to this ledger.
+    pub fn may_submit_to(&self, ledger: &str) -> bool {
+        self.ledgers.iter().any(|l| l == "*" || l == ledger)
     }
 
     /// Takes `n` transactions from the client's quota, or says when to retry (seconds).
@@ -156,21 +284,55 @@ pub enum AuthError {
     Invalid,
 }
 
-pub struct Authenticator {
-    clients: Vec<Arc<Client>>,
+impl AuthError {
+    fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid => "invalid",
+        }
+    }
 }
 
-impl Authenticator {
-    /// Builds from validated config.
-    pub fn new(configs: &[ClientConfig]) -> Result<Self, String> {
-        let clients = configs
+/// Failed authentications since the last summary, by reason. Counting costs no I/O.
+#[derive(Debug, Default)]
+pub struct Failures {
+    missing: AtomicU64,
+    invalid: AtomicU64,
+}
+
+impl Failures {
+    /// Takes the counts since the last call: (missing, invalid).
+    pub fn take(&self) -> (u64, u64) {
+        (
+            self.missing.swap(0, Ordering::Relaxed),
+            self.invalid.swap(0, Ordering::Relaxed),
+        )
+    }
+}
+
+pub struct Authenticator {
+    clients: RwLock<Arc<Vec<Arc<Client>>>>,
+    failures: Arc<Failures>,
+}
+
+fn build(configs: &[ClientConfig]) -> Result<Vec<Arc<Client>>, String> {
+    configs
             .iter()
             .map(|c| {
                 Ok(Arc::new(Client {
                     name: c.name.clone(),
+                    principal: Principal {
+                        name: c.name.clone(),
+                        admin: c.admin,
+                    },
                     token_hash: parse_hash(&c.token_sha256)?,
                     operations: Operation::parse_set(&c.operations)?,
-                    key_patterns: c.keys.clone(),
+                    key_patterns: c
+                        .keys
+                        .iter()
+                        .map(|p| Pattern::parse(p))
+                        .collect::<Result<_, _>>()?,
+                    ledgers: c.ledgers.clone(),
                     quota: (c.transactions_per_second.is_some()
                         || c.transactions_per_day.is_some())
                     .then(|| {
@@ -182,12 +344,50 @@ impl Authenticator {
                     }),
                 }))
             })
-            .collect::<Result<_, String>>()?;
-        Ok(Authenticator { clients })
+            .collect::<Result<_, String>>()
+}
+
+impl Authenticator {
+    /// Builds from validated config.
+    pub fn new(configs: &[ClientConfig]) -> Result<Self, String> {
+        for reason in ["missing", "invalid"] {
+            metrics::counter!(crate::metrics::AUTH_FAILURES_TOTAL, "reason" => reason).absolute(0);
+        }
+        Ok(Authenticator {
+            clients: RwLock::new(Arc::new(build(configs)?)),
+            failures: Arc::default(),
+        })
     }
 
-    /// Checks an `Authorization` header value.
+    /// Replaces every client at once (SIGHUP). Requests in flight keep the client they
+    /// authenticated as; the next request sees the new set.
+    pub fn replace(&self, configs: &[ClientConfig]) -> Result<usize, String> {
+        let fresh = build(configs)?;
+        let n = fresh.len();
+        *self.clients.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(n)
+    }
+
+    pub fn failures(&self) -> Arc<Failures> {
+        self.failures.clone()
+    }
+
+    /// Checks an `Authorization` header value; a failure is counted, never logged per call.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Arc<Client>, AuthError> {
+        let result = self.check(header);
+        if let Err(e) = &result {
+            metrics::counter!(crate::metrics::AUTH_FAILURES_TOTAL, "reason" => e.reason())
+                .increment(1);
+            let slot = match e {
+                AuthError::Missing => &self.failures.missing,
+                AuthError::Invalid => &self.failures.invalid,
+            };
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn check(&self, header: Option<&str>) -> Result<Arc<Client>, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let token = header
             .strip_prefix("Bearer ")
@@ -197,13 +397,55 @@ impl Authenticator {
             .ok_or(AuthError::Missing)?;
         let hash = crate::util::sha256(token.as_bytes());
         // Compare against every client, without an early exit, so timing tells nothing.
+        let clients = self
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut found = None;
-        for c in &self.clients {
+        for c in clients.iter() {
             if openssl::memcmp::eq(&hash, &c.token_hash) {
                 found = Some(c.clone());
             }
         }
         found.ok_or(AuthError::Invalid)
+    }
+}
+
+/// Writes failed authentications into the audit log as one summary line per `period`
+/// (when there were any), and logs the same at warn level: a flood of bad tokens costs
+/// a counter increment each, never a write or an fsync.
+pub async fn summarise_failures(
+    failures: Arc<Failures>,
+    audit: crate::audit::AuditLog,
+    period: std::time::Duration,
+) {
+    loop {
+        tokio::time::sleep(period).await;
+        let (missing, invalid) = failures.take();
+        if missing + invalid == 0 {
+            continue;
+        }
+        tracing::warn!(
+            missing,
+            invalid,
+            seconds = period.as_secs(),
+            "failed authentications"
+        );
+        let entry = crate::audit::AuditEntry {
+            client: "-".into(),
+            operation: "authenticate",
+            result: "unauthenticated".into(),
+            count: Some(missing + invalid),
+            detail: Some(format!(
+                "missing={missing} invalid={invalid} in {}s",
+                period.as_secs()
+            )),
+            ..Default::default()
+        };
+        if let Err(e) = audit.append(entry).await {
+            tracing::error!(error = %e, "cannot write the authentication summary");
+        }
     }
 }
 
@@ -224,6 +466,8 @@ mod tests {
             token_sha256: token_hash,
             operations: ops.iter().map(|s| s.to_string()).collect(),
             keys: keys.iter().map(|s| s.to_string()).collect(),
+            admin: false,
+            ledgers: vec![],
             transactions_per_second: None,
             transactions_burst: None,
             transactions_per_day: None,
@@ -256,14 +500,49 @@ mod tests {
     fn star_grants_every_operation_and_label() {
         let (_, hash) = new_token();
         let auth = Authenticator::new(&[client(hash, &["*"], &["*"])]).unwrap();
-        let c = &auth.clients[0];
+        let clients = auth.clients.read().unwrap().clone();
+        let c = &clients[0];
         assert!(c.may(Operation::KeysDestroy) && c.may(Operation::Transactions));
         assert!(c.may_use_label("anything"));
     }
 
     #[test]
     fn bad_patterns_are_rejected() {
-        let (_, hash) = new_token();
-        assert!(client(hash, &[], &["a*b"]).validate().is_err());
+        for p in ["a*b", "dapp-a*", "", "**", "x/y-*", "*-"] {
+            let (_, hash) = new_token();
+            assert!(client(hash, &[], &[p]).validate().is_err(), "{p:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_prefix_pattern_stops_at_its_separator() {
+        let p = Pattern::parse("dapp-a-*").unwrap();
+        assert!(p.matches("dapp-a-treasury"));
+        assert!(!p.matches("dapp-ab-treasury"));
+        assert!(!p.matches("dapp-a"));
+        assert!(Pattern::parse("dapp-a").unwrap().matches("dapp-a"));
+    }
+
+    #[test]
+    fn overlapping_patterns_between_clients_are_named() {
+        let mut a = client(new_token().1, &[], &["dapp-a-*"]);
+        a.name = "a".into();
+        let mut b = client(new_token().1, &[], &["dapp-ab-*"]);
+        b.name = "b".into();
+        assert!(overlapping_patterns(&[a.clone(), b.clone()]).is_empty());
+        b.keys = vec!["dapp-a-x-*".into()];
+        let w = overlapping_patterns(&[a, b]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("\"a\"") && w[0].contains("\"b\""));
+    }
+
+    #[test]
+    fn failures_are_counted_by_reason() {
+        let auth = Authenticator::new(&[client(new_token().1, &["*"], &["*"])]).unwrap();
+        let _ = auth.authenticate(None);
+        let _ = auth.authenticate(Some("Bearer nope"));
+        let _ = auth.authenticate(Some("Bearer nope"));
+        assert_eq!(auth.failures().take(), (1, 2));
+        assert_eq!(auth.failures().take(), (0, 0));
     }
 }

@@ -136,6 +136,13 @@ pub fn auth_pin(pin: &Secret) -> AuthPin {
     AuthPin::from(pin.expose().to_string())
 }
 
+/// The token objects that share one CKA_ID.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenObjects {
+    pub total: usize,
+    pub private: usize,
+}
+
 pub struct Hsm {
     pkcs11: Pkcs11,
     slot: Slot,
@@ -362,6 +369,77 @@ impl Hsm {
             session.destroy_object(*o).map_err(HsmError::from_ck)?;
         }
         Ok(objects.len())
+    }
+
+    /// The public point of the key pair with this CKA_ID, or None when the token has no
+    /// public key object for it.
+    pub fn public_point(
+        &self,
+        session: &Session,
+        alg: Algorithm,
+        id: &[u8],
+    ) -> Result<Option<Vec<u8>>, HsmError> {
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Id(id.to_vec()),
+            ])
+            .map_err(HsmError::from_ck)?;
+        let handle = match found.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => return Err(HsmError::KeyAmbiguous(hex::encode(id))),
+        };
+        let attrs = session
+            .get_attributes(handle, &[AttributeType::EcPoint])
+            .map_err(HsmError::from_ck)?;
+        let point = attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(p) => Some(p),
+                _ => None,
+            })
+            .ok_or(HsmError::BadPoint(0))?;
+        unwrap_point(alg, &point, self.quirks.ec_point).map(Some)
+    }
+
+    /// Whether the private key with this CKA_ID is on the token (exactly one).
+    pub fn has_private_key(&self, session: &Session, id: &[u8]) -> Result<bool, HsmError> {
+        match self.private_handle(session, id) {
+            Ok(_) => Ok(true),
+            Err(HsmError::KeyMissing(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every token object by CKA_ID: how many objects carry it, and how many of those are
+    /// private keys (the reconcile's view).
+    pub fn object_ids(
+        &self,
+        session: &Session,
+    ) -> Result<HashMap<Vec<u8>, TokenObjects>, HsmError> {
+        let all = session
+            .find_objects(&[Attribute::Token(true)])
+            .map_err(HsmError::from_ck)?;
+        let mut ids: HashMap<Vec<u8>, TokenObjects> = HashMap::new();
+        for o in all {
+            let attrs = session
+                .get_attributes(o, &[AttributeType::Id, AttributeType::Class])
+                .map_err(HsmError::from_ck)?;
+            let mut id = Vec::new();
+            let mut private = false;
+            for a in attrs {
+                match a {
+                    Attribute::Id(v) => id = v,
+                    Attribute::Class(c) => private = c == ObjectClass::PRIVATE_KEY,
+                    _ => {}
+                }
+            }
+            let entry = ids.entry(id).or_default();
+            entry.total += 1;
+            entry.private += usize::from(private);
+        }
+        Ok(ids)
     }
 
     fn private_handle(&self, session: &Session, id: &[u8]) -> Result<ObjectHandle, HsmError> {

@@ -1,18 +1,37 @@
 //! Key custody: keys generated inside the PKCS#11 token and used there, never exported;
 //! public keys imported for verify-only use; metadata in a local journal.
+//!
+//! Custody owns its invariants, whoever calls it (HTTP, CLI, bench):
+//! - every key operation (create, import, disable, schedule or cancel deletion, destroy,
+//!   sign, sign-batch) appends its own audit line, success or failure;
+//! - each operation runs in a task of its own, so a caller that goes away (a closed HTTP
+//!   connection drops the handler's future) loses only the answer, never half an operation;
+//! - key state is checked at the moment of signing, under a lock that state changes take
+//!   exclusively: once a disable has been answered, no signature is made with the key;
+//! - a key belongs to its owner; anyone else (admins aside) is told it does not exist.
+//!
+//! - `hsm`: the PKCS#11 session pool and the token operations;
+//! - `store`: the key metadata journal;
+//! - `reconcile`: records against token objects, at start and from the CLI;
+//! - `probe`, `profile`: device checks and per-family data.
 
 pub mod hsm;
 pub mod probe;
 pub mod profile;
+pub mod reconcile;
 pub mod store;
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::Algorithm;
+use crate::audit::{AuditEntry, AuditError, AuditLog};
+use crate::auth::Principal;
 use crate::crypto::ecdsa::{self, EcdsaError};
 use crate::crypto::pubkey::{PublicKey, PublicKeyError};
 use crate::secret::SecretSource;
@@ -80,6 +99,37 @@ impl HsmConfig {
     }
 }
 
+/// `[keys]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// `DELETE /v1/keys/{id}` disables the key and destroys it this long after, unless the
+    /// deletion is cancelled (as AWS KMS and Vault do). Admins may destroy at once.
+    #[serde(default = "default_deletion_window")]
+    pub deletion_window_seconds: u64,
+}
+
+fn default_deletion_window() -> u64 {
+    7 * 86_400
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            deletion_window_seconds: default_deletion_window(),
+        }
+    }
+}
+
+impl KeysConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.deletion_window_seconds == 0 {
+            return Err("[keys]: deletion_window_seconds must be >= 1 (admins destroy at once with ?now=true)".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CustodyKind {
@@ -89,11 +139,34 @@ pub enum CustodyKind {
     External,
 }
 
+impl CustodyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CustodyKind::Hsm => "hsm",
+            CustodyKind::External => "external",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     Active,
     Disabled,
+    /// Disabled, and destroyed at `destroy_after` unless cancelled.
+    PendingDeletion,
+}
+
+impl KeyState {
+    const ALL: [KeyState; 3] = [KeyState::Active, KeyState::Disabled, KeyState::PendingDeletion];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Disabled => "disabled",
+            KeyState::PendingDeletion => "pending_deletion",
+        }
+    }
 }
 
 /// A key as the API shows it and the journal stores it. `id` is the hex CKA_ID.
@@ -110,6 +183,9 @@ pub struct KeyRecord {
     pub state: KeyState,
     pub created_at: String,
     pub owner: String,
+    /// When a key pending deletion will be destroyed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,10 +233,21 @@ pub enum CustodyError {
     },
     #[error("a key labelled {0:?} exists")]
     DuplicateLabel(String),
+    /// No such key, or one the caller does not own: the two are told apart to nobody.
+    #[error("no key with id {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("key {0} is disabled")]
     Disabled(String),
+    #[error("key {0} is scheduled for destruction; cancel the deletion to keep it")]
+    PendingDeletion(String),
+    #[error("key {0} is not scheduled for destruction")]
+    NotPendingDeletion(String),
     #[error("key {0} is verify-only (external custody)")]
     VerifyOnly(String),
+    #[error("the private key object of {0} is not on the token (see `bsn-gateway hsm reconcile`)")]
+    ObjectMissing(String),
     #[error("{0}")]
     PublicKey(#[from] PublicKeyError),
     #[error("HSM: {0}")]
@@ -169,24 +256,96 @@ pub enum CustodyError {
     Signature(#[from] EcdsaError),
     #[error("key metadata store: {0}")]
     Store(#[from] std::io::Error),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("custody is shutting down")]
+    Stopped,
+}
+
+impl CustodyError {
+    /// The stable code the client sees and the audit line records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CustodyError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            CustodyError::UnsupportedFormat { .. } => "unsupported_format",
+            CustodyError::DuplicateLabel(_) => "duplicate_label",
+            CustodyError::NotFound(_) => "key_not_found",
+            CustodyError::Forbidden(_) => "forbidden",
+            CustodyError::Disabled(_) => "key_disabled",
+            CustodyError::PendingDeletion(_) => "key_pending_deletion",
+            CustodyError::NotPendingDeletion(_) => "key_not_pending_deletion",
+            CustodyError::VerifyOnly(_) => "key_verify_only",
+            CustodyError::ObjectMissing(_) => "key_object_missing",
+            CustodyError::PublicKey(_) => "bad_public_key",
+            CustodyError::Hsm(HsmError::Busy(_)) => "hsm_busy",
+            CustodyError::Hsm(HsmError::Stopped) | CustodyError::Stopped => "hsm_unavailable",
+            CustodyError::Hsm(HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_)) => {
+                "key_object_error"
+            }
+            CustodyError::Hsm(_) => "hsm_error",
+            CustodyError::Audit(_) => "audit_unavailable",
+            CustodyError::Signature(_) | CustodyError::Store(_) => "internal",
+        }
+    }
+}
+
+/// What one audited operation touched.
+struct Op {
+    name: &'static str,
+    key_id: Option<String>,
+    subject: Option<[u8; 32]>,
+    custody: Option<CustodyKind>,
+    detail: Option<String>,
+}
+
+impl Op {
+    fn new(name: &'static str, key_id: &str) -> Op {
+        Op {
+            name,
+            // Ids come from URLs: keep what the log records short.
+            key_id: (!key_id.is_empty()).then(|| key_id.chars().take(64).collect()),
+            subject: None,
+            custody: None,
+            detail: None,
+        }
+    }
 }
 
 pub struct Custody {
     hsm: Arc<Hsm>,
     store: Arc<KeyStore>,
     profile: Profile,
+    audit: AuditLog,
+    config: KeysConfig,
     /// Serialises creations so two requests cannot both take one label.
     create_lock: tokio::sync::Mutex<()>,
+    /// Signing holds it shared from the state check until its audit line is durable;
+    /// disable, deletion and destroy hold it exclusively. So a state change is answered
+    /// only after every signature begun before it, and none begins after it.
+    state_lock: tokio::sync::RwLock<()>,
+    /// Records whose private key object the token does not have (reconcile, or a sign
+    /// that found it gone).
+    missing: RwLock<HashSet<String>>,
 }
 
 impl Custody {
-    pub fn new(hsm: Arc<Hsm>, store: KeyStore, profile: Profile) -> Custody {
-        let custody = Custody {
+    pub fn new(
+        hsm: Arc<Hsm>,
+        store: KeyStore,
+        profile: Profile,
+        audit: AuditLog,
+        config: KeysConfig,
+    ) -> Arc<Custody> {
+        let custody = Arc::new(Custody {
             hsm,
             store: Arc::new(store),
             profile,
+            audit,
+            config,
             create_lock: tokio::sync::Mutex::new(()),
-        };
+            state_lock: tokio::sync::RwLock::new(()),
+            missing: RwLock::new(HashSet::new()),
+        });
         custody.report_key_counts();
         custody
     }
@@ -195,15 +354,137 @@ impl Custody {
         &self.hsm
     }
 
-    pub fn get(&self, id: &str) -> Option<KeyRecord> {
-        self.store.get(id)
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
-    pub fn list(&self) -> Vec<KeyRecord> {
+    /// The key, if `who` may see it.
+    pub fn get(&self, who: &Principal, id: &str) -> Result<KeyRecord, CustodyError> {
+        self.store
+            .get(id)
+            .filter(|r| who.owns(&r.owner))
+            .ok_or_else(|| CustodyError::NotFound(id.chars().take(64).collect()))
+    }
+
+    /// The keys `who` may see, oldest first.
+    pub fn list(&self, who: &Principal) -> Vec<KeyRecord> {
+        let mut keys = self.store.list();
+        keys.retain(|r| who.owns(&r.owner));
+        keys
+    }
+
+    /// Every record (reconcile, start-up counts).
+    pub fn all(&self) -> Vec<KeyRecord> {
         self.store.list()
     }
 
+    /// Whether the token lacks this record's private key object.
+    pub fn is_missing(&self, id: &str) -> bool {
+        self.missing.read().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
+
+    /// Runs an operation in a task the process owns: the caller may go away, the
+    /// operation (token objects, journal, audit line) still finishes.
+    async fn owned<T, F, Fut>(self: &Arc<Self>, f: F) -> Result<T, CustodyError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Custody>) -> Fut,
+        Fut: Future<Output = Result<T, CustodyError>> + Send + 'static,
+    {
+        tokio::spawn(f(self.clone()))
+            .await
+            .map_err(|_| CustodyError::Stopped)?
+    }
+
+    /// Writes the operation's audit line, then passes its result on. If the line cannot
+    /// be written the caller gets `audit_unavailable` instead of the result.
+    async fn audited<T>(
+        &self,
+        who: &Principal,
+        op: Op,
+        result: Result<T, CustodyError>,
+    ) -> Result<T, CustodyError> {
+        let entry = AuditEntry {
+            client: who.name.clone(),
+            operation: op.name,
+            key_id: op.key_id,
+            subject_sha256: op.subject.map(hex::encode),
+            result: match &result {
+                Ok(_) => "ok".into(),
+                Err(e) => e.code().into(),
+            },
+            custody: op.custody.map(CustodyKind::as_str),
+            detail: op.detail,
+            ..Default::default()
+        };
+        self.audit.append(entry).await?;
+        result
+    }
+
+    /// Records a refusal decided before custody was asked (the caller's policy lacks the
+    /// operation), so the trail shows attempts as well as operations.
+    pub async fn audit_refusal(
+        self: &Arc<Self>,
+        who: &Principal,
+        operation: &'static str,
+        key_id: &str,
+        code: &'static str,
+    ) -> Result<(), CustodyError> {
+        let entry = AuditEntry {
+            client: who.name.clone(),
+            operation,
+            key_id: Op::new(operation, key_id).key_id,
+            result: code.into(),
+            ..Default::default()
+        };
+        let audit = self.audit.clone();
+        self.owned(move |_| async move { Ok(audit.append(entry).await?) })
+            .await
+    }
+
+    /// Generates a key pair in the token, owned by `owner` (default: the caller; only an
+    /// admin may name another).
     pub async fn create(
+        self: &Arc<Self>,
+        who: &Principal,
+        owner: Option<String>,
+        label: &str,
+        algorithm: Algorithm,
+    ) -> Result<KeyRecord, CustodyError> {
+        let (who, label) = (who.clone(), label.to_string());
+        self.owned(move |c| async move {
+            let mut op = Op::new("create", "");
+            op.custody = Some(CustodyKind::Hsm);
+            let result = match c.owner_for(&who, owner, &mut op) {
+                Ok(owner) => c.create_inner(&owner, &label, algorithm).await,
+                Err(e) => Err(e),
+            };
+            op.key_id = result.as_ref().ok().map(|r| r.id.clone());
+            c.audited(&who, op, result).await
+        })
+        .await
+    }
+
+    fn owner_for(
+        &self,
+        who: &Principal,
+        owner: Option<String>,
+        op: &mut Op,
+    ) -> Result<String, CustodyError> {
+        match owner {
+            Some(o) if o != who.name && !who.admin => Err(CustodyError::Forbidden(format!(
+                "client {:?} may not create keys for {o:?}: only admins may",
+                who.name
+            ))),
+            Some(o) => {
+                op.detail = (o != who.name).then(|| format!("owner={o}"));
+                Ok(o)
+            }
+            None => Ok(who.name.clone()),
+        }
+    }
+
+    async fn create_inner(
         &self,
         owner: &str,
         label: &str,
@@ -211,6 +492,10 @@ impl Custody {
     ) -> Result<KeyRecord, CustodyError> {
         if !self.profile.supports(algorithm) {
             return Err(CustodyError::UnsupportedAlgorithm(algorithm));
+        }
+        // A key whose creation cannot be audited must not be made at all.
+        if !self.audit.is_healthy() {
+            return Err(AuditError::Unavailable("an earlier write failed".into()).into());
         }
         let _guard = self.create_lock.lock().await;
         if self.store.label_taken(label) {
@@ -224,33 +509,71 @@ impl Custody {
                 hsm.generate(s, algorithm, &gen_id, &gen_label)
             })
             .await?;
-        let public = PublicKey::from_bytes(algorithm, &point)?;
-        let record = KeyRecord {
-            id: hex::encode(&id),
-            label: label.to_string(),
-            algorithm,
-            custody: CustodyKind::Hsm,
-            public_key: hex0x(&public.bytes),
-            address: address_of(algorithm, &public.bytes),
-            public_key_pem: public.pem,
-            state: KeyState::Active,
-            created_at: now_rfc3339(),
-            owner: owner.to_string(),
+        let record = match PublicKey::from_bytes(algorithm, &point) {
+            Ok(public) => KeyRecord {
+                id: hex::encode(&id),
+                label: label.to_string(),
+                algorithm,
+                custody: CustodyKind::Hsm,
+                public_key: hex0x(&public.bytes),
+                address: address_of(algorithm, &public.bytes),
+                public_key_pem: public.pem,
+                state: KeyState::Active,
+                created_at: now_rfc3339(),
+                owner: owner.to_string(),
+                destroy_after: None,
+            },
+            Err(e) => {
+                self.destroy_objects(algorithm, &id).await;
+                return Err(e.into());
+            }
         };
         if let Err(e) = self.persist(record.clone()).await {
             // Do not leave an orphan key in the token that no record points at.
-            let _ = self
-                .hsm
-                .run("destroy", algorithm.as_str(), true, move |hsm, s| {
-                    hsm.destroy(s, &id)
-                })
-                .await;
+            self.destroy_objects(algorithm, &id).await;
             return Err(e);
         }
         Ok(record)
     }
 
+    async fn destroy_objects(&self, algorithm: Algorithm, id: &[u8]) {
+        let id = id.to_vec();
+        if let Err(e) = self
+            .hsm
+            .run("destroy", algorithm.as_str(), true, move |hsm, s| {
+                hsm.destroy(s, &id)
+            })
+            .await
+        {
+            tracing::error!(error = %e, "could not remove a half-made key from the token; `hsm reconcile` will list it");
+        }
+    }
+
+    /// Records a verify-only public key.
     pub async fn import(
+        self: &Arc<Self>,
+        who: &Principal,
+        owner: Option<String>,
+        label: &str,
+        algorithm: Algorithm,
+        pem: &str,
+    ) -> Result<KeyRecord, CustodyError> {
+        let (who, label, pem) = (who.clone(), label.to_string(), pem.to_string());
+        self.owned(move |c| async move {
+            let mut op = Op::new("import", "");
+            op.custody = Some(CustodyKind::External);
+            op.subject = Some(crate::util::sha256(pem.as_bytes()));
+            let result = match c.owner_for(&who, owner, &mut op) {
+                Ok(owner) => c.import_inner(&owner, &label, algorithm, &pem).await,
+                Err(e) => Err(e),
+            };
+            op.key_id = result.as_ref().ok().map(|r| r.id.clone());
+            c.audited(&who, op, result).await
+        })
+        .await
+    }
+
+    async fn import_inner(
         &self,
         owner: &str,
         label: &str,
@@ -273,21 +596,125 @@ impl Custody {
             state: KeyState::Active,
             created_at: now_rfc3339(),
             owner: owner.to_string(),
+            destroy_after: None,
         };
         self.persist(record.clone()).await?;
         Ok(record)
     }
 
-    pub async fn disable(&self, mut record: KeyRecord) -> Result<KeyRecord, CustodyError> {
-        record.state = KeyState::Disabled;
-        self.persist(record.clone()).await?;
-        Ok(record)
+    /// A disabled key cannot sign (nor authorise envelopes). Answered only once no
+    /// signature begun before it is still unanswered.
+    pub async fn disable(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+    ) -> Result<KeyRecord, CustodyError> {
+        self.change_state(who, id, "disable", |_, mut r| {
+            if r.state == KeyState::Active {
+                r.state = KeyState::Disabled;
+            }
+            Ok(r)
+        })
+        .await
     }
 
-    /// Destroys the token objects, then forgets the record.
-    pub async fn destroy(&self, record: &KeyRecord) -> Result<(), CustodyError> {
+    /// Disables the key and schedules its destruction after the deletion window.
+    pub async fn schedule_deletion(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+    ) -> Result<KeyRecord, CustodyError> {
+        self.change_state(who, id, "schedule_destroy", |c, mut r| {
+            if r.state != KeyState::PendingDeletion {
+                let at = crate::util::unix_now() + c.config.deletion_window_seconds;
+                r.state = KeyState::PendingDeletion;
+                r.destroy_after = Some(rfc3339(at));
+            }
+            Ok(r)
+        })
+        .await
+    }
+
+    /// Keeps a key scheduled for destruction; it stays disabled (enable is not offered).
+    pub async fn cancel_deletion(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+    ) -> Result<KeyRecord, CustodyError> {
+        self.change_state(who, id, "cancel_destroy", |_, mut r| {
+            if r.state != KeyState::PendingDeletion {
+                return Err(CustodyError::NotPendingDeletion(r.id));
+            }
+            r.state = KeyState::Disabled;
+            r.destroy_after = None;
+            Ok(r)
+        })
+        .await
+    }
+
+    async fn change_state(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+        name: &'static str,
+        change: fn(&Custody, KeyRecord) -> Result<KeyRecord, CustodyError>,
+    ) -> Result<KeyRecord, CustodyError> {
+        let (who, id) = (who.clone(), id.to_string());
+        self.owned(move |c| async move {
+            let mut op = Op::new(name, &id);
+            let _exclusive = c.state_lock.write().await;
+            // Read under the lock: a destroy that won the race leaves nothing to write back.
+            let result = match c.get(&who, &id) {
+                Ok(r) => {
+                    op.custody = Some(r.custody);
+                    match change(&c, r.clone()) {
+                        Ok(new) if new.state == r.state && new.destroy_after == r.destroy_after => {
+                            Ok(new)
+                        }
+                        Ok(new) => {
+                            op.detail = new.destroy_after.as_ref().map(|t| format!("destroy_after={t}"));
+                            c.persist(new.clone()).await.map(|_| new)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            c.audited(&who, op, result).await
+        })
+        .await
+    }
+
+    /// Destroys the token objects and forgets the record, now. Admins only: everyone
+    /// else schedules deletion.
+    pub async fn destroy_now(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+    ) -> Result<KeyRecord, CustodyError> {
+        let (who, id) = (who.clone(), id.to_string());
+        self.owned(move |c| async move {
+            let mut op = Op::new("destroy", &id);
+            let _exclusive = c.state_lock.write().await;
+            let result = match c.get(&who, &id) {
+                Ok(_) if !who.admin => Err(CustodyError::Forbidden(format!(
+                    "client {:?} may not destroy keys at once: DELETE schedules destruction; only admins may use now=true",
+                    who.name
+                ))),
+                Ok(r) => {
+                    op.custody = Some(r.custody);
+                    c.destroy_locked(&r).await.map(|_| r)
+                }
+                Err(e) => Err(e),
+            };
+            c.audited(&who, op, result).await
+        })
+        .await
+    }
+
+    async fn destroy_locked(&self, record: &KeyRecord) -> Result<(), CustodyError> {
         if record.custody == CustodyKind::Hsm {
-            let id = hex::decode(&record.id).expect("ids are hex");
+            let id = hex::decode(&record.id).map_err(|_| CustodyError::NotFound(record.id.clone()))?;
             self.hsm
                 .run("destroy", record.algorithm.as_str(), true, move |hsm, s| {
                     hsm.destroy(s, &id)
@@ -299,33 +726,110 @@ impl Custody {
         tokio::task::spawn_blocking(move || store.delete(&id))
             .await
             .map_err(|_| std::io::Error::other("store task failed"))??;
+        self.missing.write().unwrap_or_else(|e| e.into_inner()).remove(&record.id);
         self.report_key_counts();
         Ok(())
+    }
+
+    /// Destroys every key whose deletion window has passed. Returns how many.
+    pub async fn destroy_due(self: &Arc<Self>) -> usize {
+        let now = crate::util::unix_now();
+        let due: Vec<KeyRecord> = self
+            .store
+            .list()
+            .into_iter()
+            .filter(|r| r.state == KeyState::PendingDeletion)
+            .filter(|r| r.destroy_after.as_deref().and_then(parse_rfc3339).is_some_and(|t| t <= now))
+            .collect();
+        let mut n = 0;
+        for r in due {
+            let id = r.id.clone();
+            let result = self
+                .owned(move |c| async move {
+                    let system = Principal::system();
+                    let mut op = Op::new("destroy", &r.id);
+                    op.custody = Some(r.custody);
+                    op.detail = Some("scheduled".into());
+                    let _exclusive = c.state_lock.write().await;
+                    // Cancelled meanwhile? Then it is no longer pending.
+                    let result = match c.store.get(&r.id) {
+                        Some(now) if now.state == KeyState::PendingDeletion => {
+                            c.destroy_locked(&now).await
+                        }
+                        _ => return Ok(()),
+                    };
+                    c.audited(&system, op, result).await
+                })
+                .await;
+            match result {
+                Ok(()) => n += 1,
+                Err(e) => tracing::error!(key = %id, error = %e, "scheduled destruction failed; will retry"),
+            }
+        }
+        n
+    }
+
+    /// Runs `destroy_due` periodically for the life of the process.
+    pub fn spawn_scheduler(self: &Arc<Self>) {
+        let this = self.clone();
+        let period = Duration::from_secs(self.config.deletion_window_seconds.clamp(1, 60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                this.destroy_due().await;
+            }
+        });
     }
 
     /// Signs each input: a 32-byte digest for ECDSA, the message for Ed25519 (pure).
     /// The caller has checked the input sizes.
     pub async fn sign(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+        inputs: Vec<Vec<u8>>,
+        format: SignFormat,
+    ) -> Result<Vec<Vec<u8>>, CustodyError> {
+        let (who, id) = (who.clone(), id.to_string());
+        self.owned(move |c| async move {
+            let mut op = Op::new(if inputs.len() == 1 { "sign" } else { "sign_batch" }, &id);
+            op.subject = Some(subject_of(&inputs));
+            let _shared = c.state_lock.read().await;
+            let result = match c.get(&who, &id) {
+                Ok(record) => {
+                    op.custody = Some(record.custody);
+                    c.sign_locked(&record, inputs, format, op.name).await
+                }
+                Err(e) => Err(e),
+            };
+            c.audited(&who, op, result).await
+        })
+        .await
+    }
+
+    async fn sign_locked(
         &self,
         record: &KeyRecord,
         inputs: Vec<Vec<u8>>,
         format: SignFormat,
+        op: &'static str,
     ) -> Result<Vec<Vec<u8>>, CustodyError> {
         check_format(record.algorithm, format)?;
-        if record.custody == CustodyKind::External {
-            return Err(CustodyError::VerifyOnly(record.id.clone()));
+        match (record.custody, record.state) {
+            (CustodyKind::External, _) => return Err(CustodyError::VerifyOnly(record.id.clone())),
+            (_, KeyState::Disabled) => return Err(CustodyError::Disabled(record.id.clone())),
+            (_, KeyState::PendingDeletion) => {
+                return Err(CustodyError::PendingDeletion(record.id.clone()))
+            }
+            (CustodyKind::Hsm, KeyState::Active) => {}
         }
-        if record.state != KeyState::Active {
-            return Err(CustodyError::Disabled(record.id.clone()));
+        if self.is_missing(&record.id) {
+            return Err(CustodyError::ObjectMissing(record.id.clone()));
         }
         let alg = record.algorithm;
-        let id = hex::decode(&record.id).expect("ids are hex");
-        let public = crate::util::unhex0x(&record.public_key).expect("stored hex");
-        let op = if inputs.len() == 1 {
-            "sign"
-        } else {
-            "sign_batch"
-        };
+        let id = hex::decode(&record.id).map_err(|_| CustodyError::NotFound(record.id.clone()))?;
+        let public = crate::util::unhex0x(&record.public_key)
+            .map_err(|_| CustodyError::NotFound(record.id.clone()))?;
         // Encoding (low-S, DER, recovery id) runs on the same blocking thread, but its
         // failures stay apart from PKCS#11 errors: they must not count as HSM faults.
         let encoded = self
@@ -338,8 +842,54 @@ impl Custody {
                     .map(|(sig, input)| encode_signature(alg, format, sig, input, &public))
                     .collect::<Vec<_>>())
             })
+            .await;
+        match encoded {
+            Err(HsmError::KeyMissing(_)) => {
+                self.missing
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(record.id.clone());
+                metrics::gauge!(crate::metrics::KEYS_MISSING_OBJECTS).increment(1.0);
+                Err(CustodyError::ObjectMissing(record.id.clone()))
+            }
+            Err(e) => Err(e.into()),
+            Ok(sigs) => Ok(sigs.into_iter().collect::<Result<_, _>>()?),
+        }
+    }
+
+    /// Compares records with the token's objects: marks records whose key is gone, counts
+    /// orphan objects (listed by `bsn-gateway hsm reconcile`).
+    pub async fn reconcile(self: &Arc<Self>) -> Result<reconcile::Report, CustodyError> {
+        let objects = self
+            .hsm
+            .run("find", "any", true, |hsm, s| hsm.object_ids(s))
             .await?;
-        Ok(encoded.into_iter().collect::<Result<_, _>>()?)
+        let report = reconcile::compare(
+            &self.store.list(),
+            &objects,
+            &[crate::audit::anchor::KEY_ID],
+        );
+        self.mark_missing(report.missing.iter().cloned());
+        metrics::gauge!(crate::metrics::HSM_ORPHAN_OBJECTS).set(report.orphan_objects() as f64);
+        if !report.missing.is_empty() {
+            tracing::warn!(keys = ?report.missing, "key records whose private key is not on the token; they cannot sign");
+        }
+        if !report.orphans.is_empty() {
+            tracing::warn!(
+                ids = report.orphans.len(),
+                objects = report.orphan_objects(),
+                "token objects no key record points at; see `bsn-gateway hsm reconcile`"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Marks records whose private key is not on the token (they answer
+    /// `key_object_missing` instead of a 5xx).
+    pub fn mark_missing(&self, ids: impl IntoIterator<Item = String>) {
+        let mut missing = self.missing.write().unwrap_or_else(|e| e.into_inner());
+        missing.extend(ids);
+        metrics::gauge!(crate::metrics::KEYS_MISSING_OBJECTS).set(missing.len() as f64);
     }
 
     async fn persist(&self, record: KeyRecord) -> Result<(), CustodyError> {
@@ -354,24 +904,42 @@ impl Custody {
     fn report_key_counts(&self) {
         let keys = self.store.list();
         for alg in Algorithm::ALL {
-            for (custody, c) in [
-                (CustodyKind::Hsm, "hsm"),
-                (CustodyKind::External, "external"),
-            ] {
-                for (state, s) in [
-                    (KeyState::Active, "active"),
-                    (KeyState::Disabled, "disabled"),
-                ] {
+            for custody in [CustodyKind::Hsm, CustodyKind::External] {
+                for state in KeyState::ALL {
                     let n = keys
                         .iter()
                         .filter(|k| k.algorithm == alg && k.custody == custody && k.state == state)
                         .count();
-                    metrics::gauge!(crate::metrics::KEYS, "algorithm" => alg.as_str(), "custody" => c, "state" => s)
+                    metrics::gauge!(crate::metrics::KEYS, "algorithm" => alg.as_str(), "custody" => custody.as_str(), "state" => state.as_str())
                         .set(n as f64);
                 }
             }
         }
     }
+}
+
+/// What the audit line says was signed: the input's SHA-256, or for a batch the SHA-256
+/// of the items' hashes in order.
+fn subject_of(inputs: &[Vec<u8>]) -> [u8; 32] {
+    if let [one] = inputs {
+        return crate::util::sha256(one);
+    }
+    let mut all = Vec::with_capacity(inputs.len() * 32);
+    inputs.iter().for_each(|i| all.extend(crate::util::sha256(i)));
+    crate::util::sha256(&all)
+}
+
+fn rfc3339(unix: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp().max(0) as u64)
 }
 
 pub fn check_format(algorithm: Algorithm, format: SignFormat) -> Result<(), CustodyError> {

@@ -91,6 +91,24 @@ impl KeyStore {
         Ok(store)
     }
 
+    /// The records as the journal holds them, read without writing anything (for tools
+    /// that run beside a live gateway, such as `hsm reconcile`).
+    pub fn read_only(path: &Path) -> std::io::Result<Vec<KeyRecord>> {
+        let mut keys = HashMap::new();
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        for line in text.split_inclusive(|b| *b == b'\n') {
+            match serde_json::from_slice::<Event>(line) {
+                Ok(event) if line.ends_with(b"\n") => apply(&mut keys, event),
+                _ => break,
+            }
+        }
+        Ok(keys.into_values().collect())
+    }
+
     pub fn get(&self, id: &str) -> Option<KeyRecord> {
         self.inner.lock().expect("store lock").keys.get(id).cloned()
     }
@@ -201,6 +219,7 @@ mod tests {
             state: KeyState::Active,
             created_at: "2026-01-01T00:00:00Z".into(),
             owner: "admin".into(),
+            destroy_after: None,
         }
     }
 

@@ -402,7 +402,8 @@ impl Forwarder {
             match ledgers.get(&*p.ledger) {
                 Some(l) => {
                     let lane = match l.kind {
-                        LedgerKind::Ethereum => ethereum_sender(&p.body),
+                        // Older records carry no sender: recover it from the body.
+                        LedgerKind::Ethereum => p.sender.or_else(|| ethereum_sender(&p.body)),
                         LedgerKind::Http => None,
                     };
                     let _ = l.queue.send(Job {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
+use crate::admission::AdmissionError;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::custody::hsm::HsmError;
@@ -128,25 +129,46 @@ impl From<HsmError> for ApiError {
 
 impl From<CustodyError> for ApiError {
     fn from(e: CustodyError) -> Self {
+        let code = e.code();
         let msg = e.to_string();
         match e {
-            CustodyError::UnsupportedAlgorithm(_) => {
-                ApiError::unprocessable("unsupported_algorithm", msg)
-            }
-            CustodyError::UnsupportedFormat { .. } => {
-                ApiError::unprocessable("unsupported_format", msg)
-            }
-            CustodyError::DuplicateLabel(_) => {
-                ApiError::new(StatusCode::CONFLICT, "duplicate_label", msg)
-            }
-            CustodyError::Disabled(_) => ApiError::unprocessable("key_disabled", msg),
-            CustodyError::VerifyOnly(_) => ApiError::unprocessable("key_verify_only", msg),
-            CustodyError::PublicKey(_) => ApiError::unprocessable("bad_public_key", msg),
             CustodyError::Hsm(h) => h.into(),
+            CustodyError::Audit(a) => a.into(),
+            CustodyError::Stopped => ApiError::busy(code, msg),
+            CustodyError::NotFound(_) => ApiError::not_found(code, msg),
+            CustodyError::Forbidden(_) => ApiError::forbidden(msg),
+            CustodyError::DuplicateLabel(_) | CustodyError::NotPendingDeletion(_) => {
+                ApiError::new(StatusCode::CONFLICT, code, msg)
+            }
             CustodyError::Signature(_) | CustodyError::Store(_) => {
                 tracing::error!(error = %msg, "internal error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg)
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, msg)
             }
+            CustodyError::UnsupportedAlgorithm(_)
+            | CustodyError::UnsupportedFormat { .. }
+            | CustodyError::Disabled(_)
+            | CustodyError::PendingDeletion(_)
+            | CustodyError::VerifyOnly(_)
+            | CustodyError::ObjectMissing(_)
+            | CustodyError::PublicKey(_) => ApiError::unprocessable(code, msg),
+        }
+    }
+}
+
+impl From<AdmissionError> for ApiError {
+    fn from(e: AdmissionError) -> Self {
+        let msg = e.to_string();
+        match e {
+            AdmissionError::UnknownLedger(_) => ApiError::not_found("unknown_ledger", msg),
+            AdmissionError::Quota { retry_after, .. } => {
+                let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", msg);
+                e.retry_after = Some(retry_after);
+                e
+            }
+            AdmissionError::LedgerUnavailable => ApiError::busy("ledger_unavailable", msg),
+            AdmissionError::Engine(e) => e.into(),
+            AdmissionError::Outbox(e) => e.into(),
+            AdmissionError::Stopped => ApiError::busy("outbox_unavailable", msg),
         }
     }
 }

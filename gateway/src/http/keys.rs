@@ -1,5 +1,6 @@
-//! `/v1/keys`: create, import, list, get, disable, destroy, sign and sign-batch. Every
-//! state change and signature is written to the audit log before the client hears of it.
+//! `/v1/keys`: create, import, list, get, disable, delete (scheduled), cancel deletion,
+//! sign and sign-batch. Each handler parses, calls custody, renders: custody writes the
+//! audit line and owns the operation, so a client that goes away loses only the answer.
 
 use std::sync::Arc;
 
@@ -9,13 +10,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::require;
 use super::router::{json_response, read_json, Resp};
 use crate::algorithm::Algorithm;
 use crate::app::AppState;
-use crate::audit::AuditEntry;
 use crate::auth::{Client, Operation};
-use crate::custody::{KeyRecord, SignFormat};
+use crate::custody::{CustodyError, KeyRecord, SignFormat};
 use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};
 
 #[derive(Deserialize)]
@@ -23,6 +22,8 @@ use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};
 struct CreateRequest {
     label: String,
     algorithm: String,
+    /// Admins only: the client that will own the key.
+    owner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +32,7 @@ struct ImportRequest {
     label: String,
     algorithm: String,
     public_key_pem: String,
+    owner: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -58,46 +60,30 @@ struct SignBatchRequest {
     hash: Option<String>,
 }
 
-/// What one audited operation touched, filled in as the handler learns it.
-struct Audit {
-    operation: &'static str,
-    key_id: Option<String>,
-    subject: Option<[u8; 32]>,
+/// The policy must grant `op`; a refusal is audited like any key operation.
+async fn require(
+    state: &AppState,
+    client: &Client,
+    op: Operation,
+    audit_as: &'static str,
+    key_id: &str,
+) -> Result<(), ApiError> {
+    if let Err(e) = super::require(client, op) {
+        state
+            .custody
+            .audit_refusal(&client.principal, audit_as, key_id, e.code)
+            .await?;
+        return Err(e);
+    }
+    Ok(())
 }
 
-impl Audit {
-    fn new(operation: &'static str, key_id: Option<&str>) -> Self {
-        Audit {
-            operation,
-            key_id: key_id.map(str::to_string),
-            subject: None,
-        }
-    }
-
-    /// Writes the outcome, success or error, and passes it on. If the audit line cannot
-    /// be written, the client gets 503 instead of the result.
-    async fn finish(
-        self,
-        state: &AppState,
-        client: &Client,
-        result: Result<Resp, ApiError>,
-    ) -> Result<Resp, ApiError> {
-        let entry = AuditEntry {
-            client: client.name.clone(),
-            operation: self.operation,
-            key_id: self.key_id,
-            subject_sha256: self.subject.map(hex::encode),
-            result: match &result {
-                Ok(_) => "ok".into(),
-                Err(e) => e.code.to_string(),
-            },
-        };
-        state.audit.append(entry).await?;
-        result
-    }
-}
-
-fn check_label(client: &Client, label: &str) -> Result<(), ApiError> {
+async fn check_label(
+    state: &AppState,
+    client: &Client,
+    label: &str,
+    audit_as: &'static str,
+) -> Result<(), ApiError> {
     let valid = (1..=64).contains(&label.len())
         && label
             .chars()
@@ -109,10 +95,15 @@ fn check_label(client: &Client, label: &str) -> Result<(), ApiError> {
         ));
     }
     if !client.may_use_label(label) {
-        return Err(ApiError::forbidden(format!(
-            "client {:?} may not use keys labelled {label:?}",
+        let e = ApiError::forbidden(format!(
+            "client {:?} may not create keys labelled {label:?}",
             client.name
-        )));
+        ));
+        state
+            .custody
+            .audit_refusal(&client.principal, audit_as, "", e.code)
+            .await?;
+        return Err(e);
     }
     Ok(())
 }
@@ -123,47 +114,35 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, ApiError> {
     })
 }
 
-/// The key, if it exists and the client's policy names its label.
-fn key_for(state: &AppState, client: &Client, id: &str) -> Result<KeyRecord, ApiError> {
-    let record = state.custody.get(id).ok_or_else(|| {
-        ApiError::not_found(
-            "key_not_found",
-            format!("no key with id {:?}", truncate(id)),
-        )
-    })?;
-    if !client.may_use_label(&record.label) {
-        return Err(ApiError::forbidden(format!(
-            "client {:?} may not use key {}",
-            client.name, record.id
-        )));
-    }
-    Ok(record)
-}
-
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-fn record_json(r: &KeyRecord) -> serde_json::Value {
-    serde_json::to_value(r).expect("records serialise")
+/// A record as the API shows it: the journal's fields, and whether its token object is
+/// missing.
+fn record_json(state: &AppState, r: &KeyRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).expect("records serialise");
+    if state.custody.is_missing(&r.id) {
+        v["token_object"] = "missing".into();
+    }
+    v
 }
 
 pub fn list(state: &AppState, client: &Client) -> Result<Resp, ApiError> {
-    require(client, Operation::KeysRead)?;
+    super::require(client, Operation::KeysRead)?;
     let keys: Vec<_> = state
         .custody
-        .list()
+        .list(&client.principal)
         .iter()
-        .filter(|k| client.may_use_label(&k.label))
-        .map(record_json)
+        .map(|r| record_json(state, r))
         .collect();
     Ok(json_response(StatusCode::OK, &json!({"keys": keys})))
 }
 
 pub fn get(state: &AppState, client: &Client, id: &str) -> Result<Resp, ApiError> {
-    require(client, Operation::KeysRead)?;
-    let record = key_for(state, client, id)?;
-    Ok(json_response(StatusCode::OK, &record_json(&record)))
+    super::require(client, Operation::KeysRead)?;
+    let record = state.custody.get(&client.principal, id)?;
+    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
 }
 
 pub async fn create(
@@ -171,21 +150,15 @@ pub async fn create(
     client: &Client,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let mut audit = Audit::new("create", None);
-    let result = async {
-        require(client, Operation::KeysCreate)?;
-        let body: CreateRequest = read_json(state, req).await?;
-        let algorithm = parse_algorithm(&body.algorithm)?;
-        check_label(client, &body.label)?;
-        let record = state
-            .custody
-            .create(&client.name, &body.label, algorithm)
-            .await?;
-        audit.key_id = Some(record.id.clone());
-        Ok(json_response(StatusCode::CREATED, &record_json(&record)))
-    }
-    .await;
-    audit.finish(state, client, result).await
+    require(state, client, Operation::KeysCreate, "create", "").await?;
+    let body: CreateRequest = read_json(state, req).await?;
+    let algorithm = parse_algorithm(&body.algorithm)?;
+    check_label(state, client, &body.label, "create").await?;
+    let record = state
+        .custody
+        .create(&client.principal, body.owner, &body.label, algorithm)
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &record_json(state, &record)))
 }
 
 pub async fn import(
@@ -193,49 +166,57 @@ pub async fn import(
     client: &Client,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let mut audit = Audit::new("import", None);
-    let result = async {
-        require(client, Operation::KeysImport)?;
-        let body: ImportRequest = read_json(state, req).await?;
-        let algorithm = parse_algorithm(&body.algorithm)?;
-        check_label(client, &body.label)?;
-        audit.subject = Some(sha256(body.public_key_pem.as_bytes()));
-        let record = state
-            .custody
-            .import(&client.name, &body.label, algorithm, &body.public_key_pem)
-            .await?;
-        audit.key_id = Some(record.id.clone());
-        Ok(json_response(StatusCode::CREATED, &record_json(&record)))
-    }
-    .await;
-    audit.finish(state, client, result).await
+    require(state, client, Operation::KeysImport, "import", "").await?;
+    let body: ImportRequest = read_json(state, req).await?;
+    let algorithm = parse_algorithm(&body.algorithm)?;
+    check_label(state, client, &body.label, "import").await?;
+    let record = state
+        .custody
+        .import(
+            &client.principal,
+            body.owner,
+            &body.label,
+            algorithm,
+            &body.public_key_pem,
+        )
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &record_json(state, &record)))
 }
 
 pub async fn disable(state: &Arc<AppState>, client: &Client, id: &str) -> Result<Resp, ApiError> {
-    let audit = Audit::new("disable", Some(id));
-    let result = async {
-        require(client, Operation::KeysDisable)?;
-        let record = key_for(state, client, id)?;
-        let record = state.custody.disable(record).await?;
-        Ok(json_response(StatusCode::OK, &record_json(&record)))
-    }
-    .await;
-    audit.finish(state, client, result).await
+    require(state, client, Operation::KeysDisable, "disable", id).await?;
+    let record = state.custody.disable(&client.principal, id).await?;
+    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
 }
 
-pub async fn destroy(state: &Arc<AppState>, client: &Client, id: &str) -> Result<Resp, ApiError> {
-    let audit = Audit::new("destroy", Some(id));
-    let result = async {
-        require(client, Operation::KeysDestroy)?;
-        let record = key_for(state, client, id)?;
-        state.custody.destroy(&record).await?;
-        Ok(json_response(
+/// `DELETE /v1/keys/{id}`: schedules destruction after the deletion window; with
+/// `?now=true` an admin destroys at once.
+pub async fn delete(
+    state: &Arc<AppState>,
+    client: &Client,
+    id: &str,
+    now: bool,
+) -> Result<Resp, ApiError> {
+    require(state, client, Operation::KeysDestroy, "destroy", id).await?;
+    if now {
+        let record = state.custody.destroy_now(&client.principal, id).await?;
+        return Ok(json_response(
             StatusCode::OK,
             &json!({"id": record.id, "label": record.label, "state": "destroyed"}),
-        ))
+        ));
     }
-    .await;
-    audit.finish(state, client, result).await
+    let record = state.custody.schedule_deletion(&client.principal, id).await?;
+    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
+}
+
+pub async fn cancel_deletion(
+    state: &Arc<AppState>,
+    client: &Client,
+    id: &str,
+) -> Result<Resp, ApiError> {
+    require(state, client, Operation::KeysDestroy, "cancel_destroy", id).await?;
+    let record = state.custody.cancel_deletion(&client.principal, id).await?;
+    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
 }
 
 pub async fn sign(
@@ -244,27 +225,26 @@ pub async fn sign(
     id: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let mut audit = Audit::new("sign", Some(id));
-    let result = async {
-        require(client, Operation::KeysSign)?;
-        let record = key_for(state, client, id)?;
-        let body: SignRequest = read_json(state, req).await?;
-        let format = parse_format(record.algorithm, body.format.as_deref())?;
-        let input = prepare(record.algorithm, &body.item, body.hash.as_deref())?;
-        audit.subject = Some(sha256(&input));
-        let mut sigs = state.custody.sign(&record, vec![input], format).await?;
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "key_id": record.id,
-                "algorithm": record.algorithm,
-                "format": format.as_str(),
-                "signature": hex0x(&sigs.pop().expect("one signature per input")),
-            }),
-        ))
-    }
-    .await;
-    audit.finish(state, client, result).await
+    require(state, client, Operation::KeysSign, "sign", id).await?;
+    let body: SignRequest = read_json(state, req).await?;
+    // The algorithm decides how the input is read; the state is checked by custody at
+    // the moment of signing, not here.
+    let alg = state.custody.get(&client.principal, id)?.algorithm;
+    let format = parse_format(alg, body.format.as_deref())?;
+    let input = prepare(alg, &body.item, body.hash.as_deref())?;
+    let mut sigs = state
+        .custody
+        .sign(&client.principal, id, vec![input], format)
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "key_id": id,
+            "algorithm": alg,
+            "format": format.as_str(),
+            "signature": hex0x(&sigs.pop().ok_or_else(|| CustodyError::Stopped)?),
+        }),
+    ))
 }
 
 pub async fn sign_batch(
@@ -273,42 +253,36 @@ pub async fn sign_batch(
     id: &str,
     req: Request<Incoming>,
 ) -> Result<Resp, ApiError> {
-    let mut audit = Audit::new("sign_batch", Some(id));
-    let result = async {
-        require(client, Operation::KeysSign)?;
-        let record = key_for(state, client, id)?;
-        let body: SignBatchRequest = read_json(state, req).await?;
-        state.limits.check_items(body.items.len())?;
-        let format = parse_format(record.algorithm, body.format.as_deref())?;
-        let inputs = body
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                prepare(record.algorithm, item, body.hash.as_deref()).map_err(|mut e| {
-                    e.message = format!("items[{i}]: {}", e.message);
-                    e
-                })
+    require(state, client, Operation::KeysSign, "sign_batch", id).await?;
+    let body: SignBatchRequest = read_json(state, req).await?;
+    state.limits.check_items(body.items.len())?;
+    let alg = state.custody.get(&client.principal, id)?.algorithm;
+    let format = parse_format(alg, body.format.as_deref())?;
+    let inputs = body
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            prepare(alg, item, body.hash.as_deref()).map_err(|mut e| {
+                e.message = format!("items[{i}]: {}", e.message);
+                e
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        // One hash over the hashes of every item, in order.
-        let mut all = Vec::with_capacity(inputs.len() * 32);
-        inputs.iter().for_each(|i| all.extend(sha256(i)));
-        audit.subject = Some(sha256(&all));
-        let sigs = state.custody.sign(&record, inputs, format).await?;
-        let sigs: Vec<_> = sigs.iter().map(|s| hex0x(s)).collect();
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "key_id": record.id,
-                "algorithm": record.algorithm,
-                "format": format.as_str(),
-                "signatures": sigs,
-            }),
-        ))
-    }
-    .await;
-    audit.finish(state, client, result).await
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sigs = state
+        .custody
+        .sign(&client.principal, id, inputs, format)
+        .await?;
+    let sigs: Vec<_> = sigs.iter().map(|s| hex0x(s)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "key_id": id,
+            "algorithm": alg,
+            "format": format.as_str(),
+            "signatures": sigs,
+        }),
+    ))
 }
 
 fn parse_format(alg: Algorithm, format: Option<&str>) -> Result<SignFormat, ApiError> {

@@ -21,9 +21,9 @@ pub async fn readyz(state: &AppState) -> Resp {
     let hsm_ok = tokio::task::spawn_blocking(move || hsm.is_ready())
         .await
         .unwrap_or(false);
-    let audit_ok = state.audit.is_healthy();
-    let outbox_ok = state.outbox.is_healthy();
-    let ledgers_ok = state.forward.ready();
+    let audit_ok = state.custody.audit().is_healthy();
+    let outbox_ok = state.admission.outbox().is_healthy();
+    let ledgers_ok = state.admission.forward().ready();
     let ready = hsm_ok && audit_ok && outbox_ok && ledgers_ok;
     let status = if ready {
         StatusCode::OK

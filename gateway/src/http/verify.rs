@@ -76,18 +76,18 @@ pub async fn verify(
 }
 
 /// The public key of custody key `id` (imported verify-only keys too), for `algorithm`.
-pub(super) fn custody_key(
+/// A key the caller does not own is as unknown as one that does not exist. Disabled keys
+/// still verify: signatures made before the disable stay checkable.
+fn custody_key(
     state: &AppState,
     client: &Client,
     id: &str,
     algorithm: Algorithm,
 ) -> Result<KeyInput, Reason> {
-    // A key this client may not see is as unknown as one that does not exist.
     let record = state
         .custody
-        .get(id)
-        .filter(|r| client.may_use_label(&r.label))
-        .ok_or(Reason::UnknownKey)?;
+        .get(&client.principal, id)
+        .map_err(|_| Reason::UnknownKey)?;
     if record.algorithm != algorithm {
         return Err(Reason::AlgorithmMismatch);
     }

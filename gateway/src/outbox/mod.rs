@@ -127,6 +127,8 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct TxStatus {
     pub ledger: Arc<str>,
+    /// The client that submitted it; only it (and admins) may read its status.
+    pub owner: Arc<str>,
     pub accepted_at: u64,
     pub state: State,
     pub attempts: u32,
@@ -135,9 +137,10 @@ pub struct TxStatus {
 }
 
 impl TxStatus {
-    fn new(ledger: Arc<str>, accepted_at: u64, state: State) -> TxStatus {
+    fn new(ledger: Arc<str>, owner: Arc<str>, accepted_at: u64, state: State) -> TxStatus {
         TxStatus {
             ledger,
+            owner,
             accepted_at,
             state,
             attempts: 0,
@@ -151,7 +154,11 @@ impl TxStatus {
 pub struct NewTx {
     pub id: TxId,
     pub ledger: Arc<str>,
+    pub owner: Arc<str>,
     pub body: Arc<[u8]>,
+    /// The Ethereum sender admission recovered, kept so forwarding after a restart needs
+    /// no signature code.
+    pub sender: Option<[u8; 20]>,
 }
 
 /// One accepted, not yet resolved transaction found on start.
@@ -159,6 +166,8 @@ pub struct Pending {
     pub id: TxId,
     pub ledger: Arc<str>,
     pub body: Arc<[u8]>,
+    /// None for records written before senders were stored.
+    pub sender: Option<[u8; 20]>,
 }
 
 /// What the log holds. Index files hold only `Done`.
@@ -170,10 +179,16 @@ enum Record {
         ledger: String,
         at: u64,
         body: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<String>,
     },
     Done {
         id: String,
         ledger: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
         at: u64,
         state: State,
         attempts: u32,
@@ -187,6 +202,7 @@ impl Record {
         Record::Done {
             id: hex::encode(id),
             ledger: s.ledger.to_string(),
+            owner: Some(s.owner.to_string()),
             at: s.accepted_at,
             state: s.state,
             attempts: s.attempts,
@@ -371,6 +387,8 @@ impl Outbox {
                         ledger,
                         at,
                         body,
+                        owner,
+                        sender,
                     } => {
                         let id = parse_id(&id, path)?;
                         book.segment(*seq).ids.push(id);
@@ -385,16 +403,29 @@ impl Outbox {
                             .map_err(|_| corrupt(path, "a body is not base64"))?
                             .into();
                         let ledger: Arc<str> = ledger.into();
+                        let sender = sender
+                            .and_then(|s| crate::util::unhex0x(&s).ok())
+                            .and_then(|b| <[u8; 20]>::try_from(b).ok());
                         book.track(
                             id,
                             Entry {
-                                status: TxStatus::new(ledger.clone(), at, State::Accepted),
+                                status: TxStatus::new(
+                                    ledger.clone(),
+                                    owner_of(owner),
+                                    at,
+                                    State::Accepted,
+                                ),
                                 segment: Some(*seq),
                                 bytes: body.len() as u64,
                             },
                         );
                         where_pending.insert(id, pending.len());
-                        pending.push(Some(Pending { id, ledger, body }));
+                        pending.push(Some(Pending {
+                            id,
+                            ledger,
+                            body,
+                            sender,
+                        }));
                     }
                     done @ Record::Done { .. } => {
                         let (id, status) = parse_done(done, path)?;
@@ -477,7 +508,12 @@ impl Outbox {
                 book.track(
                     t.id,
                     Entry {
-                        status: TxStatus::new(t.ledger.clone(), now, State::Accepting),
+                        status: TxStatus::new(
+                            t.ledger.clone(),
+                            t.owner.clone(),
+                            now,
+                            State::Accepting,
+                        ),
                         segment: None,
                         bytes: t.body.len() as u64,
                     },
@@ -495,6 +531,8 @@ impl Outbox {
                 ledger: t.ledger.to_string(),
                 at: now,
                 body: crate::util::base64(&t.body),
+                owner: Some(t.owner.to_string()),
+                sender: t.sender.map(|s| crate::util::hex0x(&s)),
             };
             frames.extend_from_slice(&r.encode());
         }
@@ -565,6 +603,12 @@ impl Outbox {
         let _ = self.tx.send(Write::Done { frame, id: *id });
     }
 
+    /// Whether this id is known (accepted or resolved within the window, or being
+    /// written): admission refuses it as a replay before spending verification on it.
+    pub fn is_known(&self, id: &TxId) -> bool {
+        self.shared.book().entries.contains_key(id)
+    }
+
     /// Status as `GET /v1/transactions/{id}` shows it; None for unknown or not yet durable.
     pub fn status(&self, id: &TxId) -> Option<TxStatus> {
         let book = self.shared.book();
@@ -597,6 +641,12 @@ fn corrupt(path: &Path, message: &str) -> OutboxError {
     }
 }
 
+/// Records written before owners were stored belong to the admin (the only client that
+/// could have been everyone's).
+fn owner_of(owner: Option<String>) -> Arc<str> {
+    owner.map_or_else(|| Arc::from("admin"), Arc::from)
+}
+
 fn parse_id(hex_id: &str, path: &Path) -> Result<TxId, OutboxError> {
     hex::decode(hex_id)
         .ok()
@@ -609,6 +659,7 @@ fn parse_done(r: Record, path: &Path) -> Result<(TxId, TxStatus), OutboxError> {
         Record::Done {
             id,
             ledger,
+            owner,
             at,
             state,
             attempts,
@@ -618,6 +669,7 @@ fn parse_done(r: Record, path: &Path) -> Result<(TxId, TxStatus), OutboxError> {
             parse_id(&id, path)?,
             TxStatus {
                 ledger: ledger.into(),
+                owner: owner_of(owner),
                 accepted_at: at,
                 state,
                 attempts,
@@ -694,7 +746,9 @@ mod tests {
         NewTx {
             id,
             ledger: "eth".into(),
+            owner: "c".into(),
             body: vec![i as u8; 200].into(),
+            sender: None,
         }
     }
 

@@ -37,6 +37,9 @@ pub enum EnvelopeError {
     /// The custody key named by `key_id` cannot be used (unknown, other algorithm).
     #[error("key_id: {}", .0.as_str())]
     Key(Reason),
+    /// The custody key is disabled or scheduled for deletion.
+    #[error("key {0} is not active: a disabled key authorises nothing")]
+    KeyNotActive(String),
     #[error("certificate: {0}")]
     BadCertificate(String),
     #[error("the certificate does not chain to this ledger's trust anchors: {0}")]
@@ -50,6 +53,7 @@ impl EnvelopeError {
         match self {
             EnvelopeError::Invalid(_) => "invalid_item",
             EnvelopeError::Key(r) => r.as_str(),
+            EnvelopeError::KeyNotActive(_) => "key_disabled",
             EnvelopeError::BadCertificate(_) => "bad_certificate",
             EnvelopeError::Untrusted(_) | EnvelopeError::NoTrustAnchors => "untrusted_certificate",
         }

@@ -354,7 +354,7 @@ pub fn dev_token_config(dir: &Path, server_extra: &str, hsm_extra: &str, tail: &
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
     let hash = format!("0x{}", hex::encode(openssl::sha::sha256(admin.as_bytes())));
     format!(
-        "data_dir = \"{d}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[hsm]\ntoken_label = \"bsn-gateway-dev\"\npin = {{ file = \"{d}/user.pin\" }}\n{hsm_extra}\n[[clients]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"*\"]\n{tail}\n",
+        "data_dir = \"{d}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[hsm]\ntoken_label = \"bsn-gateway-dev\"\npin = {{ file = \"{d}/user.pin\" }}\n{hsm_extra}\n[[clients]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"*\"]\nadmin = true\nledgers = [\"*\"]\n{tail}\n",
         d = dir.display()
     )
 }
