@@ -61,10 +61,11 @@ fn the_audit_chain_verifies_and_tampering_is_detected() {
             "create",
             "sign",
             "sign_batch",
-            "authenticate",
             "disable",
-            "destroy"
-        ]
+            "schedule_destroy",
+            "checkpoint"
+        ],
+        "a failed authentication is counted, not written per request; a clean stop ends with a signed checkpoint"
     );
     let sign: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
     assert_eq!(sign["key_id"], id);
@@ -79,6 +80,7 @@ fn the_audit_chain_verifies_and_tampering_is_detected() {
     let (ok, out) = run(&["audit", "verify", log.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.contains("6 entries"), "{out}");
+    assert!(out.contains("1 verified with the audit key"), "{out}");
 
     std::fs::write(&log, text.replacen("\"sign_batch\"", "\"sign\"", 1)).unwrap();
     let (ok, out) = run(&["audit", "verify", log.to_str().unwrap()]);

@@ -135,7 +135,7 @@ fn secp256k1_is_always_low_s_and_eth_signatures_recover_the_key_address() {
 }
 
 #[test]
-fn keys_survive_restart_disable_stops_signing_destroy_removes_token_objects() {
+fn keys_survive_restart_disable_stops_signing_deletion_is_scheduled_and_destroy_removes_token_objects() {
     let tmp = tempfile::tempdir().unwrap();
     let mut g = Gateway::start_dev_in(tmp.path());
     let keep = g.create_key("keeper", "ed25519");
@@ -178,8 +178,24 @@ fn keys_survive_restart_disable_stops_signing_destroy_removes_token_objects() {
     let before = pkcs11_tool(tmp.path(), &["--list-objects"]);
     assert!(before.contains("doomed"), "{before}");
     let doomed_id = doomed["id"].as_str().unwrap();
+    // DELETE schedules destruction (the key is disabled at once); it can be cancelled.
     let r = g.delete(&format!("/v1/keys/{doomed_id}"));
     assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["state"], "pending_deletion");
+    assert!(r.body["destroy_after"].is_string(), "{}", r.body);
+    assert!(pkcs11_tool(tmp.path(), &["--list-objects"]).contains("doomed"));
+    let r = g.post(
+        &format!("/v1/keys/{doomed_id}/sign"),
+        json!({"digest": format!("0x{}", "00".repeat(32))}),
+    );
+    assert_eq!((r.status, error_code(&r)), (422, "key_pending_deletion"));
+    let r = g.post(&format!("/v1/keys/{doomed_id}/cancel-deletion"), json!({}));
+    assert_eq!((r.status, &r.body["state"]), (200, &json!("disabled")), "{}", r.body);
+    let r = g.post(&format!("/v1/keys/{doomed_id}/cancel-deletion"), json!({}));
+    assert_eq!((r.status, error_code(&r)), (409, "key_not_pending_deletion"));
+    // An admin destroys at once.
+    let r = g.delete(&format!("/v1/keys/{doomed_id}?now=true"));
+    assert_eq!((r.status, &r.body["state"]), (200, &json!("destroyed")), "{}", r.body);
     let after = pkcs11_tool(tmp.path(), &["--list-objects"]);
     assert!(!after.contains("doomed"), "{after}");
     assert!(after.contains("keeper"), "{after}");

@@ -782,17 +782,18 @@ impl Custody {
     }
 
     /// Signs each input: a 32-byte digest for ECDSA, the message for Ed25519 (pure).
-    /// The caller has checked the input sizes.
+    /// The caller has checked the input sizes. `batch` names the audited operation.
     pub async fn sign(
         self: &Arc<Self>,
         who: &Principal,
         id: &str,
         inputs: Vec<Vec<u8>>,
         format: SignFormat,
+        batch: bool,
     ) -> Result<Vec<Vec<u8>>, CustodyError> {
         let (who, id) = (who.clone(), id.to_string());
         self.owned(move |c| async move {
-            let mut op = Op::new(if inputs.len() == 1 { "sign" } else { "sign_batch" }, &id);
+            let mut op = Op::new(if batch { "sign_batch" } else { "sign" }, &id);
             op.subject = Some(subject_of(&inputs));
             let _shared = c.state_lock.read().await;
             let result = match c.get(&who, &id) {

@@ -234,7 +234,7 @@ pub async fn sign(
     let input = prepare(alg, &body.item, body.hash.as_deref())?;
     let mut sigs = state
         .custody
-        .sign(&client.principal, id, vec![input], format)
+        .sign(&client.principal, id, vec![input], format, false)
         .await?;
     Ok(json_response(
         StatusCode::OK,
@@ -271,7 +271,7 @@ pub async fn sign_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let sigs = state
         .custody
-        .sign(&client.principal, id, inputs, format)
+        .sign(&client.principal, id, inputs, format, true)
         .await?;
     let sigs: Vec<_> = sigs.iter().map(|s| hex0x(s)).collect();
     Ok(json_response(
