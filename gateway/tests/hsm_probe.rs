@@ -99,9 +99,14 @@ fn the_embedded_token_meets_the_softhsm2_profile() {
         let c = check(&report, &format!("{alg} sign"));
         assert!(c["detail"].as_str().unwrap().contains("verified"), "{c:#}");
     }
-    // ...and left nothing on the token.
+    // ...and left nothing on the token beside the gateway's own audit key.
     let objects = pkcs11_tool(tmp.path(), &["--list-objects"]);
-    assert!(!objects.contains("Private Key Object"), "{objects}");
+    assert_eq!(
+        objects.matches("Private Key Object").count(),
+        1,
+        "{objects}"
+    );
+    assert!(objects.contains("label:      bsn-gateway-audit"), "{objects}");
 
     // Without a login it lists and checks mechanisms, and tries no signing.
     let (ok, report) = probe(tmp.path(), &["--dev", "--data-dir", d, "--no-login"]);

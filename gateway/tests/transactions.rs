@@ -306,7 +306,7 @@ fn bad_transactions_are_rejected_and_never_reach_the_node() {
     let (reader_token, reader_hash) = bsn_gateway::auth::new_token();
     let reader_token = reader_token.expose().to_string();
     let tail = format!(
-        "[[clients]]\nname = \"dapp\"\ntoken_sha256 = \"{dapp_hash}\"\noperations = [\"transactions\"]\nkeys = []\ntransactions_per_second = 0.5\ntransactions_burst = 2\n\n[[clients]]\nname = \"reader\"\ntoken_sha256 = \"{reader_hash}\"\noperations = [\"verify\"]\nkeys = []\n\n[[ledgers]]\nname = \"eth\"\nkind = \"ethereum\"\nnodes = [\"{}\"]\nsenders = [\"{}\"]\n",
+        "[[clients]]\nname = \"dapp\"\ntoken_sha256 = \"{dapp_hash}\"\noperations = [\"transactions\"]\nkeys = []\nledgers = [\"eth\"]\ntransactions_per_second = 0.5\ntransactions_burst = 2\n\n[[clients]]\nname = \"reader\"\ntoken_sha256 = \"{reader_hash}\"\noperations = [\"verify\"]\nkeys = []\n\n[[ledgers]]\nname = \"eth\"\nkind = \"ethereum\"\nnodes = [\"{}\"]\nsenders = [\"{}\"]\n",
         node.url(),
         good[0].from
     );

@@ -183,10 +183,12 @@ impl Pattern {
     }
 }
 
-/// Pairs of clients whose label patterns overlap: each can take a name the other expects.
-/// Ownership still keeps their keys apart; `config check` warns so operators can tidy up.
+/// Pairs of tenants (admins aside, who may take any name) whose label patterns overlap:
+/// each can take a name the other expects. Ownership still keeps their keys apart;
+/// `config check` warns so operators can tidy up.
 pub fn overlapping_patterns(clients: &[ClientConfig]) -> Vec<String> {
     let mut out = Vec::new();
+    let clients: Vec<&ClientConfig> = clients.iter().filter(|c| !c.admin).collect();
     for (i, a) in clients.iter().enumerate() {
         for b in &clients[i + 1..] {
             for pa in &a.keys {

@@ -112,10 +112,13 @@ async fn dispatch(
         Err(e) => return (route, Err(e)),
     };
     let id = segments.get(2).copied().unwrap_or("").to_string();
-    let now = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "now=true"));
+    let now = match (route, &method) {
+        ("/v1/keys/{id}", &Method::DELETE) => match delete_now(req.uri().query()) {
+            Ok(now) => now,
+            Err(e) => return (route, Err(e)),
+        },
+        _ => false,
+    };
     let result = match (route, method) {
         ("/v1/keys", Method::GET) => keys::list(state, &client),
         ("/v1/keys", _) => keys::create(state, &client, req).await,
@@ -133,6 +136,24 @@ async fn dispatch(
         _ => keys::sign_batch(state, &client, &id, req).await,
     };
     (route, result)
+}
+
+/// `?now=true|false`, the one query parameter the API takes (on `DELETE /v1/keys/{id}`).
+fn delete_now(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut now = false;
+    for p in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        now = match p {
+            "now=true" => true,
+            "now=false" => false,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "the only query parameter is now=true or now=false",
+                ))
+            }
+        };
+    }
+    Ok(now)
 }
 
 /// A failure is counted (and summarised into the audit log at a bounded rate by the

@@ -238,6 +238,17 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs the binary with `args`; (success, stdout and stderr).
+pub fn run_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 pub fn error_code(r: &Reply) -> &str {
     r.body["error"]["code"].as_str().unwrap_or("<none>")
 }
