@@ -90,7 +90,13 @@ pub async fn run(
         .await
         .context("audit checkpoint key")?;
     anchor.spawn();
-    let custody = Custody::new(hsm.clone(), store, profile, audit.clone(), config.keys.clone());
+    let custody = Custody::new(
+        hsm.clone(),
+        store,
+        profile,
+        audit.clone(),
+        config.keys.clone(),
+    );
     if let Err(e) = custody.reconcile().await {
         tracing::error!(error = %e, "could not compare key records with the token");
     }
@@ -187,7 +193,10 @@ async fn reload_on_sighup(path: Option<PathBuf>, auth: Arc<Authenticator>, audit
             });
         let (result, detail) = match &outcome {
             Ok(n) => {
-                tracing::info!(clients = n, "SIGHUP: clients reloaded; other sections take effect at restart");
+                tracing::info!(
+                    clients = n,
+                    "SIGHUP: clients reloaded; other sections take effect at restart"
+                );
                 ("ok", format!("{n} clients"))
             }
             Err(e) => {

@@ -254,8 +254,8 @@ fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let records = KeyStore::read_only(&config.data_dir.join("keys.jsonl"))
-        .context("key metadata journal")?;
+    let records =
+        KeyStore::read_only(&config.data_dir.join("keys.jsonl")).context("key metadata journal")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -265,15 +265,18 @@ fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         let hsm = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let pkcs11 = hsm::load_module(&module)?;
             let slot = hsm::find_slot(&pkcs11, &hsm_cfg.selector())?;
-            Ok(hsm::Hsm::open(pkcs11, slot, pin, quirks, 1, hsm_cfg.session_wait())?)
+            Ok(hsm::Hsm::open(
+                pkcs11,
+                slot,
+                pin,
+                quirks,
+                1,
+                hsm_cfg.session_wait(),
+            )?)
         })
         .await??;
         let objects = hsm.run("find", "any", true, |h, s| h.object_ids(s)).await?;
-        let report = reconcile::compare(
-            &records,
-            &objects,
-            &[bsn_gateway::audit::anchor::KEY_ID],
-        );
+        let report = reconcile::compare(&records, &objects, &[bsn_gateway::audit::anchor::KEY_ID]);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -286,7 +289,10 @@ fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
                 println!("missing: record {id} has no private key object on the token");
             }
             for o in &report.orphans {
-                println!("orphan: CKA_ID {} ({} objects) has no key record", o.id, o.objects);
+                println!(
+                    "orphan: CKA_ID {} ({} objects) has no key record",
+                    o.id, o.objects
+                );
             }
             if report.missing.is_empty() && report.orphans.is_empty() {
                 println!("records and token agree");
@@ -307,7 +313,9 @@ fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
             let mut destroyed = 0;
             for o in &report.orphans {
                 let id = hex::decode(&o.id)?;
-                destroyed += hsm.run("destroy", "any", true, move |h, s| h.destroy(s, &id)).await?;
+                destroyed += hsm
+                    .run("destroy", "any", true, move |h, s| h.destroy(s, &id))
+                    .await?;
             }
             println!("destroyed {destroyed} orphan object(s)");
         }
@@ -371,7 +379,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?
-        .block_on(bsn_gateway::app::run(config, dev, args.source.config.clone()))
+        .block_on(bsn_gateway::app::run(
+            config,
+            dev,
+            args.source.config.clone(),
+        ))
 }
 
 fn init_logging(cfg: &LogConfig) {

@@ -135,7 +135,8 @@ fn secp256k1_is_always_low_s_and_eth_signatures_recover_the_key_address() {
 }
 
 #[test]
-fn keys_survive_restart_disable_stops_signing_deletion_is_scheduled_and_destroy_removes_token_objects() {
+fn keys_survive_restart_disable_stops_signing_deletion_is_scheduled_and_destroy_removes_token_objects(
+) {
     let tmp = tempfile::tempdir().unwrap();
     let mut g = Gateway::start_dev_in(tmp.path());
     let keep = g.create_key("keeper", "ed25519");
@@ -190,12 +191,25 @@ fn keys_survive_restart_disable_stops_signing_deletion_is_scheduled_and_destroy_
     );
     assert_eq!((r.status, error_code(&r)), (422, "key_pending_deletion"));
     let r = g.post(&format!("/v1/keys/{doomed_id}/cancel-deletion"), json!({}));
-    assert_eq!((r.status, &r.body["state"]), (200, &json!("disabled")), "{}", r.body);
+    assert_eq!(
+        (r.status, &r.body["state"]),
+        (200, &json!("disabled")),
+        "{}",
+        r.body
+    );
     let r = g.post(&format!("/v1/keys/{doomed_id}/cancel-deletion"), json!({}));
-    assert_eq!((r.status, error_code(&r)), (409, "key_not_pending_deletion"));
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (409, "key_not_pending_deletion")
+    );
     // An admin destroys at once.
     let r = g.delete(&format!("/v1/keys/{doomed_id}?now=true"));
-    assert_eq!((r.status, &r.body["state"]), (200, &json!("destroyed")), "{}", r.body);
+    assert_eq!(
+        (r.status, &r.body["state"]),
+        (200, &json!("destroyed")),
+        "{}",
+        r.body
+    );
     let after = pkcs11_tool(tmp.path(), &["--list-objects"]);
     assert!(!after.contains("doomed"), "{after}");
     assert!(after.contains("keeper"), "{after}");

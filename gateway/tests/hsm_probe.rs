@@ -106,7 +106,10 @@ fn the_embedded_token_meets_the_softhsm2_profile() {
         1,
         "{objects}"
     );
-    assert!(objects.contains("label:      bsn-gateway-audit"), "{objects}");
+    assert!(
+        objects.contains("label:      bsn-gateway-audit"),
+        "{objects}"
+    );
 
     // Without a login it lists and checks mechanisms, and tries no signing.
     let (ok, report) = probe(tmp.path(), &["--dev", "--data-dir", d, "--no-login"]);

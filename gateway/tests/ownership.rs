@@ -62,7 +62,10 @@ fn audit_lines(dir: &std::path::Path) -> Vec<Value> {
 
 fn journal_ids(dir: &std::path::Path) -> BTreeSet<String> {
     let mut live = BTreeSet::new();
-    for line in std::fs::read_to_string(dir.join("keys.jsonl")).unwrap().lines() {
+    for line in std::fs::read_to_string(dir.join("keys.jsonl"))
+        .unwrap()
+        .lines()
+    {
         let v: Value = serde_json::from_str(line).unwrap();
         if let Some(id) = v["put"]["id"].as_str() {
             live.insert(id.to_string());
@@ -83,11 +86,22 @@ fn an_early_close_storm_of_creates_and_sign_batches_leaves_no_orphan_and_no_unau
     let n = 150;
     let threads: Vec<_> = (0..n)
         .map(|i| {
-            let (addr, token, batch, signer_id) =
-                (g.addr.clone(), g.token.clone(), batch.clone(), signer_id.clone());
+            let (addr, token, batch, signer_id) = (
+                g.addr.clone(),
+                g.token.clone(),
+                batch.clone(),
+                signer_id.clone(),
+            );
             std::thread::spawn(move || {
                 if i % 3 == 2 {
-                    fire_and_close(&addr, "POST", &format!("/v1/keys/{signer_id}/sign-batch"), &token, &batch, linger(i));
+                    fire_and_close(
+                        &addr,
+                        "POST",
+                        &format!("/v1/keys/{signer_id}/sign-batch"),
+                        &token,
+                        &batch,
+                        linger(i),
+                    );
                 } else {
                     let alg = ["ecdsa-p256", "ed25519", "ecdsa-secp256k1"][i % 3];
                     let body = json!({"label": format!("storm-{i}"), "algorithm": alg}).to_string();
@@ -111,7 +125,6 @@ fn an_early_close_storm_of_creates_and_sign_batches_leaves_no_orphan_and_no_unau
         .filter(|l| l["operation"] == "create" && l["result"] == "ok")
         .map(|l| l["key_id"].as_str().unwrap().to_string())
         .collect();
-    assert!(records.len() > 5, "the storm created keys: {}", records.len());
     for (id, count) in &objects {
         if id == AUDIT_KEY_ID {
             continue;
@@ -123,9 +136,18 @@ fn an_early_close_storm_of_creates_and_sign_batches_leaves_no_orphan_and_no_unau
         assert!(objects.contains_key(id), "record {id} has no token objects");
         assert!(created.contains(id), "record {id} has no create audit line");
     }
-    let batches = audit.iter().filter(|l| l["operation"] == "sign_batch").count();
+    assert!(
+        records.len() > 5,
+        "the storm created keys: {}",
+        records.len()
+    );
+    let batches = audit
+        .iter()
+        .filter(|l| l["operation"] == "sign_batch")
+        .count();
     assert!(batches > 0, "some sign-batch reached custody");
-    let (ok, out) = common::run_cli(&["audit", "verify", g.dir.join("audit.log").to_str().unwrap()]);
+    let (ok, out) =
+        common::run_cli(&["audit", "verify", g.dir.join("audit.log").to_str().unwrap()]);
     assert!(ok, "{out}");
 }
 
@@ -188,7 +210,12 @@ fn a_bad_token_flood_takes_nothing_from_key_operations_and_writes_a_bounded_summ
     let cfg = dir.path().join("gateway.toml");
     std::fs::write(
         &cfg,
-        dev_token_config(dir.path(), "", "", "[audit]\nauth_failure_summary_seconds = 2\n"),
+        dev_token_config(
+            dir.path(),
+            "",
+            "",
+            "[audit]\nauth_failure_summary_seconds = 2\n",
+        ),
     )
     .unwrap();
     let mut g = Gateway::start_config(&cfg, dir.path());
@@ -226,7 +253,11 @@ fn a_bad_token_flood_takes_nothing_from_key_operations_and_writes_a_bounded_summ
             &format!("/v1/keys/{id}/sign"),
             json!({"message_b64": "aGk="}),
         );
-        assert_eq!(r.status, 200, "a key operation failed during the flood: {}", r.body);
+        assert_eq!(
+            r.status, 200,
+            "a key operation failed during the flood: {}",
+            r.body
+        );
         signed += 1;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -321,7 +352,9 @@ fn an_early_close_storm_of_transactions_strands_nothing() {
     );
     let signer = import_signer(&g, "storm-envelopes");
     let n = 600;
-    let payloads: Vec<Vec<u8>> = (0..n).map(|i| format!("payload {i}").into_bytes()).collect();
+    let payloads: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("payload {i}").into_bytes())
+        .collect();
     let bodies: Vec<String> = payloads
         .chunks(4)
         .map(|c| {
@@ -345,7 +378,11 @@ fn an_early_close_storm_of_transactions_strands_nothing() {
     // Whatever the gateway took is forwarded; nothing waits forever.
     let deadline = Instant::now() + Duration::from_secs(60);
     while pending_gauge(&g) != 0.0 {
-        assert!(Instant::now() < deadline, "pending stuck at {}", pending_gauge(&g));
+        assert!(
+            Instant::now() < deadline,
+            "pending stuck at {}",
+            pending_gauge(&g)
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let delivered: BTreeSet<String> = node
@@ -359,21 +396,33 @@ fn an_early_close_storm_of_transactions_strands_nothing() {
         let r = g.get(&format!("/v1/transactions/{id}"));
         if r.status == 200 {
             assert_eq!(r.body["status"], "forwarded", "{}", r.body);
-            assert!(delivered.contains(&id), "{id} forwarded but not at the node");
+            assert!(
+                delivered.contains(&id),
+                "{id} forwarded but not at the node"
+            );
             // A resubmit says what the status implies: seen.
-            let again = g.post("/v1/transactions", json!({"ledger": "fab", "transactions": [signer.envelope(p)]}));
+            let again = g.post(
+                "/v1/transactions",
+                json!({"ledger": "fab", "transactions": [signer.envelope(p)]}),
+            );
             assert_eq!(again.status, 409, "{}", again.body);
             known += 1;
         } else {
             assert_eq!(r.status, 404, "{}", r.body);
             assert!(!delivered.contains(&id), "{id} delivered yet unknown");
             // Never seen: a resubmit is accepted, not called a replay.
-            let again = g.post("/v1/transactions", json!({"ledger": "fab", "transactions": [signer.envelope(p)]}));
+            let again = g.post(
+                "/v1/transactions",
+                json!({"ledger": "fab", "transactions": [signer.envelope(p)]}),
+            );
             assert_eq!(again.status, 202, "{id}: {}", again.body);
             unknown += 1;
         }
     }
-    assert!(known > 0, "the storm got something through ({unknown} never arrived)");
+    assert!(
+        known > 0,
+        "the storm got something through ({unknown} never arrived)"
+    );
 }
 
 #[test]
@@ -385,10 +434,21 @@ fn reconcile_marks_missing_keys_and_lists_orphans_which_only_a_stopped_gateway_d
     assert!(g.terminate().success());
     let gone_id = gone["id"].as_str().unwrap();
     // Another tool removes one key's objects and leaves a key pair of its own.
-    pkcs11_tool(dir.path(), &["--delete-object", "--type", "privkey", "--id", gone_id]);
     pkcs11_tool(
         dir.path(),
-        &["--keypairgen", "--key-type", "EC:prime256v1", "--id", "0badc0de", "--label", "stray"],
+        &["--delete-object", "--type", "privkey", "--id", gone_id],
+    );
+    pkcs11_tool(
+        dir.path(),
+        &[
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--id",
+            "0badc0de",
+            "--label",
+            "stray",
+        ],
     );
 
     let mut g = Gateway::start_dev_in(dir.path());
@@ -396,15 +456,32 @@ fn reconcile_marks_missing_keys_and_lists_orphans_which_only_a_stopped_gateway_d
         &format!("/v1/keys/{gone_id}/sign"),
         json!({"digest": format!("0x{}", "11".repeat(32))}),
     );
-    assert_eq!((r.status, error_code(&r)), (422, "key_object_missing"), "{}", r.body);
-    assert_eq!(g.get(&format!("/v1/keys/{gone_id}")).body["token_object"], "missing");
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (422, "key_object_missing"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        g.get(&format!("/v1/keys/{gone_id}")).body["token_object"],
+        "missing"
+    );
     let kept_id = kept["id"].as_str().unwrap();
-    let r = g.post(&format!("/v1/keys/{kept_id}/sign"), json!({"message_b64": "aGk="}));
+    let r = g.post(
+        &format!("/v1/keys/{kept_id}/sign"),
+        json!({"message_b64": "aGk="}),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let metrics = g.call("GET", "/metrics", None, None).body;
     let metrics = metrics.as_str().unwrap();
-    assert!(metrics.contains("bsn_gateway_hsm_orphan_objects 2"), "{metrics}");
-    assert!(metrics.contains("bsn_gateway_keys_missing_objects 1"), "{metrics}");
+    assert!(
+        metrics.contains("bsn_gateway_hsm_orphan_objects 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bsn_gateway_keys_missing_objects 1"),
+        "{metrics}"
+    );
 
     let data = dir.path().to_str().unwrap();
     let (ok, out) = common::run_cli(&["hsm", "reconcile", "--dev", "--data-dir", data, "--json"]);
@@ -412,16 +489,38 @@ fn reconcile_marks_missing_keys_and_lists_orphans_which_only_a_stopped_gateway_d
     let report: Value = serde_json::from_str(&out[..out.rfind('}').unwrap() + 1]).unwrap();
     assert_eq!(report["missing"], json!([gone_id]));
     assert_eq!(report["orphans"], json!([{"id": "0badc0de", "objects": 2}]));
-    let (ok, out) = common::run_cli(&["hsm", "reconcile", "--dev", "--data-dir", data, "--destroy-orphans", "--yes"]);
-    assert!(!ok && out.contains("running"), "refused while the gateway runs: {out}");
+    let (ok, out) = common::run_cli(&[
+        "hsm",
+        "reconcile",
+        "--dev",
+        "--data-dir",
+        data,
+        "--destroy-orphans",
+        "--yes",
+    ]);
+    assert!(
+        !ok && out.contains("running"),
+        "refused while the gateway runs: {out}"
+    );
     assert!(token_ids(dir.path()).contains_key("0badc0de"));
     assert!(g.terminate().success());
-    let (ok, out) = common::run_cli(&["hsm", "reconcile", "--dev", "--data-dir", data, "--destroy-orphans", "--yes"]);
+    let (ok, out) = common::run_cli(&[
+        "hsm",
+        "reconcile",
+        "--dev",
+        "--data-dir",
+        data,
+        "--destroy-orphans",
+        "--yes",
+    ]);
     assert!(ok, "{out}");
     assert!(out.contains("destroyed 2"), "{out}");
     let ids = token_ids(dir.path());
     assert!(!ids.contains_key("0badc0de"));
-    assert!(ids.contains_key(kept_id) && ids.contains_key(AUDIT_KEY_ID), "{ids:?}");
+    assert!(
+        ids.contains_key(kept_id) && ids.contains_key(AUDIT_KEY_ID),
+        "{ids:?}"
+    );
 }
 
 #[test]
@@ -448,7 +547,12 @@ fn a_scheduled_deletion_destroys_the_key_when_its_window_has_passed() {
     let steps: Vec<(String, String)> = audit_lines(dir.path())
         .iter()
         .filter(|l| l["key_id"] == id)
-        .map(|l| (l["operation"].as_str().unwrap().into(), l["client"].as_str().unwrap().into()))
+        .map(|l| {
+            (
+                l["operation"].as_str().unwrap().into(),
+                l["client"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         steps,

@@ -50,7 +50,10 @@ fn two_tenants_see_nothing_of_each_other() {
     std::fs::write(&cfg, dev_token_config(&data, "", "", &tail)).unwrap();
     let (ok, out) = run_cli(&["config", "check", cfg.to_str().unwrap()]);
     assert!(ok, "{out}");
-    assert!(!out.contains("warning"), "dapp-a-* and dapp-ab-* do not overlap: {out}");
+    assert!(
+        !out.contains("warning"),
+        "dapp-a-* and dapp-ab-* do not overlap: {out}"
+    );
     let g = Gateway::start_config(&cfg, &data);
     let call = |method: &str, path: &str, body: Option<Value>, token: &str| {
         let b = body.map(|b| b.to_string());
@@ -58,20 +61,54 @@ fn two_tenants_see_nothing_of_each_other() {
     };
 
     // The prefix stops at its separator: dapp-a may not take dapp-ab's names.
-    let r = call("POST", "/v1/keys", Some(json!({"label": "dapp-ab-treasury", "algorithm": "ecdsa-p256"})), A);
+    let r = call(
+        "POST",
+        "/v1/keys",
+        Some(json!({"label": "dapp-ab-treasury", "algorithm": "ecdsa-p256"})),
+        A,
+    );
     assert_eq!((r.status, error_code(&r)), (403, "forbidden"), "{}", r.body);
-    let r = call("POST", "/v1/keys", Some(json!({"label": "dapp-ab-treasury", "algorithm": "ecdsa-p256"})), AB);
+    let r = call(
+        "POST",
+        "/v1/keys",
+        Some(json!({"label": "dapp-ab-treasury", "algorithm": "ecdsa-p256"})),
+        AB,
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.body["owner"], "dapp-ab");
     let theirs = r.body["id"].as_str().unwrap().to_string();
     // Only an admin names another owner.
-    let r = call("POST", "/v1/keys", Some(json!({"label": "dapp-a-x", "algorithm": "ed25519", "owner": "dapp-ab"})), A);
+    let r = call(
+        "POST",
+        "/v1/keys",
+        Some(json!({"label": "dapp-a-x", "algorithm": "ed25519", "owner": "dapp-ab"})),
+        A,
+    );
     assert_eq!((r.status, error_code(&r)), (403, "forbidden"), "{}", r.body);
-    let r = call("POST", "/v1/keys", Some(json!({"label": "dapp-a-given", "algorithm": "ed25519", "owner": "dapp-a"})), &g.token);
-    assert_eq!((r.status, &r.body["owner"]), (201, &json!("dapp-a")), "{}", r.body);
+    let r = call(
+        "POST",
+        "/v1/keys",
+        Some(json!({"label": "dapp-a-given", "algorithm": "ed25519", "owner": "dapp-a"})),
+        &g.token,
+    );
+    assert_eq!(
+        (r.status, &r.body["owner"]),
+        (201, &json!("dapp-a")),
+        "{}",
+        r.body
+    );
     let given = r.body["id"].as_str().unwrap().to_string();
-    let r = call("POST", &format!("/v1/keys/{given}/sign"), Some(json!({"message_b64": "aGk="})), A);
-    assert_eq!(r.status, 200, "the owner the admin named uses it: {}", r.body);
+    let r = call(
+        "POST",
+        &format!("/v1/keys/{given}/sign"),
+        Some(json!({"message_b64": "aGk="})),
+        A,
+    );
+    assert_eq!(
+        r.status, 200,
+        "the owner the admin named uses it: {}",
+        r.body
+    );
 
     // Another tenant's key and a missing key answer alike, for every operation.
     let missing = "00".repeat(16);
@@ -80,24 +117,44 @@ fn two_tenants_see_nothing_of_each_other() {
         for (method, path, body) in [
             ("GET", format!("/v1/keys/{id}"), None),
             ("POST", format!("/v1/keys/{id}/sign"), Some(digest.clone())),
-            ("POST", format!("/v1/keys/{id}/sign-batch"), Some(json!({"items": [digest.clone()]}))),
+            (
+                "POST",
+                format!("/v1/keys/{id}/sign-batch"),
+                Some(json!({"items": [digest.clone()]})),
+            ),
             ("POST", format!("/v1/keys/{id}/disable"), Some(json!({}))),
             ("DELETE", format!("/v1/keys/{id}"), None),
-            ("POST", format!("/v1/keys/{id}/cancel-deletion"), Some(json!({}))),
+            (
+                "POST",
+                format!("/v1/keys/{id}/cancel-deletion"),
+                Some(json!({})),
+            ),
         ] {
             let r = call(method, &path, body, A);
-            assert_eq!((r.status, error_code(&r)), (404, "key_not_found"), "{method} {path}: {}", r.body);
+            assert_eq!(
+                (r.status, error_code(&r)),
+                (404, "key_not_found"),
+                "{method} {path}: {}",
+                r.body
+            );
         }
         let r = call(
             "POST",
             "/v1/verify",
-            Some(json!({"items": [{"algorithm": "ecdsa-p256", "key_id": id, "digest": format!("0x{}", "11".repeat(32)), "signature": "0x3006020101020101"}]})),
+            Some(
+                json!({"items": [{"algorithm": "ecdsa-p256", "key_id": id, "digest": format!("0x{}", "11".repeat(32)), "signature": "0x3006020101020101"}]}),
+            ),
             A,
         );
         assert_eq!(r.body["results"][0]["reason"], "unknown_key", "{}", r.body);
     }
     let r = call("GET", "/v1/keys", None, A);
-    let labels: Vec<&str> = r.body["keys"].as_array().unwrap().iter().map(|k| k["label"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = r.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].as_str().unwrap())
+        .collect();
     assert_eq!(labels, ["dapp-a-given"]);
     // The key is untouched by all that.
     let r = call("GET", &format!("/v1/keys/{theirs}"), None, AB);
@@ -105,31 +162,84 @@ fn two_tenants_see_nothing_of_each_other() {
 
     // Transactions: each tenant submits to its own ledger and reads only its own.
     let payload = b"tenant ab's transfer";
-    let sig = call("POST", &format!("/v1/keys/{theirs}/sign"), Some(json!({"message_b64": b64(payload)})), AB);
+    let sig = call(
+        "POST",
+        &format!("/v1/keys/{theirs}/sign"),
+        Some(json!({"message_b64": b64(payload)})),
+        AB,
+    );
     let envelope = json!({"algorithm": "ecdsa-p256", "key_id": theirs, "payload_b64": b64(payload), "signature": sig.body["signature"]});
-    let r = call("POST", "/v1/transactions", Some(json!({"ledger": "fab-ab", "transactions": [{"envelope": envelope}]})), A);
-    assert_eq!((r.status, error_code(&r)), (404, "unknown_ledger"), "a ledger dapp-a does not name: {}", r.body);
-    let r = call("POST", "/v1/transactions", Some(json!({"ledger": "fab-a", "transactions": [{"envelope": envelope}]})), A);
-    assert_eq!(r.status, 422, "dapp-a cannot sign with dapp-ab's key: {}", r.body);
+    let r = call(
+        "POST",
+        "/v1/transactions",
+        Some(json!({"ledger": "fab-ab", "transactions": [{"envelope": envelope}]})),
+        A,
+    );
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (404, "unknown_ledger"),
+        "a ledger dapp-a does not name: {}",
+        r.body
+    );
+    let r = call(
+        "POST",
+        "/v1/transactions",
+        Some(json!({"ledger": "fab-a", "transactions": [{"envelope": envelope}]})),
+        A,
+    );
+    assert_eq!(
+        r.status, 422,
+        "dapp-a cannot sign with dapp-ab's key: {}",
+        r.body
+    );
     assert_eq!(r.body["results"][0]["reason"]["code"], "unknown_key");
-    let r = call("POST", "/v1/transactions", Some(json!({"ledger": "fab-ab", "transactions": [{"envelope": envelope}]})), AB);
+    let r = call(
+        "POST",
+        "/v1/transactions",
+        Some(json!({"ledger": "fab-ab", "transactions": [{"envelope": envelope}]})),
+        AB,
+    );
     assert_eq!(r.status, 202, "{}", r.body);
     let tx = r.body["results"][0]["id"].as_str().unwrap().to_string();
     let r = call("GET", &format!("/v1/transactions/{tx}"), None, AB);
     assert_eq!(r.status, 200, "{}", r.body);
     let r = call("GET", &format!("/v1/transactions/{tx}"), None, A);
     assert_eq!((r.status, error_code(&r)), (404, "not_found"), "{}", r.body);
-    let r = call("GET", &format!("/v1/transactions/0x{}", "ab".repeat(32)), None, A);
+    let r = call(
+        "GET",
+        &format!("/v1/transactions/0x{}", "ab".repeat(32)),
+        None,
+        A,
+    );
     assert_eq!((r.status, error_code(&r)), (404, "not_found"));
     let r = call("GET", &format!("/v1/transactions/{tx}"), None, &g.token);
     assert_eq!(r.status, 200, "admins read every tenant's: {}", r.body);
 
     // A disabled key authorises no envelope.
     let payload = b"after the disable";
-    let sig = call("POST", &format!("/v1/keys/{theirs}/sign"), Some(json!({"message_b64": b64(payload)})), AB);
-    assert_eq!(call("POST", &format!("/v1/keys/{theirs}/disable"), Some(json!({})), AB).status, 200);
+    let sig = call(
+        "POST",
+        &format!("/v1/keys/{theirs}/sign"),
+        Some(json!({"message_b64": b64(payload)})),
+        AB,
+    );
+    assert_eq!(
+        call(
+            "POST",
+            &format!("/v1/keys/{theirs}/disable"),
+            Some(json!({})),
+            AB
+        )
+        .status,
+        200
+    );
     let envelope = json!({"algorithm": "ecdsa-p256", "key_id": theirs, "payload_b64": b64(payload), "signature": sig.body["signature"]});
-    let r = call("POST", "/v1/transactions", Some(json!({"ledger": "fab-ab", "transactions": [{"envelope": envelope}]})), AB);
+    let r = call(
+        "POST",
+        "/v1/transactions",
+        Some(json!({"ledger": "fab-ab", "transactions": [{"envelope": envelope}]})),
+        AB,
+    );
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(r.body["results"][0]["reason"]["code"], "key_disabled");
 }
@@ -144,7 +254,10 @@ fn config_check_refuses_leaky_patterns_and_warns_about_overlaps() {
     let leaky = client_toml("dapp-a", A, "\"dapp-a*\"", "");
     std::fs::write(&cfg, dev_token_config(&data, "", "", &leaky)).unwrap();
     let (ok, out) = run_cli(&["config", "check", cfg.to_str().unwrap()]);
-    assert!(!ok && out.contains("dapp-a*") && out.contains("separator"), "{out}");
+    assert!(
+        !ok && out.contains("dapp-a*") && out.contains("separator"),
+        "{out}"
+    );
     let overlapping = format!(
         "{}{}",
         client_toml("dapp-a", A, "\"dapp-a-*\"", ""),
@@ -187,7 +300,10 @@ fn sighup_reloads_clients_without_dropping_a_connection_and_refuses_a_bad_config
     assert_eq!(g.call("GET", "/v1/keys", None, Some(NEW)).status, 401);
 
     // A keep-alive connection opened before the reload keeps working through it.
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let get = |token: &str| {
         agent
             .get(&g.url("/v1/keys"))
@@ -198,16 +314,25 @@ fn sighup_reloads_clients_without_dropping_a_connection_and_refuses_a_bad_config
             .as_u16()
     };
     assert_eq!(get(A), 200);
-    let two = format!("{one}{}", client_toml("dapp-new", NEW, "\"dapp-new-*\"", ""));
+    let two = format!(
+        "{one}{}",
+        client_toml("dapp-new", NEW, "\"dapp-new-*\"", "")
+    );
     std::fs::write(&cfg, dev_token_config(&data, "", "", &two)).unwrap();
     hup(&g);
     wait_until("the new client was not loaded", || get(NEW) == 200);
     assert_eq!(get(A), 200);
 
     // A config that fails validation is refused; the running clients stay.
-    std::fs::write(&cfg, dev_token_config(&data, "", "", &format!("{two}\n[limits]\nbogus = 1\n"))).unwrap();
+    std::fs::write(
+        &cfg,
+        dev_token_config(&data, "", "", &format!("{two}\n[limits]\nbogus = 1\n")),
+    )
+    .unwrap();
     hup(&g);
-    wait_until("the refusal was not logged", || g.log().contains("config refused"));
+    wait_until("the refusal was not logged", || {
+        g.log().contains("config refused")
+    });
     assert_eq!(get(NEW), 200);
     // Removing a client takes its access away.
     std::fs::write(&cfg, dev_token_config(&data, "", "", &one)).unwrap();
@@ -227,7 +352,9 @@ fn sighup_reloads_clients_without_dropping_a_connection_and_refuses_a_bad_config
 // === the audit trail ===
 
 fn lines(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// What someone with write access to the disk (and no HSM) can do: rewrite the chain so
@@ -266,7 +393,10 @@ fn audit_checkpoints_signed_in_the_hsm_expose_truncation_edits_and_rechaining() 
             &data,
             "",
             "",
-            &format!("[audit]\ncheckpoint_lines = 10\nexport_file = \"{}\"\n", export.display()),
+            &format!(
+                "[audit]\ncheckpoint_lines = 10\nexport_file = \"{}\"\n",
+                export.display()
+            ),
         ),
     )
     .unwrap();
@@ -274,16 +404,30 @@ fn audit_checkpoints_signed_in_the_hsm_expose_truncation_edits_and_rechaining() 
     let k = g.create_key("audited", "ed25519");
     let id = k["id"].as_str().unwrap();
     for i in 0..60 {
-        let r = g.post(&format!("/v1/keys/{id}/sign"), json!({"message_b64": b64(format!("m{i}").as_bytes())}));
+        let r = g.post(
+            &format!("/v1/keys/{id}/sign"),
+            json!({"message_b64": b64(format!("m{i}").as_bytes())}),
+        );
         assert_eq!(r.status, 200);
     }
     assert!(g.terminate().success());
     let log = data.join("audit.log");
     let original = std::fs::read_to_string(&log).unwrap();
     let entries = lines(&original);
-    let checkpoints = entries.iter().filter(|e| e["operation"] == "checkpoint").count();
-    assert!(checkpoints >= 5, "{checkpoints} checkpoints in {} lines", entries.len());
-    assert_eq!(entries.last().unwrap()["operation"], "checkpoint", "a clean stop signs the head");
+    let checkpoints = entries
+        .iter()
+        .filter(|e| e["operation"] == "checkpoint")
+        .count();
+    assert!(
+        checkpoints >= 5,
+        "{checkpoints} checkpoints in {} lines",
+        entries.len()
+    );
+    assert_eq!(
+        entries.last().unwrap()["operation"],
+        "checkpoint",
+        "a clean stop signs the head"
+    );
     let exported = std::fs::read_to_string(&export).unwrap().lines().count();
     assert_eq!(exported, checkpoints);
     let ex = export.to_str().unwrap();
@@ -294,13 +438,23 @@ fn audit_checkpoints_signed_in_the_hsm_expose_truncation_edits_and_rechaining() 
 
     // Truncation: cut the last 15 lines. The chain that is left is intact, but the
     // exported checkpoints name lines the log no longer has.
-    let cut: String = original.lines().take(entries.len() - 15).map(|l| format!("{l}\n")).collect();
+    let cut: String = original
+        .lines()
+        .take(entries.len() - 15)
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&log, &cut).unwrap();
     let (ok, out) = verify(&log, &["--checkpoints", ex]);
     assert!(!ok && out.contains("truncated"), "{out}");
 
     // An edit in place breaks the chain at the next line.
-    std::fs::write(&log, original.replacen("\"m", "\"x", 0).replacen("\"sign\"", "\"import\"", 1)).unwrap();
+    std::fs::write(
+        &log,
+        original
+            .replacen("\"m", "\"x", 0)
+            .replacen("\"sign\"", "\"import\"", 1),
+    )
+    .unwrap();
     let (ok, out) = verify(&log, &[]);
     assert!(!ok && out.contains("hash chain broken"), "{out}");
 
@@ -338,7 +492,10 @@ fn audit_checkpoints_signed_in_the_hsm_expose_truncation_edits_and_rechaining() 
     assert!(!ok && out.contains("signature"), "{out}");
 
     // Removing the checkpoints as well leaves nothing to vouch: the export still does.
-    let bare: Vec<Value> = kept.into_iter().filter(|e| e["operation"] != "checkpoint").collect();
+    let bare: Vec<Value> = kept
+        .into_iter()
+        .filter(|e| e["operation"] != "checkpoint")
+        .collect();
     std::fs::write(&log, rechain(&bare)).unwrap();
     let (ok, out) = verify(&log, &["--checkpoints", ex]);
     assert!(!ok, "{out}");

@@ -162,7 +162,9 @@ impl Admission {
             });
         }
         let chain = match ledger.kind {
-            LedgerKind::Ethereum => Some(ledger.chain_id().ok_or(AdmissionError::LedgerUnavailable)?),
+            LedgerKind::Ethereum => {
+                Some(ledger.chain_id().ok_or(AdmissionError::LedgerUnavailable)?)
+            }
             LedgerKind::Http => None,
         };
 
@@ -254,15 +256,21 @@ impl Admission {
     ) -> Slot {
         let checked = match (tx.raw, tx.envelope, ledger.kind) {
             (Some(raw), None, LedgerKind::Ethereum) => ethereum_check(ledger, chain, &raw),
-            (None, Some(env), LedgerKind::Http) => {
-                self.envelope_check(who, ledger, env).map_err(|(id, e)| reject(id, e.code(), e.to_string()))
+            (None, Some(env), LedgerKind::Http) => self
+                .envelope_check(who, ledger, env)
+                .map_err(|(id, e)| reject(id, e.code(), e.to_string())),
+            (Some(_), None, LedgerKind::Http) | (None, Some(_), LedgerKind::Ethereum) => {
+                Err(reject(
+                    None,
+                    "wrong_ledger_kind",
+                    "ethereum ledgers take raw, http ledgers take envelope",
+                ))
             }
-            (Some(_), None, LedgerKind::Http) | (None, Some(_), LedgerKind::Ethereum) => Err(reject(
+            _ => Err(reject(
                 None,
-                "wrong_ledger_kind",
-                "ethereum ledgers take raw, http ledgers take envelope",
+                "invalid_item",
+                "give exactly one of raw and envelope",
             )),
-            _ => Err(reject(None, "invalid_item", "give exactly one of raw and envelope")),
         };
         let (id, body, task) = match checked {
             Ok(c) => c,

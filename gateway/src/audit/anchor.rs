@@ -175,7 +175,8 @@ impl Anchor {
             })
             .await?;
         let raw = raw.pop().unwrap_or_default();
-        let der = crate::crypto::ecdsa::raw_to_der(&raw).map_err(|e| AnchorError::Key(e.to_string()))?;
+        let der =
+            crate::crypto::ecdsa::raw_to_der(&raw).map_err(|e| AnchorError::Key(e.to_string()))?;
         let checkpoint = Checkpoint {
             seq,
             hash,

@@ -23,8 +23,7 @@ use serde_json::Value;
 
 pub use verify::{verify, Report, VerifyError};
 
-pub(crate) const GENESIS: &str =
-    "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 1024;
 
@@ -90,7 +89,7 @@ pub enum AuditError {
 
 enum Msg {
     Append {
-        entry: AuditEntry,
+        entry: Box<AuditEntry>,
         done: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
     /// The last durable line: (seq, SHA-256 hex), and lines since the last checkpoint.
@@ -159,7 +158,10 @@ impl AuditLog {
         }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Msg::Append { entry, done })
+            .send(Msg::Append {
+                entry: Box::new(entry),
+                done,
+            })
             .await
             .map_err(|_| AuditError::Unavailable("writer stopped".into()))?;
         match wait.await {
@@ -241,7 +243,7 @@ impl Writer {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Append { entry, done } => batch.push((entry, done)),
+                    Msg::Append { entry, done } => batch.push((*entry, done)),
                     Msg::Head(reply) => heads.push(reply),
                 }
                 if batch.len() < MAX_BATCH {
@@ -261,7 +263,10 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, batch: Vec<(AuditEntry, tokio::sync::oneshot::Sender<Result<(), String>>)>) {
+    fn write(
+        &mut self,
+        batch: Vec<(AuditEntry, tokio::sync::oneshot::Sender<Result<(), String>>)>,
+    ) {
         let mut buf = Vec::with_capacity(batch.len() * 256);
         let (seq0, prev0, since0) = (self.seq, self.prev.clone(), self.since_checkpoint);
         for (entry, _) in &batch {
@@ -283,7 +288,10 @@ impl Writer {
             }
         }
         let started = Instant::now();
-        let result = self.file.write_all(&buf).and_then(|_| self.file.sync_data());
+        let result = self
+            .file
+            .write_all(&buf)
+            .and_then(|_| self.file.sync_data());
         metrics::histogram!(crate::metrics::AUDIT_FSYNC_SECONDS)
             .record(started.elapsed().as_secs_f64());
         let outcome = match result {

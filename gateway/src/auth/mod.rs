@@ -175,10 +175,11 @@ impl Pattern {
         match (self, other) {
             (Pattern::All, _) | (_, Pattern::All) => true,
             (Pattern::Exact(a), Pattern::Exact(b)) => a == b,
-            (Pattern::Exact(a), p @ Pattern::Prefix(_)) | (p @ Pattern::Prefix(_), Pattern::Exact(a)) => {
-                p.matches(a)
+            (Pattern::Exact(a), p @ Pattern::Prefix(_))
+            | (p @ Pattern::Prefix(_), Pattern::Exact(a)) => p.matches(a),
+            (Pattern::Prefix(a), Pattern::Prefix(b)) => {
+                a.starts_with(b.as_str()) || b.starts_with(a.as_str())
             }
-            (Pattern::Prefix(a), Pattern::Prefix(b)) => a.starts_with(b.as_str()) || b.starts_with(a.as_str()),
         }
     }
 }
@@ -319,24 +320,23 @@ pub struct Authenticator {
 
 fn build(configs: &[ClientConfig]) -> Result<Vec<Arc<Client>>, String> {
     configs
-            .iter()
-            .map(|c| {
-                Ok(Arc::new(Client {
+        .iter()
+        .map(|c| {
+            Ok(Arc::new(Client {
+                name: c.name.clone(),
+                principal: Principal {
                     name: c.name.clone(),
-                    principal: Principal {
-                        name: c.name.clone(),
-                        admin: c.admin,
-                    },
-                    token_hash: parse_hash(&c.token_sha256)?,
-                    operations: Operation::parse_set(&c.operations)?,
-                    key_patterns: c
-                        .keys
-                        .iter()
-                        .map(|p| Pattern::parse(p))
-                        .collect::<Result<_, _>>()?,
-                    ledgers: c.ledgers.clone(),
-                    quota: (c.transactions_per_second.is_some()
-                        || c.transactions_per_day.is_some())
+                    admin: c.admin,
+                },
+                token_hash: parse_hash(&c.token_sha256)?,
+                operations: Operation::parse_set(&c.operations)?,
+                key_patterns: c
+                    .keys
+                    .iter()
+                    .map(|p| Pattern::parse(p))
+                    .collect::<Result<_, _>>()?,
+                ledgers: c.ledgers.clone(),
+                quota: (c.transactions_per_second.is_some() || c.transactions_per_day.is_some())
                     .then(|| {
                         Mutex::new(quota::Quota::new(
                             c.transactions_per_second,
@@ -344,9 +344,9 @@ fn build(configs: &[ClientConfig]) -> Result<Vec<Arc<Client>>, String> {
                             c.transactions_per_day,
                         ))
                     }),
-                }))
-            })
-            .collect::<Result<_, String>>()
+            }))
+        })
+        .collect::<Result<_, String>>()
 }
 
 impl Authenticator {
@@ -512,7 +512,10 @@ mod tests {
     fn bad_patterns_are_rejected() {
         for p in ["a*b", "dapp-a*", "", "**", "x/y-*", "*-"] {
             let (_, hash) = new_token();
-            assert!(client(hash, &[], &[p]).validate().is_err(), "{p:?} accepted");
+            assert!(
+                client(hash, &[], &[p]).validate().is_err(),
+                "{p:?} accepted"
+            );
         }
     }
 

@@ -158,7 +158,11 @@ pub enum KeyState {
 }
 
 impl KeyState {
-    const ALL: [KeyState; 3] = [KeyState::Active, KeyState::Disabled, KeyState::PendingDeletion];
+    const ALL: [KeyState; 3] = [
+        KeyState::Active,
+        KeyState::Disabled,
+        KeyState::PendingDeletion,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -380,7 +384,10 @@ impl Custody {
 
     /// Whether the token lacks this record's private key object.
     pub fn is_missing(&self, id: &str) -> bool {
-        self.missing.read().unwrap_or_else(|e| e.into_inner()).contains(id)
+        self.missing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     /// Runs an operation in a task the process owns: the caller may go away, the
@@ -672,7 +679,10 @@ impl Custody {
                             Ok(new)
                         }
                         Ok(new) => {
-                            op.detail = new.destroy_after.as_ref().map(|t| format!("destroy_after={t}"));
+                            op.detail = new
+                                .destroy_after
+                                .as_ref()
+                                .map(|t| format!("destroy_after={t}"));
                             c.persist(new.clone()).await.map(|_| new)
                         }
                         Err(e) => Err(e),
@@ -714,7 +724,8 @@ impl Custody {
 
     async fn destroy_locked(&self, record: &KeyRecord) -> Result<(), CustodyError> {
         if record.custody == CustodyKind::Hsm {
-            let id = hex::decode(&record.id).map_err(|_| CustodyError::NotFound(record.id.clone()))?;
+            let id =
+                hex::decode(&record.id).map_err(|_| CustodyError::NotFound(record.id.clone()))?;
             self.hsm
                 .run("destroy", record.algorithm.as_str(), true, move |hsm, s| {
                     hsm.destroy(s, &id)
@@ -726,7 +737,10 @@ impl Custody {
         tokio::task::spawn_blocking(move || store.delete(&id))
             .await
             .map_err(|_| std::io::Error::other("store task failed"))??;
-        self.missing.write().unwrap_or_else(|e| e.into_inner()).remove(&record.id);
+        self.missing
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&record.id);
         self.report_key_counts();
         Ok(())
     }
@@ -739,7 +753,12 @@ impl Custody {
             .list()
             .into_iter()
             .filter(|r| r.state == KeyState::PendingDeletion)
-            .filter(|r| r.destroy_after.as_deref().and_then(parse_rfc3339).is_some_and(|t| t <= now))
+            .filter(|r| {
+                r.destroy_after
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .is_some_and(|t| t <= now)
+            })
             .collect();
         let mut n = 0;
         for r in due {
@@ -763,7 +782,9 @@ impl Custody {
                 .await;
             match result {
                 Ok(()) => n += 1,
-                Err(e) => tracing::error!(key = %id, error = %e, "scheduled destruction failed; will retry"),
+                Err(e) => {
+                    tracing::error!(key = %id, error = %e, "scheduled destruction failed; will retry")
+                }
             }
         }
         n
@@ -926,14 +947,19 @@ fn subject_of(inputs: &[Vec<u8>]) -> [u8; 32] {
         return crate::util::sha256(one);
     }
     let mut all = Vec::with_capacity(inputs.len() * 32);
-    inputs.iter().for_each(|i| all.extend(crate::util::sha256(i)));
+    inputs
+        .iter()
+        .for_each(|i| all.extend(crate::util::sha256(i)));
     crate::util::sha256(&all)
 }
 
 fn rfc3339(unix: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 

@@ -158,7 +158,10 @@ pub async fn create(
         .custody
         .create(&client.principal, body.owner, &body.label, algorithm)
         .await?;
-    Ok(json_response(StatusCode::CREATED, &record_json(state, &record)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &record_json(state, &record),
+    ))
 }
 
 pub async fn import(
@@ -180,7 +183,10 @@ pub async fn import(
             &body.public_key_pem,
         )
         .await?;
-    Ok(json_response(StatusCode::CREATED, &record_json(state, &record)))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &record_json(state, &record),
+    ))
 }
 
 pub async fn disable(state: &Arc<AppState>, client: &Client, id: &str) -> Result<Resp, ApiError> {
@@ -205,7 +211,10 @@ pub async fn delete(
             &json!({"id": record.id, "label": record.label, "state": "destroyed"}),
         ));
     }
-    let record = state.custody.schedule_deletion(&client.principal, id).await?;
+    let record = state
+        .custody
+        .schedule_deletion(&client.principal, id)
+        .await?;
     Ok(json_response(StatusCode::OK, &record_json(state, &record)))
 }
 
@@ -242,7 +251,7 @@ pub async fn sign(
             "key_id": id,
             "algorithm": alg,
             "format": format.as_str(),
-            "signature": hex0x(&sigs.pop().ok_or_else(|| CustodyError::Stopped)?),
+            "signature": hex0x(&sigs.pop().ok_or(CustodyError::Stopped)?),
         }),
     ))
 }

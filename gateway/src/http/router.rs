@@ -126,9 +126,7 @@ async fn dispatch(
         ("/v1/keys/{id}", Method::GET) => keys::get(state, &client, &id),
         ("/v1/keys/{id}", _) => keys::delete(state, &client, &id, now).await,
         ("/v1/keys/{id}/disable", _) => keys::disable(state, &client, &id).await,
-        ("/v1/keys/{id}/cancel-deletion", _) => {
-            keys::cancel_deletion(state, &client, &id).await
-        }
+        ("/v1/keys/{id}/cancel-deletion", _) => keys::cancel_deletion(state, &client, &id).await,
         ("/v1/keys/{id}/sign", _) => keys::sign(state, &client, &id, req).await,
         ("/v1/verify", _) => verify::verify(state, &client, req).await,
         ("/v1/transactions", _) => transactions::submit(state, &client, req).await,

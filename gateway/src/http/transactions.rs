@@ -85,7 +85,10 @@ pub fn status(state: &AppState, client: &Client, id: &str) -> Result<Resp, ApiEr
     let not_found = || {
         ApiError::not_found(
             "not_found",
-            format!("no accepted transaction {}", id.chars().take(80).collect::<String>()),
+            format!(
+                "no accepted transaction {}",
+                id.chars().take(80).collect::<String>()
+            ),
         )
     };
     let key: TxId = crate::util::unhex0x(id)
