@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::PrometheusHandle;
-
 use crate::admission::Admission;
 use crate::audit::anchor::Anchor;
 use crate::audit::{AuditEntry, AuditLog};
@@ -18,25 +16,10 @@ use crate::custody::hsm::{self, Hsm};
 use crate::custody::store::KeyStore;
 use crate::custody::Custody;
 use crate::forward::Forwarder;
-use crate::http::Limits;
+use crate::dev::DevToken;
+use crate::http::AppState;
 use crate::outbox::Outbox;
 use crate::verify::Engine;
-
-/// What the HTTP front calls. Custody and admission own their work; the rest is shared.
-pub struct AppState {
-    pub custody: Arc<Custody>,
-    pub admission: Arc<Admission>,
-    pub verify: Arc<Engine>,
-    pub auth: Arc<Authenticator>,
-    pub metrics: PrometheusHandle,
-    pub limits: Limits,
-}
-
-/// Set only by the embedded default: how to initialise its token on first start.
-pub struct DevToken {
-    pub label: String,
-    pub so_pin: crate::secret::Secret,
-}
 
 /// Starts everything, serves until SIGTERM/SIGINT, drains, and closes the HSM.
 /// `config_path` is re-read on SIGHUP (clients, their policies and quotas).

@@ -12,7 +12,6 @@ use anyhow::Context;
 use cryptoki::context::Pkcs11;
 use cryptoki::session::UserType;
 
-use crate::app::DevToken;
 use crate::auth::ClientConfig;
 use crate::config::{Config, LogConfig};
 use crate::custody::hsm::{auth_pin, find_slot, HsmError, TokenSelector};
@@ -22,6 +21,12 @@ use crate::http::{Limits, ServerConfig};
 use crate::secret::{Secret, SecretSource};
 
 pub const TOKEN_LABEL: &str = "bsn-gateway-dev";
+
+/// How to initialise the embedded token on first start.
+pub struct DevToken {
+    pub label: String,
+    pub so_pin: Secret,
+}
 
 /// Prepares DIR and returns the config it implies. Sets `SOFTHSM2_CONF`, so it must run
 /// before any thread starts (the environment is process-wide).

@@ -17,6 +17,7 @@ use cryptoki::types::AuthPin;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::profile::{EcPointEncoding, Ed25519Params, Quirks};
+pub use super::rv::ReturnCode;
 use crate::algorithm::Algorithm;
 use crate::metrics as m;
 use crate::secret::Secret;
@@ -43,7 +44,10 @@ pub enum HsmError {
     #[error("the token returned a public key point it cannot parse ({0} bytes)")]
     BadPoint(usize),
     #[error("{function}: {code}")]
-    Pkcs11 { function: String, code: String },
+    Pkcs11 { function: String, code: ReturnCode },
+    /// The library failed outside PKCS#11 (loading, a missing function).
+    #[error("PKCS#11 library: {0}")]
+    Library(String),
     #[error("HSM worker stopped")]
     Stopped,
 }
@@ -53,39 +57,12 @@ impl HsmError {
         match &e {
             CkError::Pkcs11(rv, f) => HsmError::Pkcs11 {
                 function: format!("C_{f:?}"),
-                code: ckr_name(rv),
+                code: ReturnCode(*rv),
             },
-            other => HsmError::Pkcs11 {
-                function: "cryptoki".into(),
-                code: other.to_string(),
-            },
+            other => HsmError::Library(other.to_string()),
         }
     }
 }
-
-/// `SessionHandleInvalid` -> `CKR_SESSION_HANDLE_INVALID`.
-pub fn ckr_name(rv: &RvError) -> String {
-    let debug = format!("{rv:?}");
-    let mut out = String::from("CKR");
-    for c in debug.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
-}
-
-/// Return codes after which a session is dropped rather than returned to the pool.
-const POISONING: &[&str] = &[
-    "CKR_SESSION_HANDLE_INVALID",
-    "CKR_SESSION_CLOSED",
-    "CKR_DEVICE_ERROR",
-    "CKR_DEVICE_REMOVED",
-    "CKR_TOKEN_NOT_PRESENT",
-    "CKR_USER_NOT_LOGGED_IN",
-    "CKR_OPERATION_ACTIVE",
-];
 
 pub enum TokenSelector {
     Label(String),
@@ -247,19 +224,19 @@ impl Hsm {
             metrics::histogram!(m::HSM_OPERATION_SECONDS, "operation" => op, "algorithm" => alg)
                 .record(started.elapsed().as_secs_f64());
             let code = match &result {
-                Err(HsmError::Pkcs11 { code, .. }) => Some(code.clone()),
+                Err(HsmError::Pkcs11 { code, .. }) => Some(*code),
                 _ => None,
             };
             let Some(code) = code else {
                 self.checkin(session);
                 return result;
             };
-            metrics::counter!(m::HSM_ERRORS_TOTAL, "code" => code.clone()).increment(1);
-            if POISONING.contains(&code.as_str()) {
+            metrics::counter!(m::HSM_ERRORS_TOTAL, "code" => code.to_string()).increment(1);
+            if code.poisons_session() {
                 tracing::warn!(%code, op, "dropping a faulted PKCS#11 session");
                 drop(session);
                 self.handles.write().expect("handles lock").clear();
-                if code == "CKR_USER_NOT_LOGGED_IN" {
+                if code.0 == RvError::UserNotLoggedIn {
                     self.relogin();
                 }
             } else {
@@ -316,7 +293,7 @@ impl Hsm {
         let (mechanism, params) =
             keygen_mechanism(alg, &self.quirks).ok_or_else(|| HsmError::Pkcs11 {
                 function: "C_GenerateKeyPair".into(),
-                code: "CKR_MECHANISM_INVALID".into(),
+                code: ReturnCode(RvError::MechanismInvalid),
             })?;
         let (public, private) = keypair_templates(params, Some((id, label)));
         let (pub_handle, priv_handle) = session
@@ -597,15 +574,6 @@ impl Drop for Lease<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn return_code_names_follow_pkcs11() {
-        assert_eq!(
-            ckr_name(&RvError::SessionHandleInvalid),
-            "CKR_SESSION_HANDLE_INVALID"
-        );
-        assert_eq!(ckr_name(&RvError::DeviceError), "CKR_DEVICE_ERROR");
-    }
 
     #[test]
     fn points_are_unwrapped_per_quirk() {

@@ -19,6 +19,7 @@ pub mod hsm;
 pub mod probe;
 pub mod profile;
 pub mod reconcile;
+pub mod rv;
 pub mod store;
 
 use std::collections::HashSet;

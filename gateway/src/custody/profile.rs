@@ -37,7 +37,7 @@ pub struct Quirks {
     #[serde(default)]
     pub ed25519_params: Ed25519Params,
     #[serde(default = "default_transient")]
-    pub transient_errors: Vec<String>,
+    pub transient_errors: Vec<super::rv::ReturnCode>,
 }
 
 impl Default for Quirks {
@@ -50,10 +50,11 @@ impl Default for Quirks {
     }
 }
 
-fn default_transient() -> Vec<String> {
+fn default_transient() -> Vec<super::rv::ReturnCode> {
+    use cryptoki::error::RvError;
     vec![
-        "CKR_DEVICE_ERROR".into(),
-        "CKR_SESSION_HANDLE_INVALID".into(),
+        super::rv::ReturnCode(RvError::DeviceError),
+        super::rv::ReturnCode(RvError::SessionHandleInvalid),
     ]
 }
 
@@ -164,5 +165,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("bogus"));
+    }
+
+    #[test]
+    fn transient_codes_are_typed_so_a_typo_is_refused() {
+        let p = Profile::built_in("softhsm2").unwrap();
+        assert!(p
+            .quirks
+            .transient_errors
+            .contains(&super::super::rv::ReturnCode(
+                cryptoki::error::RvError::FunctionFailed
+            )));
+        let err = Profile::parse(
+            "name='x'\nmodule_paths=[]\ndefault_pool_size=1\nalgorithms=[]\n[quirks]\ntransient_errors=['CKR_DEVICE_EROR']",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("CKR_DEVICE_EROR"), "{err}");
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::router::{json_response, read_json, Resp};
 use crate::algorithm::Algorithm;
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::{Client, Operation};
 use crate::custody::{CustodyError, KeyRecord, SignFormat};
 use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};

@@ -11,8 +11,26 @@ pub mod verify;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
+
+use crate::admission::Admission;
+use crate::auth::Authenticator;
+use crate::custody::Custody;
+use crate::verify::Engine;
+
+/// What the handlers call. Custody and admission own their work; the HTTP front holds
+/// no business logic. Built by `app`, the one wiring place, which sits above this module.
+pub struct AppState {
+    pub custody: Arc<Custody>,
+    pub admission: Arc<Admission>,
+    pub verify: Arc<Engine>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: PrometheusHandle,
+    pub limits: Limits,
+}
 
 /// The client's policy must grant `op`, or the request is 403 `forbidden`.
 pub fn require(

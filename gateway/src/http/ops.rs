@@ -8,7 +8,7 @@ use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use super::router::{json_response, Resp};
-use crate::app::AppState;
+use super::AppState;
 
 pub fn healthz() -> Resp {
     json_response(StatusCode::OK, &json!({"status": "ok"}))

@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::{keys, ops, transactions, verify};
-use crate::app::AppState;
+use super::AppState;
 use crate::auth::Client;
 use crate::metrics as m;
 

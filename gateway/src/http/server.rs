@@ -16,7 +16,7 @@ use openssl::ssl::{
 use tokio::net::TcpListener;
 
 use super::TlsConfig;
-use crate::app::AppState;
+use super::AppState;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
