@@ -35,6 +35,7 @@ use crate::audit::{AuditEntry, AuditError, AuditLog};
 use crate::auth::Principal;
 use crate::crypto::ecdsa::{self, EcdsaError};
 use crate::crypto::pubkey::{PublicKey, PublicKeyError};
+pub use crate::crypto::SigFormat;
 use crate::secret::SecretSource;
 use crate::util::{hex0x, now_rfc3339, random_bytes};
 use hsm::{Hsm, HsmError};
@@ -191,40 +192,6 @@ pub struct KeyRecord {
     /// When a key pending deletion will be destroyed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destroy_after: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignFormat {
-    Der,
-    Raw,
-    Eth,
-}
-
-impl SignFormat {
-    pub fn parse(s: &str) -> Option<SignFormat> {
-        match s {
-            "der" => Some(SignFormat::Der),
-            "raw" => Some(SignFormat::Raw),
-            "eth" => Some(SignFormat::Eth),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignFormat::Der => "der",
-            SignFormat::Raw => "raw",
-            SignFormat::Eth => "eth",
-        }
-    }
-
-    pub fn default_for(alg: Algorithm) -> SignFormat {
-        if alg.is_ecdsa() {
-            SignFormat::Der
-        } else {
-            SignFormat::Raw
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -810,7 +777,7 @@ impl Custody {
         who: &Principal,
         id: &str,
         inputs: Vec<Vec<u8>>,
-        format: SignFormat,
+        format: SigFormat,
         batch: bool,
     ) -> Result<Vec<Vec<u8>>, CustodyError> {
         let (who, id) = (who.clone(), id.to_string());
@@ -834,7 +801,7 @@ impl Custody {
         &self,
         record: &KeyRecord,
         inputs: Vec<Vec<u8>>,
-        format: SignFormat,
+        format: SigFormat,
         op: &'static str,
     ) -> Result<Vec<Vec<u8>>, CustodyError> {
         check_format(record.algorithm, format)?;
@@ -970,11 +937,11 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
         .map(|t| t.unix_timestamp().max(0) as u64)
 }
 
-pub fn check_format(algorithm: Algorithm, format: SignFormat) -> Result<(), CustodyError> {
+pub fn check_format(algorithm: Algorithm, format: SigFormat) -> Result<(), CustodyError> {
     let ok = match format {
-        SignFormat::Der => algorithm.is_ecdsa(),
-        SignFormat::Raw => true,
-        SignFormat::Eth => algorithm == Algorithm::EcdsaSecp256k1,
+        SigFormat::Der => algorithm.is_ecdsa(),
+        SigFormat::Raw => true,
+        SigFormat::Eth => algorithm == Algorithm::EcdsaSecp256k1,
     };
     if ok {
         Ok(())
@@ -995,7 +962,7 @@ fn address_of(algorithm: Algorithm, public: &[u8]) -> Option<String> {
 /// From the token's r||s to the requested format; secp256k1 is always made low-S.
 fn encode_signature(
     alg: Algorithm,
-    format: SignFormat,
+    format: SigFormat,
     sig: Vec<u8>,
     input: &[u8],
     public: &[u8],
@@ -1008,9 +975,9 @@ fn encode_signature(
         ecdsa::normalize_low_s(alg, &mut raw)?;
     }
     match format {
-        SignFormat::Raw => Ok(raw.to_vec()),
-        SignFormat::Der => ecdsa::raw_to_der(&raw),
-        SignFormat::Eth => {
+        SigFormat::Raw => Ok(raw.to_vec()),
+        SigFormat::Der => ecdsa::raw_to_der(&raw),
+        SigFormat::Eth => {
             let digest: [u8; 32] = input.try_into().map_err(|_| EcdsaError::Length(32))?;
             let v = ecdsa::eth_recovery_id(&raw, &digest, public)?;
             let mut out = raw.to_vec();

@@ -14,7 +14,7 @@ use super::router::{json_response, read_json, Resp};
 use crate::algorithm::Algorithm;
 use super::AppState;
 use crate::auth::{Client, Operation};
-use crate::custody::{CustodyError, KeyRecord, SignFormat};
+use crate::custody::{CustodyError, KeyRecord, SigFormat};
 use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};
 
 #[derive(Deserialize)]
@@ -294,10 +294,10 @@ pub async fn sign_batch(
     ))
 }
 
-fn parse_format(alg: Algorithm, format: Option<&str>) -> Result<SignFormat, ApiError> {
+fn parse_format(alg: Algorithm, format: Option<&str>) -> Result<SigFormat, ApiError> {
     let format = match format {
-        None => SignFormat::default_for(alg),
-        Some(f) => SignFormat::parse(f).ok_or_else(|| {
+        None => SigFormat::default_for(alg),
+        Some(f) => SigFormat::parse(f).ok_or_else(|| {
             ApiError::unprocessable(
                 "unsupported_format",
                 format!("unknown format {:?}; use der, raw or eth", truncate(f)),

@@ -15,6 +15,7 @@ pub mod sm2p256;
 use serde::Deserialize;
 
 use crate::algorithm::Algorithm;
+pub use crate::crypto::SigFormat;
 
 pub use engine::{Engine, EngineError};
 
@@ -104,35 +105,6 @@ pub enum Message {
     /// The message itself: hashed by `Item::hash` (ECDSA), with Z and SM3 (SM2), or signed
     /// as is (Ed25519).
     Bytes(Vec<u8>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigFormat {
-    /// DER `ECDSA-Sig-Value`, strictly (BER rejected).
-    Der,
-    /// r||s, 32 bytes each (IEEE P1363); for Ed25519 the 64-byte signature.
-    Raw,
-    /// r||s||v, v in {0, 1, 27, 28}: secp256k1 only, checked by public-key recovery.
-    Eth,
-}
-
-impl SigFormat {
-    pub fn parse(s: &str) -> Option<SigFormat> {
-        match s {
-            "der" => Some(SigFormat::Der),
-            "raw" => Some(SigFormat::Raw),
-            "eth" => Some(SigFormat::Eth),
-            _ => None,
-        }
-    }
-
-    pub fn default_for(alg: Algorithm) -> SigFormat {
-        if alg == Algorithm::Ed25519 {
-            SigFormat::Raw
-        } else {
-            SigFormat::Der
-        }
-    }
 }
 
 /// A public key as the caller gave it; parsed (and cached) by a worker.
