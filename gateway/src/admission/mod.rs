@@ -311,7 +311,7 @@ impl Admission {
                     .get(who, key_id)
                     .map_err(|_| fail(EnvelopeError::Key(Reason::UnknownKey)))?;
                 if record.state != KeyState::Active {
-                    return Err(fail(EnvelopeError::KeyNotActive(record.id)));
+                    return Err(fail(EnvelopeError::KeyNotActive(record.id.to_string())));
                 }
                 if record.algorithm != algorithm {
                     return Err(fail(EnvelopeError::Key(Reason::AlgorithmMismatch)));

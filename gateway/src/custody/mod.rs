@@ -16,6 +16,7 @@
 //! - `probe`, `profile`: device checks and per-family data.
 
 pub mod hsm;
+pub mod id;
 pub mod probe;
 pub mod profile;
 pub mod reconcile;
@@ -37,8 +38,9 @@ use crate::crypto::ecdsa::{self, EcdsaError};
 use crate::crypto::pubkey::{PublicKey, PublicKeyError};
 pub use crate::crypto::SigFormat;
 use crate::secret::SecretSource;
-use crate::util::{hex0x, now_rfc3339, random_bytes};
+use crate::util::{hex0x, now_rfc3339};
 use hsm::{Hsm, HsmError};
+pub use id::KeyId;
 use profile::Profile;
 use store::KeyStore;
 
@@ -175,10 +177,10 @@ impl KeyState {
     }
 }
 
-/// A key as the API shows it and the journal stores it. `id` is the hex CKA_ID.
+/// A key as the API shows it and the journal stores it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRecord {
-    pub id: String,
+    pub id: KeyId,
     pub label: String,
     pub algorithm: Algorithm,
     pub custody: CustodyKind,
@@ -211,15 +213,15 @@ pub enum CustodyError {
     #[error("{0}")]
     Forbidden(String),
     #[error("key {0} is disabled")]
-    Disabled(String),
+    Disabled(KeyId),
     #[error("key {0} is scheduled for destruction; cancel the deletion to keep it")]
-    PendingDeletion(String),
+    PendingDeletion(KeyId),
     #[error("key {0} is not scheduled for destruction")]
-    NotPendingDeletion(String),
+    NotPendingDeletion(KeyId),
     #[error("key {0} is verify-only (external custody)")]
-    VerifyOnly(String),
+    VerifyOnly(KeyId),
     #[error("the private key object of {0} is not on the token (see `bsn-gateway hsm reconcile`)")]
-    ObjectMissing(String),
+    ObjectMissing(KeyId),
     #[error("{0}")]
     PublicKey(#[from] PublicKeyError),
     #[error("HSM: {0}")]
@@ -297,7 +299,7 @@ pub struct Custody {
     state_lock: tokio::sync::RwLock<()>,
     /// Records whose private key object the token does not have (reconcile, or a sign
     /// that found it gone).
-    missing: RwLock<HashSet<String>>,
+    missing: RwLock<HashSet<KeyId>>,
 }
 
 impl Custody {
@@ -332,8 +334,9 @@ impl Custody {
 
     /// The key, if `who` may see it.
     pub fn get(&self, who: &Principal, id: &str) -> Result<KeyRecord, CustodyError> {
-        self.store
-            .get(id)
+        id.parse::<KeyId>()
+            .ok()
+            .and_then(|id| self.store.get(&id))
             .filter(|r| who.owns(&r.owner))
             .ok_or_else(|| CustodyError::NotFound(id.chars().take(64).collect()))
     }
@@ -351,7 +354,7 @@ impl Custody {
     }
 
     /// Whether the token lacks this record's private key object.
-    pub fn is_missing(&self, id: &str) -> bool {
+    pub fn is_missing(&self, id: &KeyId) -> bool {
         self.missing
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -434,7 +437,7 @@ impl Custody {
                 Ok(owner) => c.create_inner(&owner, &label, algorithm).await,
                 Err(e) => Err(e),
             };
-            op.key_id = result.as_ref().ok().map(|r| r.id.clone());
+            op.key_id = result.as_ref().ok().map(|r| r.id.to_string());
             c.audited(&who, op, result).await
         })
         .await
@@ -476,8 +479,8 @@ impl Custody {
         if self.store.label_taken(label) {
             return Err(CustodyError::DuplicateLabel(label.to_string()));
         }
-        let id = random_bytes(16);
-        let (gen_id, gen_label) = (id.clone(), label.to_string());
+        let id = KeyId::random();
+        let (gen_id, gen_label) = (id.as_bytes().to_vec(), label.to_string());
         let point = self
             .hsm
             .run("generate", algorithm.as_str(), false, move |hsm, s| {
@@ -486,7 +489,7 @@ impl Custody {
             .await?;
         let record = match PublicKey::from_bytes(algorithm, &point) {
             Ok(public) => KeyRecord {
-                id: hex::encode(&id),
+                id,
                 label: label.to_string(),
                 algorithm,
                 custody: CustodyKind::Hsm,
@@ -499,13 +502,13 @@ impl Custody {
                 destroy_after: None,
             },
             Err(e) => {
-                self.destroy_objects(algorithm, &id).await;
+                self.destroy_objects(algorithm, id.as_bytes()).await;
                 return Err(e.into());
             }
         };
         if let Err(e) = self.persist(record.clone()).await {
             // Do not leave an orphan key in the token that no record points at.
-            self.destroy_objects(algorithm, &id).await;
+            self.destroy_objects(algorithm, id.as_bytes()).await;
             return Err(e);
         }
         Ok(record)
@@ -542,7 +545,7 @@ impl Custody {
                 Ok(owner) => c.import_inner(&owner, &label, algorithm, &pem).await,
                 Err(e) => Err(e),
             };
-            op.key_id = result.as_ref().ok().map(|r| r.id.clone());
+            op.key_id = result.as_ref().ok().map(|r| r.id.to_string());
             c.audited(&who, op, result).await
         })
         .await
@@ -561,7 +564,7 @@ impl Custody {
             return Err(CustodyError::DuplicateLabel(label.to_string()));
         }
         let record = KeyRecord {
-            id: hex::encode(random_bytes(16)),
+            id: KeyId::random(),
             label: label.to_string(),
             algorithm,
             custody: CustodyKind::External,
@@ -692,8 +695,7 @@ impl Custody {
 
     async fn destroy_locked(&self, record: &KeyRecord) -> Result<(), CustodyError> {
         if record.custody == CustodyKind::Hsm {
-            let id =
-                hex::decode(&record.id).map_err(|_| CustodyError::NotFound(record.id.clone()))?;
+            let id = record.id.as_bytes().to_vec();
             self.hsm
                 .run("destroy", record.algorithm.as_str(), true, move |hsm, s| {
                     hsm.destroy(s, &id)
@@ -701,7 +703,7 @@ impl Custody {
                 .await?;
         }
         let store = self.store.clone();
-        let id = record.id.clone();
+        let id = record.id;
         tokio::task::spawn_blocking(move || store.delete(&id))
             .await
             .map_err(|_| std::io::Error::other("store task failed"))??;
@@ -730,11 +732,11 @@ impl Custody {
             .collect();
         let mut n = 0;
         for r in due {
-            let id = r.id.clone();
+            let id = r.id;
             let result = self
                 .owned(move |c| async move {
                     let system = Principal::system();
-                    let mut op = Op::new("destroy", &r.id);
+                    let mut op = Op::new("destroy", &r.id.to_string());
                     op.custody = Some(r.custody);
                     op.detail = Some("scheduled".into());
                     let _exclusive = c.state_lock.write().await;
@@ -806,20 +808,20 @@ impl Custody {
     ) -> Result<Vec<Vec<u8>>, CustodyError> {
         check_format(record.algorithm, format)?;
         match (record.custody, record.state) {
-            (CustodyKind::External, _) => return Err(CustodyError::VerifyOnly(record.id.clone())),
-            (_, KeyState::Disabled) => return Err(CustodyError::Disabled(record.id.clone())),
+            (CustodyKind::External, _) => return Err(CustodyError::VerifyOnly(record.id)),
+            (_, KeyState::Disabled) => return Err(CustodyError::Disabled(record.id)),
             (_, KeyState::PendingDeletion) => {
-                return Err(CustodyError::PendingDeletion(record.id.clone()))
+                return Err(CustodyError::PendingDeletion(record.id))
             }
             (CustodyKind::Hsm, KeyState::Active) => {}
         }
         if self.is_missing(&record.id) {
-            return Err(CustodyError::ObjectMissing(record.id.clone()));
+            return Err(CustodyError::ObjectMissing(record.id));
         }
         let alg = record.algorithm;
-        let id = hex::decode(&record.id).map_err(|_| CustodyError::NotFound(record.id.clone()))?;
+        let id = record.id.as_bytes().to_vec();
         let public = crate::util::unhex0x(&record.public_key)
-            .map_err(|_| CustodyError::NotFound(record.id.clone()))?;
+            .map_err(|_| CustodyError::ObjectMissing(record.id))?;
         // Encoding (low-S, DER, recovery id) runs on the same blocking thread, but its
         // failures stay apart from PKCS#11 errors: they must not count as HSM faults.
         let encoded = self
@@ -838,9 +840,9 @@ impl Custody {
                 self.missing
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(record.id.clone());
+                    .insert(record.id);
                 metrics::gauge!(crate::metrics::KEYS_MISSING_OBJECTS).increment(1.0);
-                Err(CustodyError::ObjectMissing(record.id.clone()))
+                Err(CustodyError::ObjectMissing(record.id))
             }
             Err(e) => Err(e.into()),
             Ok(sigs) => Ok(sigs.into_iter().collect::<Result<_, _>>()?),
@@ -859,7 +861,7 @@ impl Custody {
             &objects,
             &[crate::audit::anchor::KEY_ID],
         );
-        self.mark_missing(report.missing.iter().cloned());
+        self.mark_missing(report.missing.iter().copied());
         metrics::gauge!(crate::metrics::HSM_ORPHAN_OBJECTS).set(report.orphan_objects() as f64);
         if !report.missing.is_empty() {
             tracing::warn!(keys = ?report.missing, "key records whose private key is not on the token; they cannot sign");
@@ -876,7 +878,7 @@ impl Custody {
 
     /// Marks records whose private key is not on the token (they answer
     /// `key_object_missing` instead of a 5xx).
-    pub fn mark_missing(&self, ids: impl IntoIterator<Item = String>) {
+    pub fn mark_missing(&self, ids: impl IntoIterator<Item = KeyId>) {
         let mut missing = self.missing.write().unwrap_or_else(|e| e.into_inner());
         missing.extend(ids);
         metrics::gauge!(crate::metrics::KEYS_MISSING_OBJECTS).set(missing.len() as f64);

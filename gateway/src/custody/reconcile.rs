@@ -10,13 +10,13 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::hsm::TokenObjects;
-use super::{CustodyKind, KeyRecord};
+use super::{CustodyKind, KeyId, KeyRecord};
 
 /// What the comparison found.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Report {
     /// Records (by id) whose private key object is not on the token.
-    pub missing: Vec<String>,
+    pub missing: Vec<KeyId>,
     /// CKA_IDs (hex) on the token with no record, and how many objects carry each.
     pub orphans: Vec<Orphan>,
 }
@@ -42,9 +42,9 @@ pub fn compare(
     let mut known: HashSet<Vec<u8>> = internal.iter().map(|i| i.to_vec()).collect();
     let mut report = Report::default();
     for r in records {
-        let Ok(id) = hex::decode(&r.id) else { continue };
+        let id = r.id.as_bytes().to_vec();
         if r.custody == CustodyKind::Hsm && objects.get(&id).is_none_or(|o| o.private != 1) {
-            report.missing.push(r.id.clone());
+            report.missing.push(r.id);
         }
         known.insert(id);
     }
@@ -68,10 +68,14 @@ mod tests {
     use crate::algorithm::Algorithm;
     use crate::custody::KeyState;
 
-    fn record(id: &str, custody: CustodyKind) -> KeyRecord {
+    fn kid(b: u8) -> KeyId {
+        KeyId::from_bytes(&[b; 16]).unwrap()
+    }
+
+    fn record(b: u8, custody: CustodyKind) -> KeyRecord {
         KeyRecord {
-            id: id.into(),
-            label: id.into(),
+            id: kid(b),
+            label: format!("k{b}"),
             algorithm: Algorithm::EcdsaP256,
             custody,
             public_key: "0x00".into(),
@@ -95,23 +99,23 @@ mod tests {
             private: 0,
         };
         let objects = HashMap::from([
-            (vec![0xaa], pair),
-            (vec![0xbb], public_only),
-            (vec![0xcc], pair),
+            (vec![0xaa; 16], pair),
+            (vec![0xbb; 16], public_only),
+            (vec![0xcc; 16], pair),
             (b"internal".to_vec(), pair),
         ]);
         let records = [
-            record("aa", CustodyKind::Hsm),
-            record("bb", CustodyKind::Hsm),
-            record("dd", CustodyKind::Hsm),
-            record("ee", CustodyKind::External),
+            record(0xaa, CustodyKind::Hsm),
+            record(0xbb, CustodyKind::Hsm),
+            record(0xdd, CustodyKind::Hsm),
+            record(0xee, CustodyKind::External),
         ];
         let report = compare(&records, &objects, &[b"internal"]);
-        assert_eq!(report.missing, vec!["bb".to_string(), "dd".to_string()]);
+        assert_eq!(report.missing, vec![kid(0xbb), kid(0xdd)]);
         assert_eq!(
             report.orphans,
             vec![Orphan {
-                id: "cc".into(),
+                id: "cc".repeat(16),
                 objects: 2
             }]
         );

@@ -10,19 +10,19 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::KeyRecord;
+use super::{KeyId, KeyRecord};
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Event {
     Put(KeyRecord),
-    Delete(String),
+    Delete(KeyId),
 }
 
 struct Inner {
     file: File,
-    keys: HashMap<String, KeyRecord>,
-    by_label: HashMap<String, String>,
+    keys: HashMap<KeyId, KeyRecord>,
+    by_label: HashMap<String, KeyId>,
     lines: usize,
 }
 
@@ -76,7 +76,7 @@ impl KeyStore {
         }
         let by_label = keys
             .values()
-            .map(|k: &KeyRecord| (k.label.clone(), k.id.clone()))
+            .map(|k: &KeyRecord| (k.label.clone(), k.id))
             .collect();
         let store = KeyStore {
             path: path.to_path_buf(),
@@ -109,7 +109,7 @@ impl KeyStore {
         Ok(keys.into_values().collect())
     }
 
-    pub fn get(&self, id: &str) -> Option<KeyRecord> {
+    pub fn get(&self, id: &KeyId) -> Option<KeyRecord> {
         self.inner.lock().expect("store lock").keys.get(id).cloned()
     }
 
@@ -140,8 +140,8 @@ impl KeyStore {
         self.append(Event::Put(record))
     }
 
-    pub fn delete(&self, id: &str) -> std::io::Result<()> {
-        self.append(Event::Delete(id.to_string()))
+    pub fn delete(&self, id: &KeyId) -> std::io::Result<()> {
+        self.append(Event::Delete(*id))
     }
 
     fn append(&self, event: Event) -> std::io::Result<()> {
@@ -154,7 +154,7 @@ impl KeyStore {
         let Inner { keys, by_label, .. } = &mut *inner;
         match &event {
             Event::Put(r) => {
-                by_label.insert(r.label.clone(), r.id.clone());
+                by_label.insert(r.label.clone(), r.id);
             }
             Event::Delete(id) => {
                 if let Some(r) = keys.get(id) {
@@ -190,10 +190,10 @@ impl KeyStore {
     }
 }
 
-fn apply(keys: &mut HashMap<String, KeyRecord>, event: Event) {
+fn apply(keys: &mut HashMap<KeyId, KeyRecord>, event: Event) {
     match event {
         Event::Put(r) => {
-            keys.insert(r.id.clone(), r);
+            keys.insert(r.id, r);
         }
         Event::Delete(id) => {
             keys.remove(&id);
@@ -207,9 +207,16 @@ mod tests {
     use crate::algorithm::Algorithm;
     use crate::custody::{CustodyKind, KeyState};
 
+    /// A fixed id per short name.
+    fn kid(name: &str) -> KeyId {
+        let mut b = [0u8; 16];
+        b[..name.len()].copy_from_slice(name.as_bytes());
+        KeyId::from_bytes(&b).unwrap()
+    }
+
     fn record(id: &str, label: &str) -> KeyRecord {
         KeyRecord {
-            id: id.into(),
+            id: kid(id),
             label: label.into(),
             algorithm: Algorithm::Ed25519,
             custody: CustodyKind::Hsm,
@@ -233,15 +240,15 @@ mod tests {
         let mut disabled = record("a", "la");
         disabled.state = KeyState::Disabled;
         store.put(disabled).unwrap();
-        store.delete("b").unwrap();
+        store.delete(&kid("b")).unwrap();
         drop(store);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"put\":{\"id\":\"c\"").unwrap();
+        f.write_all(b"{\"put\":{\"id\":\"0c\"").unwrap();
         drop(f);
 
         let store = KeyStore::open(&path).unwrap();
         assert_eq!(store.list().len(), 1);
-        assert_eq!(store.get("a").unwrap().state, KeyState::Disabled);
+        assert_eq!(store.get(&kid("a")).unwrap().state, KeyState::Disabled);
         assert!(store.label_taken("la") && !store.label_taken("lb"));
         store.put(record("d", "ld")).unwrap();
         drop(store);
@@ -265,7 +272,7 @@ mod tests {
             store
                 .put(record(&format!("k{i}"), &format!("l{i}")))
                 .unwrap();
-            store.delete(&format!("k{i}")).unwrap();
+            store.delete(&kid(&format!("k{i}"))).unwrap();
         }
         store.put(record("keep", "keep")).unwrap();
         drop(store);
