@@ -6,20 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use crate::admission::Admission;
 use crate::audit::anchor::Anchor;
 use crate::audit::{AuditEntry, AuditLog};
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::custody::hsm::{self, Hsm};
-use crate::custody::store::KeyStore;
 use crate::custody::Custody;
-use crate::forward::Forwarder;
 use crate::dev::DevToken;
+use crate::forward::Forwarder;
 use crate::http::AppState;
 use crate::outbox::Outbox;
 use crate::verify::Engine;
+use anyhow::Context;
 
 /// Starts everything, serves until SIGTERM/SIGINT, drains, and closes the HSM.
 /// `config_path` is re-read on SIGHUP (clients, their policies and quotas).
@@ -32,59 +30,20 @@ pub async fn run(
     for w in config.warnings() {
         tracing::warn!("config: {w}");
     }
-    let profile = config.hsm.profile()?;
-    let module = profile.module_path(config.hsm.module.as_deref())?;
-    let pin = config.hsm.pin.read().context("HSM PIN")?;
-    let pool_size = config.hsm.pool_size.unwrap_or(profile.default_pool_size);
-    if profile.max_sessions > 0 && pool_size >= profile.max_sessions {
-        anyhow::bail!(
-            "pool_size {pool_size} leaves no session for the anchor: {} allows {}",
-            profile.name,
-            profile.max_sessions
-        );
-    }
-    let hsm_cfg = config.hsm.clone();
-    let quirks = profile.quirks.clone();
-    let user_pin = pin.clone();
-    let hsm = tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Hsm>> {
-        let pkcs11 = hsm::load_module(&module)?;
-        if let Some(dev) = &dev {
-            crate::dev::ensure_token(&pkcs11, &dev.label, &dev.so_pin, &user_pin)?;
-        }
-        let slot = hsm::find_slot(&pkcs11, &hsm_cfg.selector())?;
-        Ok(Hsm::open(
-            pkcs11,
-            slot,
-            user_pin,
-            quirks,
-            pool_size,
-            hsm_cfg.session_wait(),
-        )?)
-    })
-    .await??;
-    drop(pin);
-    tracing::info!(profile = %profile.name, pool_size, "HSM session pool open");
-
     let data = &config.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("data dir {}", data.display()))?;
-    let store = KeyStore::open(&data.join("keys.jsonl")).context("key metadata journal")?;
     let audit = AuditLog::open(&data.join("audit.log"), config.audit.checkpoint_lines)?;
+    let prepare = dev.map(|dev| -> crate::custody::Prepare {
+        Box::new(move |pkcs11| {
+            crate::dev::ensure_token(pkcs11, &dev.label, &dev.so_pin, &dev.user_pin)
+        })
+    });
+    let custody = Custody::open(&config.hsm, &config.keys, data, audit.clone(), prepare).await?;
+    let hsm = custody.hsm().clone();
     let anchor = Anchor::open(audit.clone(), hsm.clone(), &config.audit, data)
         .await
         .context("audit checkpoint key")?;
     anchor.spawn();
-    let custody = Custody::new(
-        hsm.clone(),
-        store,
-        profile,
-        audit.clone(),
-        config.keys.clone(),
-    );
-    if let Err(e) = custody.reconcile().await {
-        tracing::error!(error = %e, "could not compare key records with the token");
-    }
-    custody.destroy_due().await;
-    custody.spawn_scheduler();
 
     let auth = Arc::new(Authenticator::new(&config.clients).map_err(anyhow::Error::msg)?);
     tokio::spawn(crate::auth::summarise_failures(

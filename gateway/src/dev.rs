@@ -26,6 +26,7 @@ pub const TOKEN_LABEL: &str = "bsn-gateway-dev";
 pub struct DevToken {
     pub label: String,
     pub so_pin: Secret,
+    pub user_pin: Secret,
 }
 
 /// Prepares DIR and returns the config it implies. Sets `SOFTHSM2_CONF`, so it must run
@@ -66,7 +67,7 @@ pub fn prepare(
     let so_pin = read_or_create(&data_dir.join("so.pin"), || {
         hex::encode(crate::util::random_bytes(16))
     })?;
-    read_or_create(&data_dir.join("user.pin"), || {
+    let user_pin = read_or_create(&data_dir.join("user.pin"), || {
         hex::encode(crate::util::random_bytes(16))
     })?;
     let admin = read_or_create(&data_dir.join("admin.token"), || {
@@ -117,6 +118,7 @@ pub fn prepare(
         DevToken {
             label: TOKEN_LABEL.into(),
             so_pin,
+            user_pin,
         },
     ))
 }

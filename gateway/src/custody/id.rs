@@ -83,7 +83,14 @@ mod tests {
         );
         let upper = id.to_string().to_uppercase();
         assert_eq!(upper.parse::<KeyId>(), Ok(id), "hex is case-blind");
-        for bad in ["", "00", &"0".repeat(31), &"0".repeat(33), &"g".repeat(32), "../../etc"] {
+        for bad in [
+            "",
+            "00",
+            &"0".repeat(31),
+            &"0".repeat(33),
+            &"g".repeat(32),
+            "../../etc",
+        ] {
             assert_eq!(bad.parse::<KeyId>(), Err(BadKeyId), "{bad:?}");
         }
     }

@@ -302,7 +302,80 @@ pub struct Custody {
     missing: RwLock<HashSet<KeyId>>,
 }
 
+/// Why custody could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Profile(#[from] profile::ProfileError),
+    #[error("HSM PIN: {0}")]
+    Pin(#[from] crate::secret::SecretError),
+    #[error("pool_size {pool} leaves no session for the anchor: {profile} allows {max}")]
+    Pool {
+        pool: usize,
+        profile: String,
+        max: usize,
+    },
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+    #[error("key metadata journal {0}: {1}")]
+    Store(PathBuf, std::io::Error),
+    #[error("custody start-up task failed")]
+    Task,
+}
+
+/// Runs once on the loaded module before the token is looked up (the embedded default
+/// initialises its SoftHSM2 token here).
+pub type Prepare = Box<dyn FnOnce(&cryptoki::context::Pkcs11) -> Result<(), HsmError> + Send>;
+
 impl Custody {
+    /// Opens custody from its config section: the profile, the module, the token, the
+    /// logged-in session pool, and the key journal in `data_dir`; then compares the
+    /// records with the token's objects (`reconcile`) and starts the deletion scheduler.
+    pub async fn open(
+        config: &HsmConfig,
+        keys: &KeysConfig,
+        data_dir: &std::path::Path,
+        audit: AuditLog,
+        prepare: Option<Prepare>,
+    ) -> Result<Arc<Custody>, OpenError> {
+        let profile = config.profile()?;
+        let module = profile.module_path(config.module.as_deref())?;
+        let pin = config.pin.read()?;
+        let pool = config.pool_size.unwrap_or(profile.default_pool_size);
+        if profile.max_sessions > 0 && pool >= profile.max_sessions {
+            return Err(OpenError::Pool {
+                pool,
+                profile: profile.name.clone(),
+                max: profile.max_sessions,
+            });
+        }
+        let (selector, wait, quirks) = (
+            config.selector(),
+            config.session_wait(),
+            profile.quirks.clone(),
+        );
+        let hsm = tokio::task::spawn_blocking(move || -> Result<Arc<Hsm>, HsmError> {
+            let pkcs11 = hsm::load_module(&module)?;
+            if let Some(prepare) = prepare {
+                prepare(&pkcs11)?;
+            }
+            let slot = hsm::find_slot(&pkcs11, &selector)?;
+            Hsm::open(pkcs11, slot, pin, quirks, pool, wait)
+        })
+        .await
+        .map_err(|_| OpenError::Task)??;
+        tracing::info!(profile = %profile.name, pool_size = pool, "HSM session pool open");
+        let path = data_dir.join("keys.jsonl");
+        let store = KeyStore::open(&path).map_err(|e| OpenError::Store(path, e))?;
+        let custody = Custody::new(hsm, store, profile, audit, keys.clone());
+        if let Err(e) = custody.reconcile().await {
+            tracing::error!(error = %e, "could not compare key records with the token");
+        }
+        custody.destroy_due().await;
+        custody.spawn_scheduler();
+        Ok(custody)
+    }
+
     pub fn new(
         hsm: Arc<Hsm>,
         store: KeyStore,
@@ -810,9 +883,7 @@ impl Custody {
         match (record.custody, record.state) {
             (CustodyKind::External, _) => return Err(CustodyError::VerifyOnly(record.id)),
             (_, KeyState::Disabled) => return Err(CustodyError::Disabled(record.id)),
-            (_, KeyState::PendingDeletion) => {
-                return Err(CustodyError::PendingDeletion(record.id))
-            }
+            (_, KeyState::PendingDeletion) => return Err(CustodyError::PendingDeletion(record.id)),
             (CustodyKind::Hsm, KeyState::Active) => {}
         }
         if self.is_missing(&record.id) {

@@ -94,7 +94,10 @@ mod tests {
         let c = ReturnCode(RvError::SessionHandleInvalid);
         assert_eq!(c.to_string(), "CKR_SESSION_HANDLE_INVALID");
         assert_eq!("CKR_SESSION_HANDLE_INVALID".parse::<ReturnCode>(), Ok(c));
-        assert_eq!(ReturnCode(RvError::DeviceError).to_string(), "CKR_DEVICE_ERROR");
+        assert_eq!(
+            ReturnCode(RvError::DeviceError).to_string(),
+            "CKR_DEVICE_ERROR"
+        );
         let v = ReturnCode(RvError::VendorDefined(0x8000_0123));
         assert_eq!(v.to_string(), "CKR_VENDOR_DEFINED_0x80000123");
         assert_eq!(v.to_string().parse::<ReturnCode>(), Ok(v));
@@ -102,7 +105,12 @@ mod tests {
 
     #[test]
     fn a_typo_is_an_error() {
-        for bad in ["CKR_DEVICE_EROR", "device_error", "CKR_OK", "CKR_VENDOR_DEFINED_0x12"] {
+        for bad in [
+            "CKR_DEVICE_EROR",
+            "device_error",
+            "CKR_OK",
+            "CKR_VENDOR_DEFINED_0x12",
+        ] {
             assert!(bad.parse::<ReturnCode>().is_err(), "{bad}");
         }
     }

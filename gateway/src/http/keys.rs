@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::router::{json_response, read_json, Resp};
-use crate::algorithm::Algorithm;
 use super::AppState;
+use crate::algorithm::Algorithm;
 use crate::auth::{Client, Operation};
 use crate::custody::{CustodyError, KeyRecord, SigFormat};
 use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};

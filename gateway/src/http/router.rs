@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::error::ApiError;
-use super::{keys, ops, transactions, verify};
 use super::AppState;
+use super::{keys, ops, transactions, verify};
 use crate::auth::Client;
 use crate::metrics as m;
 

@@ -15,8 +15,8 @@ use openssl::ssl::{
 };
 use tokio::net::TcpListener;
 
-use super::TlsConfig;
 use super::AppState;
+use super::TlsConfig;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

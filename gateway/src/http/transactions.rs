@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::router::{json_response, read_json, Resp};
-use crate::admission::{TxInput, Verdict};
 use super::AppState;
+use crate::admission::{TxInput, Verdict};
 use crate::auth::{Client, Operation};
 use crate::txn::TxId;
 use crate::util::hex0x;

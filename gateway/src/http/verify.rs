@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::router::{json_response, read_json, Resp};
-use crate::algorithm::Algorithm;
 use super::AppState;
+use crate::algorithm::Algorithm;
 use crate::auth::{Client, Operation};
 use crate::util::{unbase64, unhex0x};
 use crate::verify::{Hash, Item, KeyInput, Message, Outcome, Reason, SigFormat, Task};
