@@ -113,8 +113,8 @@ impl Config {
         let mut ledgers = HashSet::new();
         for l in &self.ledgers {
             l.validate().map_err(ConfigError::Invalid)?;
-            if !ledgers.insert(l.name.as_str()) {
-                return invalid(format!("ledger {:?} appears twice", l.name));
+            if !ledgers.insert(l.name()) {
+                return invalid(format!("ledger {:?} appears twice", l.name()));
             }
         }
         let mut names = HashSet::new();

@@ -40,9 +40,8 @@ pub fn prepare(
     let mut ledgers: Vec<LedgerConfig> = Vec::new();
     for flag in ledger_flags {
         let l = LedgerConfig::from_flag(flag).map_err(anyhow::Error::msg)?;
-        match ledgers.iter_mut().find(|x| x.name == l.name) {
-            Some(x) if x.kind == l.kind => x.nodes.extend(l.nodes),
-            Some(_) => anyhow::bail!("--ledger {:?}: one ledger, two kinds", l.name),
+        match ledgers.iter_mut().find(|x| x.name() == l.name()) {
+            Some(x) => x.add_node(l).map_err(anyhow::Error::msg)?,
             None => ledgers.push(l),
         }
     }

@@ -14,10 +14,10 @@ use serde_json::json;
 
 use crate::auth::{Client, Principal};
 use crate::custody::{Custody, KeyState};
-use crate::forward::{Forwarder, Ledger, LedgerKind};
+use crate::forward::{Forwarder, Ledger, Policy};
 use crate::metrics as m;
 use crate::outbox::{NewTx, Outbox, OutboxError, TxStatus};
-use crate::txn::envelope::{Envelope, EnvelopeError};
+use crate::txn::envelope::{Envelope, EnvelopeError, TrustAnchors};
 use crate::txn::{ethereum, TxId};
 use crate::util::hex0x;
 use crate::verify::{Engine, EngineError, KeyInput, Outcome, Reason, Task};
@@ -161,11 +161,11 @@ impl Admission {
                 retry_after: secs,
             });
         }
-        let chain = match ledger.kind {
-            LedgerKind::Ethereum => {
+        let chain = match ledger.policy {
+            Policy::Ethereum { .. } => {
                 Some(ledger.chain_id().ok_or(AdmissionError::LedgerUnavailable)?)
             }
-            LedgerKind::Http => None,
+            Policy::Http { .. } => None,
         };
 
         let mut tasks = Vec::new();
@@ -254,12 +254,12 @@ impl Admission {
         tasks: &mut Vec<Task>,
         seen: &mut HashSet<TxId>,
     ) -> Slot {
-        let checked = match (tx.raw, tx.envelope, ledger.kind) {
-            (Some(raw), None, LedgerKind::Ethereum) => ethereum_check(ledger, chain, &raw),
-            (None, Some(env), LedgerKind::Http) => self
-                .envelope_check(who, ledger, env)
+        let checked = match (tx.raw, tx.envelope, &ledger.policy) {
+            (Some(raw), None, Policy::Ethereum { .. }) => ethereum_check(ledger, chain, &raw),
+            (None, Some(env), Policy::Http { trust }) => self
+                .envelope_check(who, ledger, trust.as_ref(), env)
                 .map_err(|(id, e)| reject(id, e.code(), e.to_string())),
-            (Some(_), None, LedgerKind::Http) | (None, Some(_), LedgerKind::Ethereum) => {
+            (Some(_), None, Policy::Http { .. }) | (None, Some(_), Policy::Ethereum { .. }) => {
                 Err(reject(
                     None,
                     "wrong_ledger_kind",
@@ -291,6 +291,7 @@ impl Admission {
         &self,
         who: &Principal,
         ledger: &Ledger,
+        trust: Option<&TrustAnchors>,
         env: Envelope,
     ) -> Result<Check, (Option<TxId>, EnvelopeError)> {
         let payload = env.payload().map_err(|e| (None, e))?;
@@ -322,11 +323,7 @@ impl Admission {
                 )
             }
             (None, Some(pem)) => {
-                let trust = ledger
-                    .trust
-                    .as_ref()
-                    .ok_or(EnvelopeError::NoTrustAnchors)
-                    .map_err(fail)?;
+                let trust = trust.ok_or(EnvelopeError::NoTrustAnchors).map_err(fail)?;
                 KeyInput::Pem(trust.verify_chain(pem).map_err(fail)?)
             }
             _ => {
@@ -393,6 +390,14 @@ fn ethereum_check(ledger: &Ledger, chain: Option<u64>, raw: &str) -> Result<Chec
     Ok((tx.hash, bytes.into(), task))
 }
 
+/// Whether the ledger's sender allow-list (when it has one) names this sender.
+fn allowed(ledger: &Ledger, sender: &[u8; 20]) -> bool {
+    match &ledger.policy {
+        Policy::Ethereum { senders } => senders.is_empty() || senders.contains(sender),
+        Policy::Http { .. } => false,
+    }
+}
+
 /// The ledger's policy applied to the engine's verdict.
 fn vetted(ledger: &Ledger, id: TxId, body: Arc<[u8]>, outcome: &Outcome) -> Slot {
     match outcome {
@@ -403,13 +408,11 @@ fn vetted(ledger: &Ledger, id: TxId, body: Arc<[u8]>, outcome: &Outcome) -> Slot
         },
         Outcome::Recovered(pk) => match crate::crypto::ecdsa::eth_address(pk) {
             None => reject(Some(id), Reason::Internal.as_str(), "recovery gave no key"),
-            Some(sender) if ledger.senders.is_empty() || ledger.senders.contains(&sender) => {
-                Slot::Vetted {
-                    id,
-                    body,
-                    sender: Some(sender),
-                }
-            }
+            Some(sender) if allowed(ledger, &sender) => Slot::Vetted {
+                id,
+                body,
+                sender: Some(sender),
+            },
             Some(sender) => reject(
                 Some(id),
                 "sender_not_allowed",
