@@ -60,6 +60,21 @@ fn audit_lines(dir: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// "operation field" for each audit line about one key, in order.
+fn key_history(dir: &std::path::Path, id: &str, field: &str) -> Vec<String> {
+    audit_lines(dir)
+        .iter()
+        .filter(|l| l["key_id"] == id)
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["operation"].as_str().unwrap(),
+                l[field].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 fn journal_ids(dir: &std::path::Path) -> BTreeSet<String> {
     let mut live = BTreeSet::new();
     for line in std::fs::read_to_string(dir.join("keys.jsonl"))
@@ -183,23 +198,9 @@ fn a_slow_body_sign_started_before_a_disable_is_refused_once_the_disable_is_answ
     assert!(text.starts_with("HTTP/1.1 422"), "{text}");
     assert!(text.contains("key_disabled"), "{text}");
     // The audit trail agrees: the disable, then the refused sign.
-    let ops: Vec<(String, String)> = audit_lines(&g.dir)
-        .iter()
-        .filter(|l| l["key_id"] == id)
-        .map(|l| {
-            (
-                l["operation"].as_str().unwrap().into(),
-                l["result"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
     assert_eq!(
-        ops,
-        [
-            ("create".into(), "ok".into()),
-            ("disable".into(), "ok".into()),
-            ("sign".into(), "key_disabled".into())
-        ]
+        key_history(&g.dir, id, "result"),
+        ["create ok", "disable ok", "sign key_disabled"]
     );
 }
 
@@ -544,22 +545,8 @@ fn a_scheduled_deletion_destroys_the_key_when_its_window_has_passed() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!token_ids(dir.path()).contains_key(id));
-    let steps: Vec<(String, String)> = audit_lines(dir.path())
-        .iter()
-        .filter(|l| l["key_id"] == id)
-        .map(|l| {
-            (
-                l["operation"].as_str().unwrap().into(),
-                l["client"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
     assert_eq!(
-        steps,
-        [
-            ("create".into(), "admin".into()),
-            ("schedule_destroy".into(), "admin".into()),
-            ("destroy".into(), "-".into())
-        ]
+        key_history(dir.path(), id, "client"),
+        ["create admin", "schedule_destroy admin", "destroy -"]
     );
 }

@@ -303,8 +303,18 @@ impl Hsm {
             .write()
             .expect("handles lock")
             .insert(id.to_vec(), priv_handle);
+        self.read_point(session, pub_handle, alg)
+    }
+
+    /// A public key object's CKA_EC_POINT, unwrapped as the profile says.
+    fn read_point(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+        alg: Algorithm,
+    ) -> Result<Vec<u8>, HsmError> {
         let attrs = session
-            .get_attributes(pub_handle, &[AttributeType::EcPoint])
+            .get_attributes(handle, &[AttributeType::EcPoint])
             .map_err(HsmError::from_ck)?;
         let point = attrs
             .into_iter()
@@ -367,17 +377,7 @@ impl Hsm {
             [one] => *one,
             _ => return Err(HsmError::KeyAmbiguous(hex::encode(id))),
         };
-        let attrs = session
-            .get_attributes(handle, &[AttributeType::EcPoint])
-            .map_err(HsmError::from_ck)?;
-        let point = attrs
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::EcPoint(p) => Some(p),
-                _ => None,
-            })
-            .ok_or(HsmError::BadPoint(0))?;
-        unwrap_point(alg, &point, self.quirks.ec_point).map(Some)
+        self.read_point(session, handle, alg).map(Some)
     }
 
     /// Whether the private key with this CKA_ID is on the token (exactly one).
