@@ -100,6 +100,18 @@ fn two_tenants_see_nothing_of_each_other() {
     let given = r.body["id"].as_str().unwrap().to_string();
     let r = call(
         "POST",
+        "/v1/keys",
+        Some(json!({"label": "dapp-a-y", "algorithm": "ed25519", "owner": "nobody"})),
+        &g.token,
+    );
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (422, "unknown_owner"),
+        "{}",
+        r.body
+    );
+    let r = call(
+        "POST",
         &format!("/v1/keys/{given}/sign"),
         Some(json!({"message_b64": "aGk="})),
         A,

@@ -93,8 +93,17 @@ impl Operation {
 impl ClientConfig {
     pub fn validate(&self) -> Result<(), String> {
         let ctx = |m: String| format!("client {:?}: {m}", self.name);
-        if self.name.is_empty() || self.name.len() > 64 {
-            return Err(ctx("name must be 1 to 64 characters".into()));
+        // Names appear in audit lines and own keys: no "-" (the gateway's own entries).
+        let valid = (1..=64).contains(&self.name.len())
+            && self.name != "-"
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(ctx(
+                "name must be 1 to 64 of A-Z a-z 0-9 - _ . and not \"-\"".into(),
+            ));
         }
         parse_hash(&self.token_sha256).map_err(ctx)?;
         Operation::parse_set(&self.operations).map_err(ctx)?;
@@ -368,6 +377,15 @@ impl Authenticator {
         let n = fresh.len();
         *self.clients.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         Ok(n)
+    }
+
+    /// Whether a client of this name is configured (an admin may name it as a key's owner).
+    pub fn knows(&self, name: &str) -> bool {
+        self.clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|c| c.name == name)
     }
 
     pub fn failures(&self) -> Arc<Failures> {

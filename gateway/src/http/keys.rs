@@ -108,6 +108,17 @@ async fn check_label(
     Ok(())
 }
 
+/// A named owner must be a configured client (custody decides who may name one).
+fn check_owner(state: &AppState, owner: Option<&str>) -> Result<(), ApiError> {
+    match owner {
+        Some(o) if !state.auth.knows(o) => Err(ApiError::unprocessable(
+            "unknown_owner",
+            format!("no client named {:?}", truncate(o)),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn parse_algorithm(s: &str) -> Result<Algorithm, ApiError> {
     s.parse().map_err(|e: crate::algorithm::UnknownAlgorithm| {
         ApiError::unprocessable("unknown_algorithm", e.to_string())
@@ -154,6 +165,7 @@ pub async fn create(
     let body: CreateRequest = read_json(state, req).await?;
     let algorithm = parse_algorithm(&body.algorithm)?;
     check_label(state, client, &body.label, "create").await?;
+    check_owner(state, body.owner.as_deref())?;
     let record = state
         .custody
         .create(&client.principal, body.owner, &body.label, algorithm)
@@ -173,6 +185,7 @@ pub async fn import(
     let body: ImportRequest = read_json(state, req).await?;
     let algorithm = parse_algorithm(&body.algorithm)?;
     check_label(state, client, &body.label, "import").await?;
+    check_owner(state, body.owner.as_deref())?;
     let record = state
         .custody
         .import(
