@@ -550,3 +550,65 @@ fn a_scheduled_deletion_destroys_the_key_when_its_window_has_passed() {
         ["create admin", "schedule_destroy admin", "destroy -"]
     );
 }
+
+#[test]
+fn a_disable_racing_a_destroy_never_brings_the_key_back() {
+    let mut g = Gateway::start_dev();
+    let ids: Vec<String> = (0..24)
+        .map(|i| {
+            g.create_key(&format!("race-{i}"), "ed25519")["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let threads: Vec<_> = ids
+        .iter()
+        .flat_map(|id| {
+            let (a, b) = (
+                (g.addr.clone(), g.token.clone(), id.clone()),
+                (g.addr.clone(), g.token.clone(), id.clone()),
+            );
+            [
+                std::thread::spawn(move || {
+                    fire_and_close(
+                        &a.0,
+                        "DELETE",
+                        &format!("/v1/keys/{}?now=true", a.2),
+                        &a.1,
+                        "",
+                        Duration::from_millis(200),
+                    )
+                }),
+                std::thread::spawn(move || {
+                    fire_and_close(
+                        &b.0,
+                        "POST",
+                        &format!("/v1/keys/{}/disable", b.2),
+                        &b.1,
+                        "{}",
+                        Duration::from_millis(200),
+                    )
+                }),
+            ]
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for id in &ids {
+        assert_eq!(
+            g.get(&format!("/v1/keys/{id}")).status,
+            404,
+            "{id} came back"
+        );
+    }
+    assert!(g.terminate().success());
+    assert!(
+        journal_ids(&g.dir).is_empty(),
+        "the journal still holds destroyed keys"
+    );
+    let objects = token_ids(&g.dir);
+    assert_eq!(objects.keys().collect::<Vec<_>>(), [AUDIT_KEY_ID]);
+}
