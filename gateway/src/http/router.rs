@@ -68,13 +68,14 @@ async fn dispatch(
         ["v1", "transactions"] => "/v1/transactions",
         ["v1", "transactions", _] => "/v1/transactions/{id}",
         _ => {
+            discard_body(req, state.limits.max_body_bytes).await;
             return (
                 "unmatched",
                 Err(ApiError::not_found(
                     "no_route",
                     format!("no route for {path}"),
                 )),
-            )
+            );
         }
     };
     let allowed: &[Method] = match route {
@@ -98,6 +99,7 @@ async fn dispatch(
                 .collect::<Vec<_>>()
                 .join(", "),
         );
+        discard_body(req, state.limits.max_body_bytes).await;
         return (route, Err(e));
     }
     match route {
@@ -109,7 +111,10 @@ async fn dispatch(
     }
     let client = match authenticate(state, &req) {
         Ok(c) => c,
-        Err(e) => return (route, Err(e)),
+        Err(e) => {
+            discard_body(req, state.limits.max_body_bytes).await;
+            return (route, Err(e));
+        }
     };
     let id = segments.get(2).copied().unwrap_or("").to_string();
     let now = match (route, &method) {
@@ -134,6 +139,23 @@ async fn dispatch(
         _ => keys::sign_batch(state, &client, &id, req).await,
     };
     (route, result)
+}
+
+/// Reads and drops what the client still sends, at most `limit` bytes for at most 2 s,
+/// before an answer given without the body: closing a socket with unread data makes the
+/// kernel send a reset, which can reach the client before the answer does.
+async fn discard_body(req: Request<Incoming>, limit: usize) {
+    let mut body = req.into_body();
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 /// `?now=true|false`, the one query parameter the API takes (on `DELETE /v1/keys/{id}`).
@@ -181,9 +203,7 @@ pub async fn read_json<T: DeserializeOwned>(
         // Read and drop what the client is still sending (bounded in size and time), so it
         // reads our 413 instead of a connection reset on a half-written body.
         if n <= 4 * limit as u64 {
-            let mut body = req.into_body();
-            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+            discard_body(req, 4 * limit).await;
         }
         return Err(too_large());
     }
