@@ -314,3 +314,62 @@ fn policy_limits_a_client_to_its_operations_and_key_labels() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[test]
+fn made_up_methods_and_paths_add_no_metric_series() {
+    use std::io::{Read, Write};
+    let g = Gateway::start_dev();
+    let scrape = || {
+        g.call("GET", "/metrics", None, None)
+            .body
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("bsn_gateway_http_request"))
+            .count()
+    };
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..600 {
+        let method: String = (0..(4 + next() % 60))
+            .map(|_| (b'A' + (next() % 26) as u8) as char)
+            .collect();
+        let path = if i % 2 == 0 {
+            "/healthz".to_string()
+        } else {
+            format!("/v1/{:x}/{:x}", next(), next())
+        };
+        let mut s = std::net::TcpStream::connect(&g.addr).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 4"),
+            "{method} {path}: {}",
+            answer.lines().next().unwrap_or("")
+        );
+    }
+    let text = scrape();
+    // Two routes (healthz, unmatched) x a few statuses x one method label ("other"), with
+    // their histogram buckets: a fixed handful, not one per method or path.
+    assert!(series(&text) < 120, "{} series:\n{text}", series(&text));
+    assert!(
+        text.len() < 64 * 1024,
+        "/metrics grew to {} bytes",
+        text.len()
+    );
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(g.get("/healthz").status == 200);
+}

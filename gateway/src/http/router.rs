@@ -38,11 +38,28 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed().as_secs_f64();
-    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => route, "method" => method.to_string(), "status" => status.to_string())
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => route, "method" => method_label(&method), "status" => status.to_string())
         .increment(1);
     metrics::histogram!(m::HTTP_REQUEST_SECONDS, "route" => route).record(elapsed);
     span.in_scope(|| tracing::debug!(status, elapsed, route, "answered"));
     resp
+}
+
+/// The method as a metric label: the standard ones, and `other` for anything a client
+/// makes up, so label values (and series) stay a closed set whatever arrives.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 async fn dispatch(

@@ -67,10 +67,20 @@ impl KeyCache {
             KeyInput::Pem(p) => (true, p.as_bytes()),
             KeyInput::Address(_) => return Err(Reason::InvalidItem),
         };
+        // A PEM is cached under its SHA-256: OpenSSL skips any text before
+        // `-----BEGIN`, so the text itself could be made as large as a body allows and
+        // would stay in memory with the entry. Point bytes that parse are at most 65.
+        let digest;
+        let key_bytes: &[u8] = if pem {
+            digest = crate::util::sha256(bytes);
+            &digest
+        } else {
+            bytes
+        };
         let lookup = CacheKeyRef {
             algorithm,
             pem,
-            bytes,
+            bytes: key_bytes,
         };
         if let Some(k) = self.cache.get(&lookup) {
             return Ok(k);
@@ -84,7 +94,7 @@ impl KeyCache {
             CacheKey {
                 algorithm,
                 pem,
-                bytes: bytes.to_vec(),
+                bytes: key_bytes.to_vec(),
             },
             parsed.clone(),
         );
@@ -292,6 +302,29 @@ mod tests {
             Some(Reason::BadEncoding)
         );
         assert!(cache.len() <= before);
+    }
+
+    #[test]
+    fn a_pem_is_cached_under_its_digest_whatever_comes_before_it() {
+        let cache = KeyCache::new(8);
+        let k = EcKey::generate(group(Nid::X9_62_PRIME256V1)).unwrap();
+        let pem = String::from_utf8(k.public_key_to_pem().unwrap()).unwrap();
+        let padded = KeyInput::Pem(format!("{}\n{pem}", "junk ".repeat(20_000)));
+        let first = cache.get(Algorithm::EcdsaP256, &padded).unwrap();
+        let again = cache.get(Algorithm::EcdsaP256, &padded).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the second lookup is a hit");
+        let lookup = CacheKeyRef {
+            algorithm: Algorithm::EcdsaP256,
+            pem: true,
+            bytes: &crate::util::sha256(match &padded {
+                KeyInput::Pem(p) => p.as_bytes(),
+                _ => unreachable!(),
+            }),
+        };
+        assert!(
+            cache.cache.get(&lookup).is_some(),
+            "keyed by the 32-byte digest"
+        );
     }
 
     #[test]
