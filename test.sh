@@ -8,7 +8,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 # The Debian package: built, installed with dpkg, the installed binary run.
 deploy/deb/check.sh
 # One closing line over every test binary.
