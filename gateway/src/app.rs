@@ -87,6 +87,7 @@ pub async fn run(
         listener,
         tls,
         state.clone(),
+        &config.server.limits,
         shutdown_signal(),
         Duration::from_secs(config.server.shutdown_grace_seconds),
     )

@@ -79,7 +79,9 @@ pub fn prepare(
         server: ServerConfig {
             listen,
             tls: None,
+            allow_plaintext: false,
             shutdown_grace_seconds: 10,
+            limits: Default::default(),
         },
         hsm: HsmConfig {
             profile: "softhsm2".into(),

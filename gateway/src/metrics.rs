@@ -39,6 +39,7 @@ pub const HSM_ORPHAN_OBJECTS: &str = "bsn_gateway_hsm_orphan_objects";
 pub const KEYS_MISSING_OBJECTS: &str = "bsn_gateway_keys_missing_objects";
 pub const AUDIT_CHECKPOINTS_TOTAL: &str = "bsn_gateway_audit_checkpoints_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "bsn_gateway_config_reloads_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "bsn_gateway_connections_refused_total";
 
 /// Latency buckets from 50 µs to 10 s: HSM signs take tens of µs, fsyncs milliseconds.
 const BUCKETS: &[f64] = &[
@@ -193,6 +194,10 @@ fn describe() {
     describe_counter!(
         AUDIT_CHECKPOINTS_TOTAL,
         "Audit chain heads signed in the HSM, by result (ok or error)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed at accept, by the cap they hit (max_connections, max_connections_per_ip)"
     );
     describe_counter!(
         CONFIG_RELOADS_TOTAL,

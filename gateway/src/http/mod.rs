@@ -55,9 +55,74 @@ pub struct ServerConfig {
     /// Address to bind; port 0 picks a free one (written to `<data_dir>/gateway.addr`).
     pub listen: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Plain HTTP (no `[server.tls]`) on an address other than loopback must be asked for:
+    /// bearer tokens would cross the network in the clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_grace")]
     pub shutdown_grace_seconds: u64,
+    #[serde(default)]
+    pub limits: ListenerLimits,
+}
+
+/// `[server.limits]`: what one client or one connection may hold of the listener, each
+/// with a safe default (in the spirit of Vault's listener and Envoy's overload settings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerLimits {
+    /// A request's headers must arrive within this; an idle keep-alive connection is
+    /// closed after it too.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// Open connections at most; beyond it a new one is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections from one source address at most.
+    #[serde(default = "default_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// HTTP/2: streams one connection may have open at once.
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: header list size, bytes.
+    #[serde(default = "default_h2_headers")]
+    pub http2_max_header_list_size: u32,
+    /// HTTP/2: streams a client may reset before the server has accepted them; beyond it
+    /// the connection is closed (the rapid-reset flood, CVE-2023-44487).
+    #[serde(default = "default_h2_resets")]
+    pub http2_max_pending_accept_reset_streams: usize,
+}
+
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_per_ip() -> usize {
+    256
+}
+fn default_h2_streams() -> u32 {
+    128
+}
+fn default_h2_headers() -> u32 {
+    16 * 1024
+}
+fn default_h2_resets() -> usize {
+    20
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            header_read_timeout_ms: default_header_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_per_ip(),
+            http2_max_concurrent_streams: default_h2_streams(),
+            http2_max_header_list_size: default_h2_headers(),
+            http2_max_pending_accept_reset_streams: default_h2_resets(),
+        }
+    }
 }
 
 fn default_grace() -> u64 {
@@ -66,6 +131,20 @@ fn default_grace() -> u64 {
 
 impl ServerConfig {
     pub fn validate(&self) -> Result<(), String> {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_plaintext {
+            return Err(format!(
+                "[server]: plain HTTP on {}, which is not loopback: set [server.tls], or allow_plaintext = true",
+                self.listen
+            ));
+        }
+        let l = &self.limits;
+        if l.header_read_timeout_ms == 0
+            || l.max_connections == 0
+            || l.max_connections_per_ip == 0
+            || l.http2_max_concurrent_streams == 0
+        {
+            return Err("[server.limits]: timeouts and caps must be >= 1".into());
+        }
         if let Some(tls) = &self.tls {
             for (what, p) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
                 if p.as_os_str().is_empty() {
@@ -94,6 +173,13 @@ pub struct Limits {
     pub max_body_bytes: usize,
     #[serde(default = "default_items")]
     pub max_items: usize,
+    /// A request's body must arrive within this once its headers have; beyond it, 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout_ms: u64,
+}
+
+fn default_body_timeout() -> u64 {
+    30_000
 }
 
 fn default_body() -> usize {
@@ -109,6 +195,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: default_body(),
             max_items: default_items(),
+            body_read_timeout_ms: default_body_timeout(),
         }
     }
 }
@@ -132,7 +219,7 @@ impl Limits {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_body_bytes < 1024 || self.max_items == 0 {
+        if self.max_body_bytes < 1024 || self.max_items == 0 || self.body_read_timeout_ms == 0 {
             return Err("[limits]: max_body_bytes must be >= 1024 and max_items >= 1".into());
         }
         Ok(())

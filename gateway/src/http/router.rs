@@ -224,9 +224,17 @@ pub async fn read_json<T: DeserializeOwned>(
         }
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), limit)
-        .collect()
+    let timeout = std::time::Duration::from_millis(state.limits.body_read_timeout_ms);
+    let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect())
         .await
+        .map_err(|_| {
+            ApiError::new(
+                hyper::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the body did not arrive within {} ms", timeout.as_millis()),
+            )
+        })?;
+    let body = collected
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large()

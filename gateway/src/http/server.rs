@@ -1,22 +1,25 @@
 //! Accepts connections (plain, or TLS/mTLS through OpenSSL), serves HTTP/1.1 and HTTP/2,
 //! and on shutdown stops accepting and drains in-flight requests within a grace period.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use openssl::ssl::{
     select_next_proto, AlpnError, Ssl, SslAcceptor, SslFiletype, SslMethod, SslVerifyMode,
 };
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-use super::AppState;
-use super::TlsConfig;
+use super::{AppState, ListenerLimits, TlsConfig};
+use crate::metrics as m;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -41,16 +44,72 @@ pub fn tls_acceptor(cfg: &TlsConfig) -> Result<SslAcceptor, String> {
     Ok(b.build())
 }
 
+/// Open connections per source address; a slot is given back when its guard drops.
+#[derive(Clone, Default)]
+struct PerSource(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct SourceSlot {
+    table: PerSource,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(&self, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(limits.http2_max_header_list_size)
+        .max_pending_accept_reset_streams(limits.http2_max_pending_accept_reset_streams);
+    b
+}
+
 pub async fn serve(
     listener: TcpListener,
     tls: Option<SslAcceptor>,
     state: Arc<AppState>,
+    limits: &ListenerLimits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = builder(limits);
     let tls = tls.map(Arc::new);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let first_bytes = Duration::from_millis(limits.header_read_timeout_ms);
+    let per_source = PerSource::default();
+    for reason in ["max_connections", "max_connections_per_ip"] {
+        metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).absolute(0);
+    }
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -65,18 +124,37 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Over a cap, the connection is closed at once: the listener itself never waits.
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "max_connections")
+                .increment(1);
+            continue;
+        };
+        let Some(slot) = per_source.take(peer.ip(), limits.max_connections_per_ip) else {
+            metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => "max_connections_per_ip")
+                .increment(1);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _held = (permit, slot);
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(super::router::handle(state, req).await) }
             });
             let result = match tls {
                 None => {
+                    // The HTTP/1-or-2 detection waits for the first bytes with no timer of
+                    // its own: a connection that sends nothing is closed here.
+                    let mut first = [0u8; 1];
+                    let peeked = tokio::time::timeout(first_bytes, tcp.peek(&mut first)).await;
+                    if !matches!(peeked, Ok(Ok(1..))) {
+                        return;
+                    }
                     watcher
                         .watch(builder.serve_connection(TokioIo::new(tcp), service))
                         .await

@@ -1,0 +1,142 @@
+//! The listener holds against clients that send slowly, hold connections idle, or open
+//! many: timeouts close them, caps refuse the extra ones at once, and everyone else is
+//! served. Plain HTTP beyond loopback must be asked for.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{dev_token_config, run_cli, Gateway};
+
+fn start(server_limits: &str, tail: &str) -> (tempfile::TempDir, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    Gateway::start_dev_in(dir.path()).terminate();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        dev_token_config(
+            dir.path(),
+            &format!("[server.limits]\n{server_limits}\n"),
+            "",
+            tail,
+        ),
+    )
+    .unwrap();
+    let g = Gateway::start_config(&cfg, dir.path());
+    (dir, g)
+}
+
+/// How long until the server closes this socket (reads return 0 or fail), at most `max`.
+fn closed_within(s: &mut TcpStream, max: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    s.set_read_timeout(Some(max)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) if started.elapsed() < max => return Some(started.elapsed()),
+            Ok(_) if started.elapsed() < max => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn slow_headers_and_idle_connections_are_closed_by_the_header_timeout() {
+    let (_dir, g) = start("header_read_timeout_ms = 500", "");
+    let mut half = TcpStream::connect(&g.addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    let mut idle = TcpStream::connect(&g.addr).unwrap();
+    let t = closed_within(&mut half, Duration::from_secs(5)).expect("half-sent headers held");
+    assert!(t >= Duration::from_millis(400), "closed too early: {t:?}");
+    closed_within(&mut idle, Duration::from_secs(5)).expect("an idle connection held");
+    // A keep-alive connection idle after its request is closed too.
+    let mut kept = TcpStream::connect(&g.addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 512];
+    assert!(kept.read(&mut buf).unwrap() > 0);
+    closed_within(&mut kept, Duration::from_secs(5)).expect("an idle keep-alive connection held");
+    assert_eq!(g.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_body_that_does_not_arrive_gets_408() {
+    let (_dir, g) = start("", "[limits]\nbody_read_timeout_ms = 500\n");
+    let mut s = TcpStream::connect(&g.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"items\"",
+        g.token
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn connections_over_the_per_source_cap_are_closed_at_once() {
+    let (_dir, g) = start("max_connections_per_ip = 8", "");
+    let mut held: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(&g.addr).unwrap())
+        .collect();
+    // Let the server accept them all before the ninth.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(&g.addr).unwrap();
+    let t = closed_within(&mut extra, Duration::from_secs(2)).expect("the ninth was kept");
+    assert!(t < Duration::from_secs(1), "{t:?}");
+    // The ones it holds still work.
+    write!(
+        held[0],
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    held[0].read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    held.clear();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(g.get("/healthz").status, 200);
+    // The test client's own keep-alive connection may have taken a slot too.
+    let metrics = g.call("GET", "/metrics", None, None).body;
+    let refused: u64 = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "bsn_gateway_connections_refused_total{reason=\"max_connections_per_ip\"} ",
+            )
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&refused), "{refused}");
+}
+
+#[test]
+fn plain_http_beyond_loopback_must_be_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), "t").unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    let text = dev_token_config(dir.path(), "", "", "").replace("127.0.0.1:0", "0.0.0.0:8443");
+    std::fs::write(&cfg, &text).unwrap();
+    let (ok, out) = run_cli(&["config", "check", cfg.to_str().unwrap()]);
+    assert!(!ok && out.contains("allow_plaintext"), "{out}");
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "listen = \"0.0.0.0:8443\"",
+            "listen = \"0.0.0.0:8443\"\nallow_plaintext = true",
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run_cli(&["config", "check", cfg.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
