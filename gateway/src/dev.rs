@@ -111,6 +111,10 @@ pub fn prepare(
             transactions_per_second: None,
             transactions_burst: None,
             transactions_per_day: None,
+            sign_per_second: None,
+            sign_burst: None,
+            verify_per_second: None,
+            verify_burst: None,
         }],
     };
     config.validate()?;

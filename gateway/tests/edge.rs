@@ -54,7 +54,8 @@ fn slow_headers_and_idle_connections_are_closed_by_the_header_timeout() {
     closed_within(&mut idle, Duration::from_secs(5)).expect("an idle connection held");
     // A keep-alive connection idle after its request is closed too.
     let mut kept = TcpStream::connect(&g.addr).unwrap();
-    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut buf = [0u8; 512];
     assert!(kept.read(&mut buf).unwrap() > 0);
     closed_within(&mut kept, Duration::from_secs(5)).expect("an idle keep-alive connection held");
@@ -139,4 +140,56 @@ fn plain_http_beyond_loopback_must_be_asked_for() {
     .unwrap();
     let (ok, out) = run_cli(&["config", "check", cfg.to_str().unwrap()]);
     assert!(ok, "{out}");
+}
+
+#[test]
+fn sign_and_verify_have_quotas_counted_in_items() {
+    let token = "bsn_quota_client_token_for_tests_only_000000000000000000000";
+    let hash = format!("0x{}", hex::encode(openssl::sha::sha256(token.as_bytes())));
+    let tail = format!(
+        "[[clients]]\nname = \"metered\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"metered-*\"]\nsign_per_second = 0.1\nsign_burst = 3\nverify_per_second = 0.1\nverify_burst = 4\n"
+    );
+    let (_dir, g) = start("", &tail);
+    let call = |path: &str, body: serde_json::Value| {
+        g.call("POST", path, Some(body.to_string().as_bytes()), Some(token))
+    };
+    let r = call(
+        "/v1/keys",
+        serde_json::json!({"label": "metered-1", "algorithm": "ed25519"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let item = serde_json::json!({"message_b64": "aGk="});
+    assert_eq!(
+        call(&format!("/v1/keys/{id}/sign"), item.clone()).status,
+        200
+    );
+    let batch = serde_json::json!({"items": [item.clone(), item.clone()]});
+    assert_eq!(
+        call(&format!("/v1/keys/{id}/sign-batch"), batch.clone()).status,
+        200
+    );
+    // Three items spent: the next one waits for the bucket.
+    let r = call(&format!("/v1/keys/{id}/sign"), item.clone());
+    assert_eq!(
+        (r.status, common::error_code(&r)),
+        (429, "quota_exceeded"),
+        "{}",
+        r.body
+    );
+    assert!(r.retry_after.is_some());
+    let sig = "0x".to_string() + &"00".repeat(64);
+    let v = serde_json::json!({"algorithm": "ed25519", "key_id": id, "message_b64": "aGk=", "signature": sig});
+    let five = serde_json::json!({"items": [v, v, v, v, v]});
+    let r = call("/v1/verify", five);
+    assert_eq!(
+        (r.status, common::error_code(&r)),
+        (429, "quota_exceeded"),
+        "a batch over the bucket"
+    );
+    let four = serde_json::json!({"items": [v, v, v, v]});
+    assert_eq!(call("/v1/verify", four).status, 200);
+    // The admin, with no quota, is not held back.
+    let r = g.post(&format!("/v1/keys/{id}/sign"), item);
+    assert_eq!(r.status, 200, "{}", r.body);
 }

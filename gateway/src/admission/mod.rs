@@ -154,7 +154,7 @@ impl Admission {
             metrics::counter!(m::TX_REJECTED_TOTAL, "ledger" => ledger.name.to_string(), "reason" => reason)
                 .increment(k as u64);
         };
-        if let Err(secs) = client.take_transactions(n as u64) {
+        if let Err(secs) = client.take(crate::auth::Metered::Transactions, n as u64) {
             count_rejected("quota_exceeded", n);
             return Err(AdmissionError::Quota {
                 client: client.name.clone(),

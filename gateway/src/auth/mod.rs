@@ -38,6 +38,12 @@ pub struct ClientConfig {
     pub transactions_per_second: Option<f64>,
     pub transactions_burst: Option<u64>,
     pub transactions_per_day: Option<u64>,
+    /// Signature quotas, in items (a sign-batch of 64 takes 64): a rate and a bucket.
+    pub sign_per_second: Option<f64>,
+    pub sign_burst: Option<u64>,
+    /// Verification quotas, in items.
+    pub verify_per_second: Option<f64>,
+    pub verify_burst: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,15 +113,26 @@ impl ClientConfig {
         }
         parse_hash(&self.token_sha256).map_err(ctx)?;
         Operation::parse_set(&self.operations).map_err(ctx)?;
-        if self
-            .transactions_per_second
-            .is_some_and(|r| !(r.is_finite() && r > 0.0))
-        {
-            return Err(ctx("transactions_per_second must be > 0".into()));
+        for (name, rate) in [
+            ("transactions_per_second", self.transactions_per_second),
+            ("sign_per_second", self.sign_per_second),
+            ("verify_per_second", self.verify_per_second),
+        ] {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                return Err(ctx(format!("{name} must be > 0")));
+            }
         }
-        if self.transactions_burst == Some(0) || self.transactions_per_day == Some(0) {
+        if [
+            self.transactions_burst,
+            self.transactions_per_day,
+            self.sign_burst,
+            self.verify_burst,
+        ]
+        .contains(&Some(0))
+        {
             return Err(ctx(
-                "transactions_burst and transactions_per_day must be >= 1".into(),
+                "transactions_burst, transactions_per_day, sign_burst and verify_burst must be >= 1"
+                    .into(),
             ));
         }
         for p in &self.keys {
@@ -258,7 +275,50 @@ pub struct Client {
     operations: HashSet<Operation>,
     key_patterns: Vec<Pattern>,
     ledgers: Vec<String>,
-    quota: Option<Mutex<quota::Quota>>,
+    quotas: Quotas,
+}
+
+/// What a client's quotas count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metered {
+    Transactions,
+    Signatures,
+    Verifications,
+}
+
+impl Metered {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metered::Transactions => "transaction",
+            Metered::Signatures => "signature",
+            Metered::Verifications => "verification",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Quotas {
+    transactions: Option<Mutex<quota::Quota>>,
+    signatures: Option<Mutex<quota::Quota>>,
+    verifications: Option<Mutex<quota::Quota>>,
+}
+
+impl Quotas {
+    fn from_config(c: &ClientConfig) -> Quotas {
+        let q = |rate: Option<f64>, burst, day: Option<u64>| {
+            (rate.is_some() || day.is_some())
+                .then(|| Mutex::new(quota::Quota::new(rate, burst, day)))
+        };
+        Quotas {
+            transactions: q(
+                c.transactions_per_second,
+                c.transactions_burst,
+                c.transactions_per_day,
+            ),
+            signatures: q(c.sign_per_second, c.sign_burst, None),
+            verifications: q(c.verify_per_second, c.verify_burst, None),
+        }
+    }
 }
 
 impl Client {
@@ -276,9 +336,15 @@ impl Client {
         self.ledgers.iter().any(|l| l == "*" || l == ledger)
     }
 
-    /// Takes `n` transactions from the client's quota, or says when to retry (seconds).
-    pub fn take_transactions(&self, n: u64) -> Result<(), u64> {
-        match &self.quota {
+    /// Takes `n` items from the client's quota for `what`, or says when to retry
+    /// (seconds).
+    pub fn take(&self, what: Metered, n: u64) -> Result<(), u64> {
+        let quota = match what {
+            Metered::Transactions => &self.quotas.transactions,
+            Metered::Signatures => &self.quotas.signatures,
+            Metered::Verifications => &self.quotas.verifications,
+        };
+        match quota {
             None => Ok(()),
             Some(q) => q
                 .lock()
@@ -345,14 +411,7 @@ fn build(configs: &[ClientConfig]) -> Result<Vec<Arc<Client>>, String> {
                     .map(|p| Pattern::parse(p))
                     .collect::<Result<_, _>>()?,
                 ledgers: c.ledgers.clone(),
-                quota: (c.transactions_per_second.is_some() || c.transactions_per_day.is_some())
-                    .then(|| {
-                        Mutex::new(quota::Quota::new(
-                            c.transactions_per_second,
-                            c.transactions_burst,
-                            c.transactions_per_day,
-                        ))
-                    }),
+                quotas: Quotas::from_config(c),
             }))
         })
         .collect::<Result<_, String>>()
@@ -491,6 +550,10 @@ mod tests {
             transactions_per_second: None,
             transactions_burst: None,
             transactions_per_day: None,
+            sign_per_second: None,
+            sign_burst: None,
+            verify_per_second: None,
+            verify_burst: None,
         }
     }
 

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::router::{json_response, read_json, Resp};
 use super::AppState;
 use crate::algorithm::Algorithm;
-use crate::auth::{Client, Operation};
+use crate::auth::{Client, Metered, Operation};
 use crate::custody::{CustodyError, KeyRecord, SigFormat};
 use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};
 
@@ -254,6 +254,7 @@ pub async fn sign(
     let alg = state.custody.get(&client.principal, id)?.algorithm;
     let format = parse_format(alg, body.format.as_deref())?;
     let input = prepare(alg, &body.item, body.hash.as_deref())?;
+    super::take_quota(client, Metered::Signatures, 1)?;
     let mut sigs = state
         .custody
         .sign(&client.principal, id, vec![input], format, false)
@@ -291,6 +292,7 @@ pub async fn sign_batch(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    super::take_quota(client, Metered::Signatures, inputs.len())?;
     let sigs = state
         .custody
         .sign(&client.principal, id, inputs, format, true)

@@ -48,6 +48,28 @@ pub fn require(
     }
 }
 
+/// Takes `n` items from the client's quota for `what`, or answers 429 `quota_exceeded`
+/// with Retry-After.
+pub fn take_quota(
+    client: &crate::auth::Client,
+    what: crate::auth::Metered,
+    n: usize,
+) -> Result<(), error::ApiError> {
+    client.take(what, n as u64).map_err(|secs| {
+        let mut e = error::ApiError::new(
+            hyper::StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!(
+                "client {:?} is over its {} quota",
+                client.name,
+                what.as_str()
+            ),
+        );
+        e.retry_after = Some(secs);
+        e
+    })
+}
+
 /// `[server]` in the config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

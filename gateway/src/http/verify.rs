@@ -49,6 +49,11 @@ pub async fn verify(
     super::require(client, Operation::Verify)?;
     let body: VerifyRequest = read_json(state, req).await?;
     state.limits.check_items(body.items.len())?;
+    super::take_quota(
+        client,
+        crate::auth::Metered::Verifications,
+        body.items.len(),
+    )?;
     let mut results: Vec<Option<Outcome>> = Vec::with_capacity(body.items.len());
     let mut tasks = Vec::with_capacity(body.items.len());
     for item in &body.items {
