@@ -49,6 +49,47 @@ fn readme_catalogue() -> BTreeMap<String, Row> {
 }
 
 #[test]
+fn a_fresh_gateway_exports_every_catalogue_metric_at_zero() {
+    // A ledger whose node is down: its series must be there all the same.
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_dev_with(
+        dir.path(),
+        &["--ledger".into(), "fab=http+http://127.0.0.1:1".into()],
+    );
+    let text = g
+        .call("GET", "/metrics", None, None)
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exported: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for name in readme_catalogue().keys() {
+        assert!(
+            exported.contains(name.as_str()),
+            "{name} is missing from a fresh scrape"
+        );
+    }
+    for series in [
+        "bsn_gateway_forward_attempts_total{ledger=\"fab\",node=\"http://127.0.0.1:1\",result=\"delivered\"} 0",
+        "bsn_gateway_transactions_rejected_total{ledger=\"fab\",reason=\"replayed\"} 0",
+        "bsn_gateway_verify_total{algorithm=\"ecdsa-p256\",result=\"valid\"} 0",
+        "bsn_gateway_outbox_fsync_duration_seconds_count 0",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+    let lint = promtool(&["check", "metrics"], Some(&text));
+    assert!(
+        lint.0,
+        "promtool check metrics on a fresh scrape: {}",
+        lint.1
+    );
+}
+
+#[test]
 fn the_readme_catalogue_matches_the_live_exporter() {
     let g = Gateway::start_dev();
     // Touch every path that records something: keys, signing, verification (valid and not).

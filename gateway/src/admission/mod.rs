@@ -107,6 +107,17 @@ impl Admission {
         outbox: Outbox,
         forward: Forwarder,
     ) -> Arc<Admission> {
+        for l in forward.ledgers() {
+            metrics::counter!(m::TX_ACCEPTED_TOTAL, "ledger" => l.name.to_string()).absolute(0);
+            let reasons = Reason::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .chain(REJECT_CODES.iter().copied());
+            for reason in reasons {
+                metrics::counter!(m::TX_REJECTED_TOTAL, "ledger" => l.name.to_string(), "reason" => reason)
+                    .absolute(0);
+            }
+        }
         Arc::new(Admission {
             custody,
             verify,
@@ -348,6 +359,24 @@ impl Admission {
         self.outbox.is_healthy() && self.forward.ready()
     }
 }
+
+/// Rejection reasons of admission's own, beside the verification engine's `Reason`s.
+const REJECT_CODES: &[&str] = &[
+    "unsupported_type",
+    "no_chain_id",
+    "wrong_chain_id",
+    "too_large",
+    "sender_not_allowed",
+    "replayed",
+    "wrong_ledger_kind",
+    "key_disabled",
+    "bad_certificate",
+    "untrusted_certificate",
+    "quota_exceeded",
+    "too_many_items",
+    "outbox_full",
+    "outbox_unavailable",
+];
 
 const REPLAYED: &str = "this transaction was already submitted within the replay window";
 

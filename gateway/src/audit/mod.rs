@@ -126,6 +126,7 @@ impl AuditLog {
             .open(path)
             .map_err(open_err)?;
         let (seq, prev) = recover_tail(&mut file).map_err(open_err)?;
+        let _ = metrics::histogram!(crate::metrics::AUDIT_FSYNC_SECONDS);
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
         let due = Arc::new(tokio::sync::Notify::new());

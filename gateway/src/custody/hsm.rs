@@ -149,6 +149,11 @@ impl Hsm {
         login(&anchor, &pin)?;
         metrics::gauge!(m::HSM_SESSION_POOL_SIZE).set(pool_size as f64);
         metrics::gauge!(m::HSM_SESSIONS_IN_USE).set(0.0);
+        metrics::counter!(m::HSM_SESSION_WAIT_TIMEOUTS_TOTAL).absolute(0);
+        // The codes the gateway acts on, at zero from the first scrape.
+        for code in quirks.transient_errors.iter().chain(ReturnCode::ACTED_ON) {
+            metrics::counter!(m::HSM_ERRORS_TOTAL, "code" => code.to_string()).absolute(0);
+        }
         Ok(Arc::new(Hsm {
             pkcs11,
             slot,

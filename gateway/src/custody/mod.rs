@@ -394,6 +394,14 @@ impl Custody {
             missing: RwLock::new(HashSet::new()),
         });
         custody.report_key_counts();
+        for alg in Algorithm::ALL
+            .into_iter()
+            .filter(|a| custody.profile.supports(*a))
+        {
+            for op in ["generate", "sign", "sign_batch", "destroy"] {
+                let _ = metrics::histogram!(crate::metrics::HSM_OPERATION_SECONDS, "operation" => op, "algorithm" => alg.as_str());
+            }
+        }
         custody
     }
 

@@ -163,6 +163,17 @@ impl<'de> Deserialize<'de> for ReturnCode {
 }
 
 impl ReturnCode {
+    /// The codes the pool acts on (a session dropped, a login renewed).
+    pub const ACTED_ON: &[ReturnCode] = &[
+        ReturnCode(RvError::SessionHandleInvalid),
+        ReturnCode(RvError::SessionClosed),
+        ReturnCode(RvError::DeviceError),
+        ReturnCode(RvError::DeviceRemoved),
+        ReturnCode(RvError::TokenNotPresent),
+        ReturnCode(RvError::UserNotLoggedIn),
+        ReturnCode(RvError::OperationActive),
+    ];
+
     /// After these the session is dropped rather than returned to the pool.
     pub fn poisons_session(self) -> bool {
         matches!(

@@ -154,6 +154,15 @@ impl Forwarder {
                 queue,
             });
             for n in &ledger.nodes {
+                for result in ["delivered", "refused", "retry"] {
+                    metrics::counter!(m::FORWARD_TOTAL, "ledger" => common.name.to_string(), "node" => n.name.clone(), "result" => result)
+                        .absolute(0);
+                }
+            }
+            metrics::counter!(m::FORWARD_RETRIES_TOTAL, "ledger" => common.name.to_string())
+                .absolute(0);
+            let _ = metrics::histogram!(m::FORWARD_SECONDS, "ledger" => common.name.to_string());
+            for n in &ledger.nodes {
                 tokio::spawn(health_loop(
                     ledger.clone(),
                     n.clone(),
@@ -196,6 +205,11 @@ impl Forwarder {
             }
         }
         Ok(Forwarder { ledgers })
+    }
+
+    /// Every configured ledger.
+    pub fn ledgers(&self) -> impl Iterator<Item = &Arc<Ledger>> {
+        self.ledgers.values()
     }
 
     pub fn ledger(&self, name: &str) -> Option<&Arc<Ledger>> {

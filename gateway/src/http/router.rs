@@ -45,9 +45,41 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     resp
 }
 
+/// Every route label, the unmatched one included (for the metrics exported at zero).
+pub const ROUTES: [&str; 15] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/v1/keys",
+    "/v1/keys/import",
+    "/v1/keys/{id}",
+    "/v1/keys/{id}/disable",
+    "/v1/keys/{id}/cancel-deletion",
+    "/v1/keys/{id}/sign",
+    "/v1/keys/{id}/sign-batch",
+    "/v1/verify",
+    "/v1/transactions",
+    "/v1/transactions/{id}",
+    "unmatched",
+];
+
+/// The methods a route takes.
+pub fn allowed(route: &str) -> &'static [Method] {
+    match route {
+        "/v1/keys" => &[Method::GET, Method::POST],
+        "/v1/keys/{id}" => &[Method::GET, Method::DELETE],
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/v1/transactions/{id}" => {
+            &[Method::GET]
+        }
+        "unmatched" => &[],
+        _ => &[Method::POST],
+    }
+}
+
 /// The method as a metric label: the standard ones, and `other` for anything a client
 /// makes up, so label values (and series) stay a closed set whatever arrives.
-fn method_label(m: &Method) -> &'static str {
+pub fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",
@@ -95,14 +127,7 @@ async fn dispatch(
             );
         }
     };
-    let allowed: &[Method] = match route {
-        "/v1/keys" => &[Method::GET, Method::POST],
-        "/v1/keys/{id}" => &[Method::GET, Method::DELETE],
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/v1/transactions/{id}" => {
-            &[Method::GET]
-        }
-        _ => &[Method::POST],
-    };
+    let allowed = allowed(route);
     if !allowed.contains(&method) {
         let mut e = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

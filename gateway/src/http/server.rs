@@ -107,6 +107,14 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let first_bytes = Duration::from_millis(limits.header_read_timeout_ms);
     let per_source = PerSource::default();
+    for route in super::router::ROUTES {
+        let _ = metrics::histogram!(m::HTTP_REQUEST_SECONDS, "route" => route);
+        for method in super::router::allowed(route) {
+            let method = super::router::method_label(method);
+            metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => route, "method" => method, "status" => "200")
+                .absolute(0);
+        }
+    }
     for reason in ["max_connections", "max_connections_per_ip"] {
         metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).absolute(0);
     }

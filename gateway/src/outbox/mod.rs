@@ -461,6 +461,8 @@ impl Outbox {
             );
         }
         shared.book().publish();
+        metrics::counter!(m::OUTBOX_WRITE_ERRORS_TOTAL).absolute(0);
+        let _ = metrics::histogram!(m::OUTBOX_FSYNC_SECONDS);
         Ok((Outbox { shared, tx }, pending))
     }
 

@@ -64,6 +64,19 @@ impl Engine {
         }
         gauge!(m::VERIFY_WORKERS).set(workers as f64);
         gauge!(m::VERIFY_QUEUE_CAPACITY_ITEMS).set(config.queue_items as f64);
+        gauge!(m::VERIFY_QUEUE_ITEMS).set(0.0);
+        // Every series at zero from the first scrape, so dashboards and alerts see data.
+        counter!(m::VERIFY_OVERLOADED_TOTAL).absolute(0);
+        for alg in crate::algorithm::Algorithm::ALL {
+            counter!(m::VERIFY_TOTAL, "algorithm" => alg.as_str(), "result" => "valid").absolute(0);
+            for r in super::Reason::ALL {
+                counter!(m::VERIFY_TOTAL, "algorithm" => alg.as_str(), "result" => r.as_str())
+                    .absolute(0);
+            }
+        }
+        let _ = histogram!(m::VERIFY_QUEUE_WAIT_SECONDS);
+        let _ = histogram!(m::VERIFY_BATCH_SECONDS);
+        let _ = histogram!(m::VERIFY_BATCH_ITEMS);
         Ok(Engine {
             tx,
             shared,
