@@ -65,9 +65,12 @@ fn many_more_requests_than_sessions_all_succeed_or_get_503_with_retry_after() {
         text.contains("bsn_gateway_hsm_session_pool_size 2"),
         "{text}"
     );
+    // The error counters are there from the start, every one at zero.
+    let errors = hsm_errors(text);
+    assert!(!errors.is_empty(), "{text}");
     assert!(
-        !text.contains("bsn_gateway_hsm_errors_total"),
-        "no PKCS#11 errors: {text}"
+        errors.iter().all(|l| l.ends_with(" 0")),
+        "no PKCS#11 errors: {errors:?}"
     );
     drop(Arc::try_unwrap(g).ok().unwrap());
 
@@ -91,13 +94,22 @@ fn many_more_requests_than_sessions_all_succeed_or_get_503_with_retry_after() {
         replies.len()
     );
     let text = g.call("GET", "/metrics", None, None).body;
-    assert!(!text
-        .as_str()
-        .unwrap()
-        .contains("bsn_gateway_hsm_errors_total"));
+    assert!(
+        hsm_errors(text.as_str().unwrap())
+            .iter()
+            .all(|l| l.ends_with(" 0")),
+        "busy is not a PKCS#11 error: {text}"
+    );
     assert_eq!(
         g.post(&path, json!({"digest": format!("0x{}", "22".repeat(32))}))
             .status,
         200
     );
+}
+
+/// The PKCS#11 error counter's samples in a scrape.
+fn hsm_errors(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("bsn_gateway_hsm_errors_total{"))
+        .collect()
 }

@@ -28,11 +28,16 @@ fn the_shipped_unit_is_hardened_and_verifies() {
         "AmbientCapabilities=\n",
         "ReadWritePaths=/var/lib/bsn-gateway\n",
         "LimitNOFILE=",
+        "SystemCallFilter=@system-service\n",
+        "MemoryMax=",
+        "TasksMax=",
+        "DevicePolicy=closed\n",
+        "ReadWritePaths=-/var/lib/softhsm/tokens\n",
     ] {
         assert!(text.contains(line), "the unit lacks {line:?}");
     }
-    // Only the data dir is writable.
-    assert_eq!(text.matches("ReadWritePaths=").count(), 1);
+    // Only the data dir is writable, and the SoftHSM2 token store where there is one.
+    assert_eq!(text.matches("ReadWritePaths=").count(), 2);
     // verify checks that ExecStart exists: point it at the binary under test.
     let dir = tempfile::tempdir().unwrap();
     let unit = dir.path().join("bsn-gateway.service");
@@ -47,6 +52,20 @@ fn the_shipped_unit_is_hardened_and_verifies() {
         "systemd-analyze verify: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // systemd's own exposure score, 0 (locked down) to 10: at most 2.0.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for bsn-gateway.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {report}"));
+    assert!(exposure <= 2.0, "exposure {exposure}:\n{report}");
     // And it can fail: a typo in a directive is reported.
     std::fs::write(
         &unit,
