@@ -12,19 +12,8 @@ use common::{dev_token_config, run_cli, Gateway};
 
 fn start(server_limits: &str, tail: &str) -> (tempfile::TempDir, Gateway) {
     let dir = tempfile::tempdir().unwrap();
-    Gateway::start_dev_in(dir.path()).terminate();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        dev_token_config(
-            dir.path(),
-            &format!("[server.limits]\n{server_limits}\n"),
-            "",
-            tail,
-        ),
-    )
-    .unwrap();
-    let g = Gateway::start_config(&cfg, dir.path());
+    let limits = format!("[server.limits]\n{server_limits}\n");
+    let g = Gateway::start_configured(dir.path(), &limits, tail);
     (dir, g)
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::ledger::ScriptNode;
-use common::{dev_token_config, error_code, pkcs11_tool, Gateway};
+use common::{error_code, pkcs11_tool, Gateway};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
@@ -207,19 +207,11 @@ fn a_slow_body_sign_started_before_a_disable_is_refused_once_the_disable_is_answ
 #[test]
 fn a_bad_token_flood_takes_nothing_from_key_operations_and_writes_a_bounded_summary() {
     let dir = tempfile::tempdir().unwrap();
-    Gateway::start_dev_in(dir.path()).terminate();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        dev_token_config(
-            dir.path(),
-            "",
-            "",
-            "[audit]\nauth_failure_summary_seconds = 2\n",
-        ),
-    )
-    .unwrap();
-    let mut g = Gateway::start_config(&cfg, dir.path());
+    let mut g = Gateway::start_configured(
+        dir.path(),
+        "",
+        "[audit]\nauth_failure_summary_seconds = 2\n",
+    );
     let key = g.create_key("flooded", "ed25519");
     let id = key["id"].as_str().unwrap().to_string();
     let before = audit_lines(&g.dir).len();
@@ -535,14 +527,7 @@ fn reconcile_marks_missing_keys_and_lists_orphans_which_only_a_stopped_gateway_d
 #[test]
 fn a_scheduled_deletion_destroys_the_key_when_its_window_has_passed() {
     let dir = tempfile::tempdir().unwrap();
-    Gateway::start_dev_in(dir.path()).terminate();
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        dev_token_config(dir.path(), "", "", "[keys]\ndeletion_window_seconds = 1\n"),
-    )
-    .unwrap();
-    let g = Gateway::start_config(&cfg, dir.path());
+    let g = Gateway::start_configured(dir.path(), "", "[keys]\ndeletion_window_seconds = 1\n");
     let k = g.create_key("short-lived", "ecdsa-p256");
     let id = k["id"].as_str().unwrap();
     let r = g.delete(&format!("/v1/keys/{id}"));

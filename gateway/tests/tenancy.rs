@@ -396,23 +396,12 @@ fn verify(log: &std::path::Path, extra: &[&str]) -> (bool, String) {
 fn audit_checkpoints_signed_in_the_hsm_expose_truncation_edits_and_rechaining() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    Gateway::start_dev_in(&data).terminate();
     let export = dir.path().join("checkpoints.jsonl");
-    let cfg = dir.path().join("gateway.toml");
-    std::fs::write(
-        &cfg,
-        dev_token_config(
-            &data,
-            "",
-            "",
-            &format!(
-                "[audit]\ncheckpoint_lines = 10\nexport_file = \"{}\"\n",
-                export.display()
-            ),
-        ),
-    )
-    .unwrap();
-    let mut g = Gateway::start_config(&cfg, &data);
+    let audit = format!(
+        "[audit]\ncheckpoint_lines = 10\nexport_file = \"{}\"\n",
+        export.display()
+    );
+    let mut g = Gateway::start_configured(&data, "", &audit);
     let k = g.create_key("audited", "ed25519");
     let id = k["id"].as_str().unwrap();
     for i in 0..60 {

@@ -56,6 +56,15 @@ impl Gateway {
         Gateway::spawn(cmd, dir)
     }
 
+    /// The embedded default's token and admin in `dir`, served from a config file with
+    /// the extras of `dev_token_config` (written to `dir/gateway.toml`).
+    pub fn start_configured(dir: &Path, server_extra: &str, tail: &str) -> Gateway {
+        Gateway::start_dev_in(dir).terminate();
+        let cfg = dir.join("gateway.toml");
+        std::fs::write(&cfg, dev_token_config(dir, server_extra, "", tail)).unwrap();
+        Gateway::start_config(&cfg, dir)
+    }
+
     /// `serve --config FILE` against a data dir a dev start initialised (same token).
     pub fn start_config(config: &Path, dir: &Path) -> Gateway {
         let mut cmd = Command::new(BIN);
