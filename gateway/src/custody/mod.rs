@@ -263,6 +263,47 @@ impl CustodyError {
     }
 }
 
+/// The state changes a key's owner may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateChange {
+    /// A disabled key cannot sign nor authorise envelopes; it still verifies.
+    Disable,
+    /// Disables the key and schedules its destruction after the deletion window.
+    ScheduleDeletion,
+    /// Keeps a key scheduled for destruction; it stays disabled (enable is not offered).
+    CancelDeletion,
+}
+
+impl StateChange {
+    fn audit_name(self) -> &'static str {
+        match self {
+            StateChange::Disable => "disable",
+            StateChange::ScheduleDeletion => "schedule_destroy",
+            StateChange::CancelDeletion => "cancel_destroy",
+        }
+    }
+
+    /// The record after the change (the same record where it changes nothing).
+    fn apply(self, mut r: KeyRecord, window_seconds: u64) -> Result<KeyRecord, CustodyError> {
+        match self {
+            StateChange::Disable if r.state == KeyState::Active => r.state = KeyState::Disabled,
+            StateChange::ScheduleDeletion if r.state != KeyState::PendingDeletion => {
+                r.state = KeyState::PendingDeletion;
+                r.destroy_after = Some(rfc3339(crate::util::unix_now() + window_seconds));
+            }
+            StateChange::CancelDeletion if r.state != KeyState::PendingDeletion => {
+                return Err(CustodyError::NotPendingDeletion(r.id))
+            }
+            StateChange::CancelDeletion => {
+                r.state = KeyState::Disabled;
+                r.destroy_after = None;
+            }
+            StateChange::Disable | StateChange::ScheduleDeletion => {}
+        }
+        Ok(r)
+    }
+}
+
 /// What one audited operation touched.
 struct Op {
     name: &'static str,
@@ -661,72 +702,23 @@ impl Custody {
         Ok(record)
     }
 
-    /// A disabled key cannot sign (nor authorise envelopes). Answered only once no
-    /// signature begun before it is still unanswered.
-    pub async fn disable(
+    /// Disables, schedules or cancels deletion (see `StateChange`). Answered only once no
+    /// signature begun before it is still unanswered, and no signature begins after it.
+    pub async fn change(
         self: &Arc<Self>,
         who: &Principal,
         id: &str,
-    ) -> Result<KeyRecord, CustodyError> {
-        self.change_state(who, id, "disable", |_, mut r| {
-            if r.state == KeyState::Active {
-                r.state = KeyState::Disabled;
-            }
-            Ok(r)
-        })
-        .await
-    }
-
-    /// Disables the key and schedules its destruction after the deletion window.
-    pub async fn schedule_deletion(
-        self: &Arc<Self>,
-        who: &Principal,
-        id: &str,
-    ) -> Result<KeyRecord, CustodyError> {
-        self.change_state(who, id, "schedule_destroy", |c, mut r| {
-            if r.state != KeyState::PendingDeletion {
-                let at = crate::util::unix_now() + c.config.deletion_window_seconds;
-                r.state = KeyState::PendingDeletion;
-                r.destroy_after = Some(rfc3339(at));
-            }
-            Ok(r)
-        })
-        .await
-    }
-
-    /// Keeps a key scheduled for destruction; it stays disabled (enable is not offered).
-    pub async fn cancel_deletion(
-        self: &Arc<Self>,
-        who: &Principal,
-        id: &str,
-    ) -> Result<KeyRecord, CustodyError> {
-        self.change_state(who, id, "cancel_destroy", |_, mut r| {
-            if r.state != KeyState::PendingDeletion {
-                return Err(CustodyError::NotPendingDeletion(r.id));
-            }
-            r.state = KeyState::Disabled;
-            r.destroy_after = None;
-            Ok(r)
-        })
-        .await
-    }
-
-    async fn change_state(
-        self: &Arc<Self>,
-        who: &Principal,
-        id: &str,
-        name: &'static str,
-        change: fn(&Custody, KeyRecord) -> Result<KeyRecord, CustodyError>,
+        change: StateChange,
     ) -> Result<KeyRecord, CustodyError> {
         let (who, id) = (who.clone(), id.to_string());
         self.owned(move |c| async move {
-            let mut op = Op::new(name, &id);
+            let mut op = Op::new(change.audit_name(), &id);
             let _exclusive = c.state_lock.write().await;
             // Read under the lock: a destroy that won the race leaves nothing to write back.
             let result = match c.get(&who, &id) {
                 Ok(r) => {
                     op.custody = Some(r.custody);
-                    match change(&c, r.clone()) {
+                    match change.apply(r.clone(), c.config.deletion_window_seconds) {
                         Ok(new) if new.state == r.state && new.destroy_after == r.destroy_after => {
                             Ok(new)
                         }

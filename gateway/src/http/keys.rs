@@ -14,7 +14,7 @@ use super::router::{json_response, read_json, Resp};
 use super::AppState;
 use crate::algorithm::Algorithm;
 use crate::auth::{Client, Metered, Operation};
-use crate::custody::{CustodyError, KeyRecord, SigFormat};
+use crate::custody::{CustodyError, KeyRecord, SigFormat, StateChange};
 use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};
 
 #[derive(Deserialize)]
@@ -202,43 +202,36 @@ pub async fn import(
     ))
 }
 
-pub async fn disable(state: &Arc<AppState>, client: &Client, id: &str) -> Result<Resp, ApiError> {
-    require(state, client, Operation::KeysDisable, "disable", id).await?;
-    let record = state.custody.disable(&client.principal, id).await?;
-    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
-}
-
-/// `DELETE /v1/keys/{id}`: schedules destruction after the deletion window; with
-/// `?now=true` an admin destroys at once.
-pub async fn delete(
+/// `POST /v1/keys/{id}/disable`, `POST /v1/keys/{id}/cancel-deletion`, and `DELETE
+/// /v1/keys/{id}` without `now`: a state change, under the operation that grants it.
+pub async fn change(
     state: &Arc<AppState>,
     client: &Client,
     id: &str,
-    now: bool,
+    change: StateChange,
+) -> Result<Resp, ApiError> {
+    let (op, audit_as) = match change {
+        StateChange::Disable => (Operation::KeysDisable, "disable"),
+        StateChange::ScheduleDeletion => (Operation::KeysDestroy, "destroy"),
+        StateChange::CancelDeletion => (Operation::KeysDestroy, "cancel_destroy"),
+    };
+    require(state, client, op, audit_as, id).await?;
+    let record = state.custody.change(&client.principal, id, change).await?;
+    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
+}
+
+/// `DELETE /v1/keys/{id}?now=true`: an admin destroys at once.
+pub async fn destroy_now(
+    state: &Arc<AppState>,
+    client: &Client,
+    id: &str,
 ) -> Result<Resp, ApiError> {
     require(state, client, Operation::KeysDestroy, "destroy", id).await?;
-    if now {
-        let record = state.custody.destroy_now(&client.principal, id).await?;
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"id": record.id, "label": record.label, "state": "destroyed"}),
-        ));
-    }
-    let record = state
-        .custody
-        .schedule_deletion(&client.principal, id)
-        .await?;
-    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
-}
-
-pub async fn cancel_deletion(
-    state: &Arc<AppState>,
-    client: &Client,
-    id: &str,
-) -> Result<Resp, ApiError> {
-    require(state, client, Operation::KeysDestroy, "cancel_destroy", id).await?;
-    let record = state.custody.cancel_deletion(&client.principal, id).await?;
-    Ok(json_response(StatusCode::OK, &record_json(state, &record)))
+    let record = state.custody.destroy_now(&client.principal, id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"id": record.id, "label": record.label, "state": "destroyed"}),
+    ))
 }
 
 pub async fn sign(

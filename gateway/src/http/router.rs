@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::AppState;
 use super::{keys, ops, transactions, verify};
 use crate::auth::Client;
+use crate::custody::StateChange;
 use crate::metrics as m;
 
 pub type Resp = Response<Full<Bytes>>;
@@ -171,9 +172,16 @@ async fn dispatch(
         ("/v1/keys", _) => keys::create(state, &client, req).await,
         ("/v1/keys/import", _) => keys::import(state, &client, req).await,
         ("/v1/keys/{id}", Method::GET) => keys::get(state, &client, &id),
-        ("/v1/keys/{id}", _) => keys::delete(state, &client, &id, now).await,
-        ("/v1/keys/{id}/disable", _) => keys::disable(state, &client, &id).await,
-        ("/v1/keys/{id}/cancel-deletion", _) => keys::cancel_deletion(state, &client, &id).await,
+        ("/v1/keys/{id}", _) if now => keys::destroy_now(state, &client, &id).await,
+        ("/v1/keys/{id}", _) => {
+            keys::change(state, &client, &id, StateChange::ScheduleDeletion).await
+        }
+        ("/v1/keys/{id}/disable", _) => {
+            keys::change(state, &client, &id, StateChange::Disable).await
+        }
+        ("/v1/keys/{id}/cancel-deletion", _) => {
+            keys::change(state, &client, &id, StateChange::CancelDeletion).await
+        }
         ("/v1/keys/{id}/sign", _) => keys::sign(state, &client, &id, req).await,
         ("/v1/verify", _) => verify::verify(state, &client, req).await,
         ("/v1/transactions", _) => transactions::submit(state, &client, req).await,
