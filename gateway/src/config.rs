@@ -127,6 +127,18 @@ impl Config {
             if !hashes.insert(c.token_sha256.to_ascii_lowercase()) {
                 return invalid(format!("client {:?} shares a token with another", c.name));
             }
+            if c.certificate_sha256.is_some()
+                && self
+                    .server
+                    .tls
+                    .as_ref()
+                    .is_none_or(|t| t.client_ca_file.is_none())
+            {
+                return invalid(format!(
+                    "client {:?} is bound to a certificate, but [server.tls] asks for none (client_ca_file)",
+                    c.name
+                ));
+            }
             if let Some(l) = c
                 .ledgers
                 .iter()

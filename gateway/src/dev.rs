@@ -108,6 +108,7 @@ pub fn prepare(
             keys: vec!["*".into()],
             admin: true,
             ledgers: vec!["*".into()],
+            certificate_sha256: None,
             transactions_per_second: None,
             transactions_burst: None,
             transactions_per_day: None,

@@ -191,8 +191,16 @@ fn tls_with_client_certificates() {
     // A CA, a server certificate for 127.0.0.1 and a client certificate, by the openssl CLI.
     sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -subj /CN=test-ca -days 2 2>/dev/null");
     sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null && printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile san.ext 2>/dev/null");
-    sh("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout cli.key -out cli.csr -subj /CN=client 2>/dev/null && openssl x509 -req -in cli.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cli.pem -days 2 2>/dev/null");
+    for name in ["cli", "other"] {
+        sh(&format!("openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {name}.key -out {name}.csr -subj /CN={name} 2>/dev/null && openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 2>/dev/null"));
+    }
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    // A client bound to cli.pem: its token over another certificate is not it.
+    let bound = "bsn_bound_client_token_for_tests_only_00000000000000000000000";
+    let fingerprint = openssl::x509::X509::from_pem(&std::fs::read(dir.join("cli.pem")).unwrap())
+        .unwrap()
+        .digest(openssl::hash::MessageDigest::sha256())
+        .unwrap();
     let config = dev_token_config(
         &dir,
         &format!(
@@ -200,7 +208,11 @@ fn tls_with_client_certificates() {
             d = dir.display()
         ),
         "",
-        "",
+        &format!(
+            "[[clients]]\nname = \"bound\"\ntoken_sha256 = \"0x{}\"\noperations = [\"keys:read\"]\nkeys = []\ncertificate_sha256 = \"0x{}\"\n",
+            hex::encode(openssl::sha::sha256(bound.as_bytes())),
+            hex::encode(fingerprint)
+        ),
     );
     std::fs::write(dir.join("tls.toml"), config).unwrap();
     // The harness probes /healthz over plain HTTP, so start it by hand here.
@@ -218,14 +230,33 @@ fn tls_with_client_certificates() {
             std::fs::read_to_string(dir.join("gateway.addr")).ok()
         })
         .expect("gateway started");
-    let curl = |extra: &str| {
+    let curl_as = |token: &str, extra: &str| {
         Command::new("sh")
             .arg("-c")
-            .arg(format!("curl -s -o /dev/null -w '%{{http_code}} %{{http_version}}' --cacert ca.pem {extra} -H 'Authorization: Bearer {admin}' https://{addr}/v1/keys"))
+            .arg(format!("curl -s -o /dev/null -w '%{{http_code}} %{{http_version}}' --cacert ca.pem {extra} -H 'Authorization: Bearer {token}' https://{addr}/v1/keys"))
             .current_dir(&dir)
             .output()
             .unwrap()
     };
+    let curl = |extra: &str| curl_as(admin.trim(), extra);
+    let code = |out: std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(code(curl_as(bound, "--cert cli.pem --key cli.key")), "200");
+    assert_eq!(
+        code(curl_as(bound, "--cert other.pem --key other.key")),
+        "401",
+        "the right token over the wrong certificate"
+    );
+    assert_eq!(
+        code(curl("--cert other.pem --key other.key")),
+        "200",
+        "an unbound client takes any certificate the CA signed"
+    );
     let with_cert = curl("--cert cli.pem --key cli.key --http2");
     assert_eq!(
         String::from_utf8_lossy(&with_cert.stdout),

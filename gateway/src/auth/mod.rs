@@ -34,6 +34,9 @@ pub struct ClientConfig {
     /// Ledgers it may submit transactions to, by name, or `*` for all.
     #[serde(default)]
     pub ledgers: Vec<String>,
+    /// `0x` hex SHA-256 of the DER client certificate it must present (mTLS): the right
+    /// token over another certificate, or over plain HTTP, is 401.
+    pub certificate_sha256: Option<String>,
     /// Transaction quota: a rate (token bucket of `transactions_burst`) and a daily cap.
     pub transactions_per_second: Option<f64>,
     pub transactions_burst: Option<u64>,
@@ -112,6 +115,11 @@ impl ClientConfig {
             ));
         }
         parse_hash(&self.token_sha256).map_err(ctx)?;
+        if let Some(c) = &self.certificate_sha256 {
+            parse_hash(c).map_err(|_| {
+                ctx("certificate_sha256 must be 0x followed by 64 hex digits".into())
+            })?;
+        }
         Operation::parse_set(&self.operations).map_err(ctx)?;
         for (name, rate) in [
             ("transactions_per_second", self.transactions_per_second),
@@ -272,6 +280,7 @@ pub struct Client {
     pub name: String,
     pub principal: Principal,
     token_hash: [u8; 32],
+    certificate: Option<[u8; 32]>,
     operations: HashSet<Operation>,
     key_patterns: Vec<Pattern>,
     ledgers: Vec<String>,
@@ -360,6 +369,9 @@ pub enum AuthError {
     Missing,
     #[error("invalid bearer token")]
     Invalid,
+    /// The token's client is bound to a client certificate this connection did not present.
+    #[error("this token must come with its client certificate")]
+    Certificate,
 }
 
 impl AuthError {
@@ -367,6 +379,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "missing",
             AuthError::Invalid => "invalid",
+            AuthError::Certificate => "certificate",
         }
     }
 }
@@ -404,6 +417,11 @@ fn build(configs: &[ClientConfig]) -> Result<Vec<Arc<Client>>, String> {
                     admin: c.admin,
                 },
                 token_hash: parse_hash(&c.token_sha256)?,
+                certificate: c
+                    .certificate_sha256
+                    .as_deref()
+                    .map(parse_hash)
+                    .transpose()?,
                 operations: Operation::parse_set(&c.operations)?,
                 key_patterns: c
                     .keys
@@ -420,7 +438,7 @@ fn build(configs: &[ClientConfig]) -> Result<Vec<Arc<Client>>, String> {
 impl Authenticator {
     /// Builds from validated config.
     pub fn new(configs: &[ClientConfig]) -> Result<Self, String> {
-        for reason in ["missing", "invalid"] {
+        for reason in ["missing", "invalid", "certificate"] {
             metrics::counter!(crate::metrics::AUTH_FAILURES_TOTAL, "reason" => reason).absolute(0);
         }
         Ok(Authenticator {
@@ -451,15 +469,25 @@ impl Authenticator {
         self.failures.clone()
     }
 
-    /// Checks an `Authorization` header value; a failure is counted, never logged per call.
-    pub fn authenticate(&self, header: Option<&str>) -> Result<Arc<Client>, AuthError> {
-        let result = self.check(header);
+    /// Checks an `Authorization` header value, and the client certificate's SHA-256 where
+    /// the client is bound to one; a failure is counted, never logged per call.
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        peer_certificate: Option<&[u8; 32]>,
+    ) -> Result<Arc<Client>, AuthError> {
+        let result = self.check(header).and_then(|c| match &c.certificate {
+            Some(bound) if peer_certificate.is_none_or(|p| !openssl::memcmp::eq(p, bound)) => {
+                Err(AuthError::Certificate)
+            }
+            _ => Ok(c),
+        });
         if let Err(e) = &result {
             metrics::counter!(crate::metrics::AUTH_FAILURES_TOTAL, "reason" => e.reason())
                 .increment(1);
             let slot = match e {
                 AuthError::Missing => &self.failures.missing,
-                AuthError::Invalid => &self.failures.invalid,
+                AuthError::Invalid | AuthError::Certificate => &self.failures.invalid,
             };
             slot.fetch_add(1, Ordering::Relaxed);
         }
@@ -547,6 +575,7 @@ mod tests {
             keys: keys.iter().map(|s| s.to_string()).collect(),
             admin: false,
             ledgers: vec![],
+            certificate_sha256: None,
             transactions_per_second: None,
             transactions_burst: None,
             transactions_per_day: None,
@@ -562,19 +591,22 @@ mod tests {
         let (token, hash) = new_token();
         let auth = Authenticator::new(&[client(hash, &["keys:sign"], &["a-*"])]).unwrap();
         let ok = auth
-            .authenticate(Some(&format!("Bearer {}", token.expose())))
+            .authenticate(Some(&format!("Bearer {}", token.expose())), None)
             .unwrap();
         assert!(ok.may(Operation::KeysSign));
         assert!(!ok.may(Operation::KeysDestroy));
         assert!(ok.may_use_label("a-1"));
         assert!(!ok.may_use_label("b-1"));
-        assert_eq!(auth.authenticate(None).unwrap_err(), AuthError::Missing);
         assert_eq!(
-            auth.authenticate(Some("Bearer nope")).unwrap_err(),
+            auth.authenticate(None, None).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            auth.authenticate(Some("Bearer nope"), None).unwrap_err(),
             AuthError::Invalid
         );
         assert_eq!(
-            auth.authenticate(Some(token.expose())).unwrap_err(),
+            auth.authenticate(Some(token.expose()), None).unwrap_err(),
             AuthError::Missing
         );
     }
@@ -625,9 +657,9 @@ mod tests {
     #[test]
     fn failures_are_counted_by_reason() {
         let auth = Authenticator::new(&[client(new_token().1, &["*"], &["*"])]).unwrap();
-        let _ = auth.authenticate(None);
-        let _ = auth.authenticate(Some("Bearer nope"));
-        let _ = auth.authenticate(Some("Bearer nope"));
+        let _ = auth.authenticate(None, None);
+        let _ = auth.authenticate(Some("Bearer nope"), None);
+        let _ = auth.authenticate(Some("Bearer nope"), None);
         assert_eq!(auth.failures().take(), (1, 2));
         assert_eq!(auth.failures().take(), (0, 0));
     }

@@ -21,7 +21,12 @@ use crate::metrics as m;
 
 pub type Resp = Response<Full<Bytes>>;
 
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+/// `peer_certificate`: the SHA-256 of the client certificate the connection presented (TLS).
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer_certificate: Option<[u8; 32]>,
+) -> Resp {
     let started = Instant::now();
     let request_id = req
         .headers()
@@ -32,7 +37,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         .unwrap_or_else(|| hex::encode(crate::util::random_bytes(8)));
     let method = req.method().clone();
     let span = tracing::info_span!("request", id = %request_id, method = %method, path = %req.uri().path());
-    let (route, result) = dispatch(&state, req).instrument(span.clone()).await;
+    let (route, result) = dispatch(&state, req, peer_certificate.as_ref())
+        .instrument(span.clone())
+        .await;
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -98,6 +105,7 @@ pub fn method_label(m: &Method) -> &'static str {
 async fn dispatch(
     state: &Arc<AppState>,
     req: Request<Incoming>,
+    peer_certificate: Option<&[u8; 32]>,
 ) -> (&'static str, Result<Resp, ApiError>) {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -152,7 +160,7 @@ async fn dispatch(
         "/openapi.json" => return (route, Ok(ops::openapi())),
         _ => {}
     }
-    let client = match authenticate(state, &req) {
+    let client = match authenticate(state, &req, peer_certificate) {
         Ok(c) => c,
         Err(e) => {
             discard_body(req, state.limits.max_body_bytes).await;
@@ -228,12 +236,16 @@ fn delete_now(query: Option<&str>) -> Result<bool, ApiError> {
 
 /// A failure is counted (and summarised into the audit log at a bounded rate by the
 /// authenticator's owner), never written or fsynced per request.
-fn authenticate(state: &AppState, req: &Request<Incoming>) -> Result<Arc<Client>, ApiError> {
+fn authenticate(
+    state: &AppState,
+    req: &Request<Incoming>,
+    peer_certificate: Option<&[u8; 32]>,
+) -> Result<Arc<Client>, ApiError> {
     let header = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    Ok(state.auth.authenticate(header)?)
+    Ok(state.auth.authenticate(header, peer_certificate)?)
 }
 
 /// Reads a JSON body of at most the configured size.

@@ -150,10 +150,14 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _held = (permit, slot);
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(super::router::handle(state, req).await) }
-            });
+            let service = move |certificate: Option<[u8; 32]>| {
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move {
+                        Ok::<_, Infallible>(super::router::handle(state, req, certificate).await)
+                    }
+                })
+            };
             let result = match tls {
                 None => {
                     // The HTTP/1-or-2 detection waits for the first bytes with no timer of
@@ -164,7 +168,7 @@ pub async fn serve(
                         return;
                     }
                     watcher
-                        .watch(builder.serve_connection(TokioIo::new(tcp), service))
+                        .watch(builder.serve_connection(TokioIo::new(tcp), service(None)))
                         .await
                 }
                 Some(acceptor) => {
@@ -175,8 +179,15 @@ pub async fn serve(
                             return;
                         }
                     };
+                    // The client certificate, when one was presented, by its SHA-256: a
+                    // client bound to a certificate is only itself over that one.
+                    let certificate = stream
+                        .ssl()
+                        .peer_certificate()
+                        .and_then(|c| c.to_der().ok())
+                        .map(|der| crate::util::sha256(&der));
                     watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service))
+                        .watch(builder.serve_connection(TokioIo::new(stream), service(certificate)))
                         .await
                 }
             };
