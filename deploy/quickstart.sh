@@ -8,5 +8,6 @@ deploy/install-deps.sh
 cargo build --release --locked -p bsn-gateway
 data="${DATA_DIR:-./data}"
 listen="${LISTEN:-127.0.0.1:8080}"
-echo "bsn-gateway on http://$listen ; admin token in $data/admin.token"
-exec target/release/bsn-gateway serve --dev --data-dir "$data" --listen "$listen"
+ops="${OPS_LISTEN:-127.0.0.1:9464}"
+echo "bsn-gateway on http://$listen ; admin token in $data/admin.token ; metrics on http://$ops/metrics"
+exec target/release/bsn-gateway serve --dev --data-dir "$data" --listen "$listen" --ops-listen "$ops"

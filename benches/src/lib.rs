@@ -16,6 +16,8 @@ use serde_json::Value;
 #[derive(Clone)]
 pub struct Endpoint {
     pub addr: String,
+    /// The operations listener (`/metrics`, `/readyz`).
+    pub ops: String,
     pub token: String,
 }
 
@@ -46,7 +48,15 @@ pub fn start_gateway_with(dir: &Path, extra: &[String]) -> anyhow::Result<Gatewa
         );
     }
     let child = Command::new(&bin)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir)
         .args(extra)
         .env("BSN_LOG", "warn")
@@ -64,6 +74,8 @@ pub fn start_gateway_with(dir: &Path, extra: &[String]) -> anyhow::Result<Gatewa
         child,
         endpoint: Endpoint {
             addr: std::fs::read_to_string(addr_file)?,
+            // Written before gateway.addr.
+            ops: std::fs::read_to_string(dir.join("ops.addr"))?,
             token: std::fs::read_to_string(dir.join("admin.token"))?,
         },
     })

@@ -263,7 +263,7 @@ fn pending(gw: &Endpoint) -> f64 {
 
 fn metric(gw: &Endpoint, name: &str) -> f64 {
     let text = agent()
-        .get(format!("http://{}/metrics", gw.addr))
+        .get(format!("http://{}/metrics", gw.ops))
         .call()
         .ok()
         .and_then(|mut r| r.body_mut().read_to_string().ok())
@@ -277,7 +277,7 @@ fn metric(gw: &Endpoint, name: &str) -> f64 {
 fn wait_ready(gw: &Endpoint) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while agent()
-        .get(format!("http://{}/readyz", gw.addr))
+        .get(format!("http://{}/readyz", gw.ops))
         .call()?
         .status()
         != 200

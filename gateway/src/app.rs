@@ -65,6 +65,7 @@ pub async fn run(
         .map_err(anyhow::Error::msg)?;
     let admission = Admission::new(custody.clone(), verify.clone(), outbox, forward);
     let state = Arc::new(AppState {
+        readiness: Arc::default(),
         custody: custody.clone(),
         admission,
         verify,
@@ -72,26 +73,55 @@ pub async fn run(
         metrics,
         limits: config.limits.clone(),
     });
+    crate::http::ops::Readiness::start(&state).await;
     tokio::spawn(reload_on_sighup(config_path, auth, audit.clone()));
 
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("bind {}", config.server.listen))?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))
+    };
+    let listener = bind(config.server.listen).await?;
+    let ops_listener = bind(config.server.ops_listen).await?;
     let addr = listener.local_addr()?;
-    write_addr(data, &addr.to_string())?;
-    tracing::info!(%addr, tls = tls.is_some(), keys = custody.all().len(), "serving");
-    // The HSM pool is open and the listener bound: systemd may start what depends on us.
+    let ops_addr = ops_listener.local_addr()?;
+    write_addr(data, "ops.addr", &ops_addr.to_string())?;
+    write_addr(data, "gateway.addr", &addr.to_string())?;
+    tracing::info!(%addr, %ops_addr, tls = tls.is_some(), keys = custody.all().len(), "serving");
+    // The HSM pool is open and the listeners bound: systemd may start what depends on us.
     crate::notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
 
-    crate::http::server::serve(
-        listener,
-        tls,
-        state.clone(),
-        &config.server.limits,
-        shutdown_signal(),
-        Duration::from_secs(config.server.shutdown_grace_seconds),
-    )
-    .await;
+    // One signal stops both listeners.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    use crate::http::server::{serve, Role};
+    tokio::join!(
+        serve(
+            Role::Api,
+            listener,
+            tls,
+            state.clone(),
+            &config.server.limits,
+            stopped(stop_rx.clone()),
+            grace,
+        ),
+        serve(
+            Role::Ops,
+            ops_listener,
+            None,
+            state.clone(),
+            &config.server.limits,
+            stopped(stop_rx),
+            grace,
+        ),
+    );
 
     // A clean stop ends the log with a signed head, so a cut tail shows even without
     // an exported checkpoint.
@@ -161,11 +191,11 @@ async fn reload_on_sighup(path: Option<PathBuf>, auth: Arc<Authenticator>, audit
     }
 }
 
-/// Tells tests and scripts the bound address (useful with port 0).
-fn write_addr(data: &Path, addr: &str) -> anyhow::Result<()> {
-    let tmp = data.join("gateway.addr.tmp");
+/// Tells tests and scripts a bound address (useful with port 0).
+fn write_addr(data: &Path, name: &str, addr: &str) -> anyhow::Result<()> {
+    let tmp = data.join(format!("{name}.tmp"));
     std::fs::write(&tmp, addr)?;
-    std::fs::rename(&tmp, data.join("gateway.addr"))?;
+    std::fs::rename(&tmp, data.join(name))?;
     Ok(())
 }
 

@@ -35,6 +35,7 @@ pub struct DevToken {
 pub fn prepare(
     data_dir: &Path,
     listen: SocketAddr,
+    ops_listen: SocketAddr,
     ledger_flags: &[String],
 ) -> anyhow::Result<(Config, DevToken)> {
     let mut ledgers: Vec<LedgerConfig> = Vec::new();
@@ -78,6 +79,7 @@ pub fn prepare(
         data_dir: data_dir.clone(),
         server: ServerConfig {
             listen,
+            ops_listen,
             tls: None,
             allow_plaintext: false,
             shutdown_grace_seconds: 10,
@@ -139,7 +141,8 @@ pub fn existing(data_dir: &Path) -> anyhow::Result<Config> {
         );
     }
     let listen = SocketAddr::from(([127, 0, 0, 1], 8080));
-    Ok(prepare(data_dir, listen, &[])?.0)
+    let ops = SocketAddr::from(([127, 0, 0, 1], 9464));
+    Ok(prepare(data_dir, listen, ops, &[])?.0)
 }
 
 /// Initialises the token and its user PIN unless a token with this label exists.

@@ -96,6 +96,9 @@ struct ServeArgs {
     source: Source,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// With --dev: the operations listener (/metrics, /readyz, /healthz).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    ops_listen: SocketAddr,
     /// With --dev: a ledger to forward to, `NAME=ethereum+http://HOST:PORT` or
     /// `NAME=http+http://HOST:PORT` (repeatable; the same NAME again adds a node).
     #[arg(long = "ledger", requires = "dev", value_name = "NAME=KIND+URL")]
@@ -365,7 +368,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (config, dev) = match (&args.source.config, &args.source.data_dir) {
         (Some(path), _) => (Config::load(path)?, None),
         (None, Some(dir)) => {
-            let (c, d) = bsn_gateway::dev::prepare(dir, args.listen, &args.ledgers)?;
+            let (c, d) =
+                bsn_gateway::dev::prepare(dir, args.listen, args.ops_listen, &args.ledgers)?;
             (c, Some(d))
         }
         (None, None) => unreachable!("clap requires --config or --dev --data-dir"),

@@ -115,15 +115,16 @@ fn plain_http_beyond_loopback_must_be_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), "t").unwrap();
     let cfg = dir.path().join("gateway.toml");
-    let text = dev_token_config(dir.path(), "", "", "").replace("127.0.0.1:0", "0.0.0.0:8443");
+    let text = dev_token_config(dir.path(), "", "", "")
+        .replace("\nlisten = \"127.0.0.1:0\"", "\nlisten = \"0.0.0.0:8443\"");
     std::fs::write(&cfg, &text).unwrap();
     let (ok, out) = run_cli(&["config", "check", cfg.to_str().unwrap()]);
     assert!(!ok && out.contains("allow_plaintext"), "{out}");
     std::fs::write(
         &cfg,
         text.replace(
-            "listen = \"0.0.0.0:8443\"",
-            "listen = \"0.0.0.0:8443\"\nallow_plaintext = true",
+            "\nlisten = \"0.0.0.0:8443\"",
+            "\nlisten = \"0.0.0.0:8443\"\nallow_plaintext = true",
         ),
     )
     .unwrap();
@@ -181,4 +182,47 @@ fn sign_and_verify_have_quotas_counted_in_items() {
     // The admin, with no quota, is not held back.
     let r = g.post(&format!("/v1/keys/{id}/sign"), item);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn metrics_and_readiness_are_on_the_operations_listener_only() {
+    let g = Gateway::start_dev();
+    let api = |path: &str| {
+        let mut s = TcpStream::connect(&g.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    for path in ["/metrics", "/readyz"] {
+        let answer = api(path);
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "{path} on the API: {answer}"
+        );
+        assert!(answer.contains("no_route"), "{answer}");
+    }
+    assert!(api("/healthz").starts_with("HTTP/1.1 200"));
+    // The operations listener: these three, GET only, nothing of the API.
+    let ops = |method: &str, path: &str| {
+        let mut s = TcpStream::connect(&g.ops).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(ops("GET", "/metrics").contains("bsn_gateway_build_info"));
+    assert!(ops("GET", "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(ops("GET", "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(ops("GET", "/v1/keys").starts_with("HTTP/1.1 404"));
+    assert!(ops("POST", "/metrics").starts_with("HTTP/1.1 405"));
+    assert!(g.ops.starts_with("127.0.0.1:"), "{}", g.ops);
 }

@@ -24,6 +24,7 @@ use crate::verify::Engine;
 /// What the handlers call. Custody and admission own their work; the HTTP front holds
 /// no business logic. Built by `app`, the one wiring place, which sits above this module.
 pub struct AppState {
+    pub readiness: Arc<ops::Readiness>,
     pub custody: Arc<Custody>,
     pub admission: Arc<Admission>,
     pub verify: Arc<Engine>,
@@ -76,6 +77,11 @@ pub fn take_quota(
 pub struct ServerConfig {
     /// Address to bind; port 0 picks a free one (written to `<data_dir>/gateway.addr`).
     pub listen: SocketAddr,
+    /// The operations listener: `/metrics`, `/readyz`, `/healthz`, no token, nothing else
+    /// (written to `<data_dir>/ops.addr`). Loopback by default: what it tells (node URLs,
+    /// key counts) is for the scraper, not for the API's clients.
+    #[serde(default = "default_ops_listen")]
+    pub ops_listen: SocketAddr,
     pub tls: Option<TlsConfig>,
     /// Plain HTTP (no `[server.tls]`) on an address other than loopback must be asked for:
     /// bearer tokens would cross the network in the clear.
@@ -147,6 +153,10 @@ impl Default for ListenerLimits {
     }
 }
 
+fn default_ops_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
 fn default_grace() -> u64 {
     10
 }
@@ -156,6 +166,12 @@ impl ServerConfig {
         if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.allow_plaintext {
             return Err(format!(
                 "[server]: plain HTTP on {}, which is not loopback: set [server.tls], or allow_plaintext = true",
+                self.listen
+            ));
+        }
+        if self.ops_listen == self.listen && self.listen.port() != 0 {
+            return Err(format!(
+                "[server]: ops_listen and listen are both {}",
                 self.listen
             ));
         }

@@ -1,5 +1,6 @@
-//! Unauthenticated operations endpoints: liveness, readiness, Prometheus metrics, and the
-//! OpenAPI document of the API this binary serves.
+//! The operations listener (liveness, readiness, Prometheus metrics; loopback by default,
+//! no token), readiness computed in the background, and the OpenAPI document, which the
+//! API listener serves beside `/healthz`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -7,6 +8,12 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+
+use super::error::ApiError;
 use super::router::{json_response, Resp};
 use super::AppState;
 
@@ -14,16 +21,54 @@ pub fn healthz() -> Resp {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
+/// Readiness, computed in the background once a second and read here for free: a probe
+/// never waits on the HSM (its check takes the anchor session's lock).
+#[derive(Default)]
+pub struct Readiness {
+    hsm: AtomicBool,
+    audit: AtomicBool,
+    outbox: AtomicBool,
+    ledgers: AtomicBool,
+}
+
+impl Readiness {
+    /// Checks once now, then every second for the life of the process.
+    pub async fn start(state: &std::sync::Arc<AppState>) {
+        Self::check(state).await;
+        let state = std::sync::Arc::downgrade(state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                Self::check(&state).await;
+            }
+        });
+    }
+
+    async fn check(state: &AppState) {
+        let hsm = state.custody.hsm().clone();
+        let hsm_ok = tokio::task::spawn_blocking(move || hsm.is_ready())
+            .await
+            .unwrap_or(false);
+        let r = &state.readiness;
+        r.hsm.store(hsm_ok, Ordering::Relaxed);
+        r.audit
+            .store(state.custody.audit().is_healthy(), Ordering::Relaxed);
+        r.outbox
+            .store(state.admission.outbox().is_healthy(), Ordering::Relaxed);
+        r.ledgers
+            .store(state.admission.forward().ready(), Ordering::Relaxed);
+    }
+}
+
 /// Ready when the HSM anchor session answers, the audit log and the outbox are writable,
-/// and every ledger has a healthy node.
-pub async fn readyz(state: &AppState) -> Resp {
-    let hsm = state.custody.hsm().clone();
-    let hsm_ok = tokio::task::spawn_blocking(move || hsm.is_ready())
-        .await
-        .unwrap_or(false);
-    let audit_ok = state.custody.audit().is_healthy();
-    let outbox_ok = state.admission.outbox().is_healthy();
-    let ledgers_ok = state.admission.forward().ready();
+/// and every ledger has a healthy node (as last checked, at most a second ago).
+pub fn readyz(state: &AppState) -> Resp {
+    let r = &state.readiness;
+    let [hsm_ok, audit_ok, outbox_ok, ledgers_ok] =
+        [&r.hsm, &r.audit, &r.outbox, &r.ledgers].map(|b| b.load(Ordering::Relaxed));
     let ready = hsm_ok && audit_ok && outbox_ok && ledgers_ok;
     let status = if ready {
         StatusCode::OK
@@ -37,6 +82,36 @@ pub async fn readyz(state: &AppState) -> Resp {
             "checks": {"hsm": hsm_ok, "audit": audit_ok, "outbox": outbox_ok, "ledgers": ledgers_ok},
         }),
     )
+}
+
+/// The operations listener: `/metrics`, `/readyz`, `/healthz`, GET only, no token.
+pub async fn handle(state: std::sync::Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let route = match req.uri().path() {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => {
+            return ApiError::not_found(
+                "no_route",
+                "the operations listener serves /metrics, /readyz and /healthz",
+            )
+            .into_response()
+        }
+    };
+    if req.method() != Method::GET {
+        let mut e = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("only GET on {route}"),
+        );
+        e.allow = Some("GET".into());
+        return e.into_response();
+    }
+    match route {
+        "/healthz" => healthz(),
+        "/readyz" => readyz(&state),
+        _ => metrics(&state),
+    }
 }
 
 pub fn metrics(state: &AppState) -> Resp {

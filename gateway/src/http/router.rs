@@ -54,10 +54,8 @@ pub async fn handle(
 }
 
 /// Every route label, the unmatched one included (for the metrics exported at zero).
-pub const ROUTES: [&str; 15] = [
+pub const ROUTES: [&str; 13] = [
     "/healthz",
-    "/readyz",
-    "/metrics",
     "/openapi.json",
     "/v1/keys",
     "/v1/keys/import",
@@ -77,9 +75,7 @@ pub fn allowed(route: &str) -> &'static [Method] {
     match route {
         "/v1/keys" => &[Method::GET, Method::POST],
         "/v1/keys/{id}" => &[Method::GET, Method::DELETE],
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/v1/transactions/{id}" => {
-            &[Method::GET]
-        }
+        "/healthz" | "/openapi.json" | "/v1/transactions/{id}" => &[Method::GET],
         "unmatched" => &[],
         _ => &[Method::POST],
     }
@@ -112,8 +108,6 @@ async fn dispatch(
     let method = req.method().clone();
     let route: &'static str = match segments.as_slice() {
         ["healthz"] => "/healthz",
-        ["readyz"] => "/readyz",
-        ["metrics"] => "/metrics",
         ["openapi.json"] => "/openapi.json",
         ["v1", "keys"] => "/v1/keys",
         ["v1", "keys", "import"] => "/v1/keys/import",
@@ -155,8 +149,6 @@ async fn dispatch(
     }
     match route {
         "/healthz" => return (route, Ok(ops::healthz())),
-        "/readyz" => return (route, Ok(ops::readyz(state).await)),
-        "/metrics" => return (route, Ok(ops::metrics(state))),
         "/openapi.json" => return (route, Ok(ops::openapi())),
         _ => {}
     }

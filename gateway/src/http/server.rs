@@ -93,7 +93,17 @@ fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `/v1`, `/healthz`, `/openapi.json`.
+    Api,
+    /// `/metrics`, `/readyz`, `/healthz`.
+    Ops,
+}
+
 pub async fn serve(
+    role: Role,
     listener: TcpListener,
     tls: Option<SslAcceptor>,
     state: Arc<AppState>,
@@ -107,7 +117,10 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let first_bytes = Duration::from_millis(limits.header_read_timeout_ms);
     let per_source = PerSource::default();
-    for route in super::router::ROUTES {
+    for route in super::router::ROUTES
+        .into_iter()
+        .filter(|_| role == Role::Api)
+    {
         let _ = metrics::histogram!(m::HTTP_REQUEST_SECONDS, "route" => route);
         for method in super::router::allowed(route) {
             let method = super::router::method_label(method);
@@ -154,7 +167,10 @@ pub async fn serve(
                 hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     async move {
-                        Ok::<_, Infallible>(super::router::handle(state, req, certificate).await)
+                        Ok::<_, Infallible>(match role {
+                            Role::Api => super::router::handle(state, req, certificate).await,
+                            Role::Ops => super::ops::handle(state, req).await,
+                        })
                     }
                 })
             };

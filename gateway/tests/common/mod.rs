@@ -17,6 +17,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_bsn-gateway");
 pub struct Gateway {
     pub dir: PathBuf,
     pub addr: String,
+    /// The operations listener (`/metrics`, `/readyz`, `/healthz`).
+    pub ops: String,
     pub token: String,
     child: Option<Child>,
     agent: ureq::Agent,
@@ -42,17 +44,33 @@ impl Gateway {
     /// The embedded default on an existing (or new) data dir.
     pub fn start_dev_in(dir: &Path) -> Gateway {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir);
+        cmd.args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir);
         Gateway::spawn(cmd, dir)
     }
 
     /// The embedded default with more flags (`--ledger ...`).
     pub fn start_dev_with(dir: &Path, args: &[String]) -> Gateway {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(args);
+        cmd.args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--ops-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(args);
         Gateway::spawn(cmd, dir)
     }
 
@@ -76,6 +94,7 @@ impl Gateway {
 
     pub fn spawn(mut cmd: Command, dir: &Path) -> Gateway {
         let _ = std::fs::remove_file(dir.join("gateway.addr"));
+        let _ = std::fs::remove_file(dir.join("ops.addr"));
         std::fs::create_dir_all(dir).unwrap();
         let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
         // A test that wants another log filter sets BSN_LOG itself.
@@ -95,6 +114,7 @@ impl Gateway {
         let mut g = Gateway {
             dir: dir.to_path_buf(),
             addr: String::new(),
+            ops: String::new(),
             token: String::new(),
             child: Some(child),
             agent,
@@ -104,6 +124,8 @@ impl Gateway {
         loop {
             if let Ok(addr) = std::fs::read_to_string(dir.join("gateway.addr")) {
                 g.addr = addr;
+                // Written before gateway.addr.
+                g.ops = std::fs::read_to_string(dir.join("ops.addr")).unwrap();
                 break;
             }
             if let Some(status) = g.child.as_mut().unwrap().try_wait().unwrap() {
@@ -125,8 +147,13 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
 
+    /// `/metrics` and `/readyz` are on the operations listener, the rest on the API's.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let host = match path {
+            "/metrics" | "/readyz" => &self.ops,
+            _ => &self.addr,
+        };
+        format!("http://{host}{path}")
     }
 
     /// Any request; `body` is sent as is, so tests can send broken JSON.
@@ -374,7 +401,7 @@ pub fn dev_token_config(dir: &Path, server_extra: &str, hsm_extra: &str, tail: &
     let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
     let hash = format!("0x{}", hex::encode(openssl::sha::sha256(admin.as_bytes())));
     format!(
-        "data_dir = \"{d}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n[hsm]\ntoken_label = \"bsn-gateway-dev\"\npin = {{ file = \"{d}/user.pin\" }}\n{hsm_extra}\n[[clients]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"*\"]\nadmin = true\nledgers = [\"*\"]\n{tail}\n",
+        "data_dir = \"{d}\"\n[server]\nlisten = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n{server_extra}\n[hsm]\ntoken_label = \"bsn-gateway-dev\"\npin = {{ file = \"{d}/user.pin\" }}\n{hsm_extra}\n[[clients]]\nname = \"admin\"\ntoken_sha256 = \"{hash}\"\noperations = [\"*\"]\nkeys = [\"*\"]\nadmin = true\nledgers = [\"*\"]\n{tail}\n",
         d = dir.display()
     )
 }
