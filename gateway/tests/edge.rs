@@ -226,3 +226,134 @@ fn metrics_and_readiness_are_on_the_operations_listener_only() {
     assert!(ops("POST", "/metrics").starts_with("HTTP/1.1 405"));
     assert!(g.ops.starts_with("127.0.0.1:"), "{}", g.ops);
 }
+
+/// Sends raw bytes, reads what comes back within 3 s, and returns the status code if an
+/// HTTP/1.1 answer came (a closed or reset connection is a fine answer to junk).
+fn raw(addr: &str, bytes: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn hostile_traffic_gets_no_5xx_and_the_gateway_stays_bounded() {
+    let (_dir, g) = start(
+        "header_read_timeout_ms = 1000",
+        "[limits]\nbody_read_timeout_ms = 1000\n",
+    );
+    let token = g.token.trim().to_string();
+    let metrics_before = g
+        .call("GET", "/metrics", None, None)
+        .body
+        .as_str()
+        .unwrap()
+        .len();
+    let rss_before = rss_kib(g.pid());
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let post = |path: &str, body: &[u8], extra: &str| {
+        let mut r = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}{extra}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
+    let mut answered = 0;
+    for i in 0..520 {
+        let (kind, bytes): (&str, Vec<u8>) = match i % 13 {
+            0 => ("huge header", format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(200_000 + (next() % 1000) as usize)).into_bytes()),
+            1 => ("many headers", format!("GET /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}{}\r\n", (0..300).map(|n| format!("X-H{n}: v\r\n")).collect::<String>()).into_bytes()),
+            2 => {
+                let m: String = (0..(1 + next() % 40)).map(|_| (b'A' + (next() % 26) as u8) as char).collect();
+                ("random method", format!("{m} /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}\r\n").into_bytes())
+            }
+            3 => ("deep JSON", post("/v1/verify", &[b"[".repeat(50_000), b"]".repeat(50_000)].concat(), "")),
+            4 => ("invalid UTF-8", post("/v1/keys", &[0xff, 0xfe, 0x80, b'{', 0xc3], "")),
+            5 => ("length and chunked", format!("POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").into_bytes()),
+            6 => ("absurd length", format!("POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{{}}", ["-1", "99999999999999999999999", "1e3", "0x10"][(next() % 4) as usize]).into_bytes()),
+            7 => ("h2 preface junk", [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), (0..(next() % 4096)).map(|_| next() as u8).collect()].concat()),
+            8 => ("absurd numbers", post("/v1/keys/00/sign-batch", br#"{"items": [{"digest": 1e999}], "format": -99999999999999999999999999}"#, "")),
+            9 => ("absurd id", format!("GET /v1/keys/{} HTTP/1.1\r\nHost: x\r\n{auth}\r\n", "9".repeat(8_000)).into_bytes()),
+            10 => ("bad auth", format!("GET /v1/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", "\u{1}x".repeat((next() % 500) as usize)).into_bytes()),
+            11 => ("random bytes", (0..(1 + next() % 2048)).map(|_| next() as u8).collect()),
+            _ => ("bad chunked", format!("POST /v1/verify HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\nzz\r\n{{\r\n").into_bytes()),
+        };
+        *kinds.entry(kind).or_default() += 1;
+        if let Some(status) = raw(&g.addr, &bytes) {
+            assert!(status < 500, "{kind}: {status}");
+            assert!(status >= 400, "{kind}: {status} for junk");
+            answered += 1;
+        }
+        if i % 50 == 0 {
+            assert_eq!(g.get("/healthz").status, 200, "after {i} ({kind})");
+        }
+    }
+    assert!(
+        kinds.len() >= 12 && kinds.values().all(|n| *n >= 40),
+        "{kinds:?}"
+    );
+    // Most junk gets a typed 4xx; the rest (h2 junk, random bytes) a closed connection.
+    assert!(answered > 300, "only {answered} answers");
+    assert_eq!(g.get("/healthz").status, 200);
+    // Slow headers and a body that never comes: each closed within its timeout.
+    let mut slow = TcpStream::connect(&g.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    closed_within(&mut slow, Duration::from_secs(4)).expect("slow headers held");
+    let mut stalled = TcpStream::connect(&g.addr).unwrap();
+    write!(
+        stalled,
+        "POST /v1/keys HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body: {answer}"
+    );
+    // Nothing grew without bound.
+    let metrics_after = g
+        .call("GET", "/metrics", None, None)
+        .body
+        .as_str()
+        .unwrap()
+        .len();
+    assert!(
+        metrics_after < metrics_before + 16 * 1024,
+        "{metrics_before} -> {metrics_after} bytes"
+    );
+    let rss_after = rss_kib(g.pid());
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS {rss_before} -> {rss_after} KiB"
+    );
+}

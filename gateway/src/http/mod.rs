@@ -103,6 +103,9 @@ pub struct ListenerLimits {
     /// closed after it too.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_ms: u64,
+    /// HTTP/1: the request line and headers together, bytes (beyond: 431).
+    #[serde(default = "default_header_bytes")]
+    pub max_header_bytes: usize,
     /// Open connections at most; beyond it a new one is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -124,6 +127,9 @@ pub struct ListenerLimits {
 fn default_header_timeout() -> u64 {
     10_000
 }
+fn default_header_bytes() -> usize {
+    64 * 1024
+}
 fn default_max_connections() -> usize {
     4096
 }
@@ -144,6 +150,7 @@ impl Default for ListenerLimits {
     fn default() -> Self {
         ListenerLimits {
             header_read_timeout_ms: default_header_timeout(),
+            max_header_bytes: default_header_bytes(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_per_ip(),
             http2_max_concurrent_streams: default_h2_streams(),
@@ -176,6 +183,9 @@ impl ServerConfig {
             ));
         }
         let l = &self.limits;
+        if l.max_header_bytes < 8192 {
+            return Err("[server.limits]: max_header_bytes must be >= 8192".into());
+        }
         if l.header_read_timeout_ms == 0
             || l.max_connections == 0
             || l.max_connections_per_ip == 0
