@@ -357,3 +357,29 @@ fn hostile_traffic_gets_no_5xx_and_the_gateway_stays_bounded() {
         "RSS {rss_before} -> {rss_after} KiB"
     );
 }
+
+#[test]
+fn a_request_is_answered_within_max_request_ms() {
+    let (_dir, g) = start(
+        "",
+        "[limits]\nbody_read_timeout_ms = 10000\nmax_request_ms = 400\n",
+    );
+    let mut s = TcpStream::connect(&g.addr).unwrap();
+    write!(
+        s,
+        "POST /v1/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{",
+        g.token.trim()
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

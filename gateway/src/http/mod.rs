@@ -221,9 +221,23 @@ pub struct Limits {
     pub max_body_bytes: usize,
     #[serde(default = "default_items")]
     pub max_items: usize,
-    /// A request's body must arrive within this once its headers have; beyond it, 408.
+    /// A request's body must arrive within this once its headers have, plus its declared
+    /// length at `body_min_bytes_per_second`; beyond it, 408.
     #[serde(default = "default_body_timeout")]
     pub body_read_timeout_ms: u64,
+    #[serde(default = "default_body_rate")]
+    pub body_min_bytes_per_second: u64,
+    /// A request is answered within this, or with 503 `request_timeout`.
+    #[serde(default = "default_max_request")]
+    pub max_request_ms: u64,
+}
+
+fn default_body_rate() -> u64 {
+    64 * 1024
+}
+
+fn default_max_request() -> u64 {
+    60_000
 }
 
 fn default_body_timeout() -> u64 {
@@ -244,6 +258,8 @@ impl Default for Limits {
             max_body_bytes: default_body(),
             max_items: default_items(),
             body_read_timeout_ms: default_body_timeout(),
+            body_min_bytes_per_second: default_body_rate(),
+            max_request_ms: default_max_request(),
         }
     }
 }
@@ -267,7 +283,12 @@ impl Limits {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_body_bytes < 1024 || self.max_items == 0 || self.body_read_timeout_ms == 0 {
+        if self.max_body_bytes < 1024
+            || self.max_items == 0
+            || self.body_read_timeout_ms == 0
+            || self.body_min_bytes_per_second == 0
+            || self.max_request_ms == 0
+        {
             return Err("[limits]: max_body_bytes must be >= 1024 and max_items >= 1".into());
         }
         Ok(())

@@ -37,9 +37,23 @@ pub async fn handle(
         .unwrap_or_else(|| hex::encode(crate::util::random_bytes(8)));
     let method = req.method().clone();
     let span = tracing::info_span!("request", id = %request_id, method = %method, path = %req.uri().path());
-    let (route, result) = dispatch(&state, req, peer_certificate.as_ref())
-        .instrument(span.clone())
-        .await;
+    // Past the bound the answer is 503; work custody or admission took on goes on, owned
+    // by them, and only this answer is lost.
+    let bound = std::time::Duration::from_millis(state.limits.max_request_ms);
+    let (route, result) = tokio::time::timeout(
+        bound,
+        dispatch(&state, req, peer_certificate.as_ref()).instrument(span.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        (
+            "timed_out",
+            Err(ApiError::unavailable(
+                "request_timeout",
+                format!("the request took longer than {} ms", bound.as_millis()),
+            )),
+        )
+    });
     let mut resp = result.unwrap_or_else(ApiError::into_response);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -261,7 +275,12 @@ pub async fn read_json<T: DeserializeOwned>(
         }
         return Err(too_large());
     }
-    let timeout = std::time::Duration::from_millis(state.limits.body_read_timeout_ms);
+    // The base time, plus what the declared length needs at the minimum rate: a large body
+    // may take its time, a trickle may not.
+    let timeout = std::time::Duration::from_millis(state.limits.body_read_timeout_ms)
+        + std::time::Duration::from_secs(
+            declared.unwrap_or(0) / state.limits.body_min_bytes_per_second.max(1),
+        );
     let collected = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect())
         .await
         .map_err(|_| {
