@@ -227,15 +227,21 @@ fn metrics_and_readiness_are_on_the_operations_listener_only() {
     assert!(g.ops.starts_with("127.0.0.1:"), "{}", g.ops);
 }
 
-/// Sends raw bytes, reads what comes back within 3 s, and returns the status code if an
-/// HTTP/1.1 answer came (a closed or reset connection is a fine answer to junk).
+/// Sends raw bytes and returns the status code of the answer, if an HTTP/1.1 answer comes
+/// within 3 s (a closed or reset connection is a fine answer to junk). The write side stays
+/// open: a client that half-closes at once may lose its answer to the server's close.
 fn raw(addr: &str, bytes: &[u8]) -> Option<u16> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     let _ = s.write_all(bytes);
-    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
+    let mut buf = [0u8; 1024];
+    while answer.len() < 12 {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
     let text = String::from_utf8_lossy(&answer);
     text.strip_prefix("HTTP/1.1 ")
         .and_then(|r| r.get(..3))
@@ -318,6 +324,7 @@ fn hostile_traffic_gets_no_5xx_and_the_gateway_stays_bounded() {
         "{kinds:?}"
     );
     // Most junk gets a typed 4xx; the rest (h2 junk, random bytes) a closed connection.
+    eprintln!("{answered} of 520 bad requests answered with a 4xx");
     assert!(answered > 300, "only {answered} answers");
     assert_eq!(g.get("/healthz").status, 200);
     // Slow headers and a body that never comes: each closed within its timeout.

@@ -43,18 +43,7 @@ impl Gateway {
 
     /// The embedded default on an existing (or new) data dir.
     pub fn start_dev_in(dir: &Path) -> Gateway {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--ops-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir);
-        Gateway::spawn(cmd, dir)
+        Gateway::start_dev_with(dir, &[])
     }
 
     /// The embedded default with more flags (`--ledger ...`).
