@@ -63,7 +63,13 @@ pub async fn run(
     let (outbox, pending) = Outbox::open(&data.join("outbox"), &config.outbox).context("outbox")?;
     let forward = Forwarder::start(&config.ledgers, &config.forward, outbox.clone(), pending)
         .map_err(anyhow::Error::msg)?;
-    let admission = Admission::new(custody.clone(), verify.clone(), outbox, forward);
+    let admission = Admission::new(
+        custody.clone(),
+        verify.clone(),
+        outbox,
+        forward,
+        config.limits.max_items,
+    );
     let state = Arc::new(AppState {
         readiness: Arc::default(),
         custody: custody.clone(),

@@ -436,6 +436,15 @@ fn malformed_transaction_requests_get_typed_errors_and_nothing_panics() {
             assert!(r.retry_after.is_some());
         }
     }
+    // Refused batches count against their ledger, like every other rejection.
+    let metrics = g.call("GET", "/metrics", None, None).body;
+    let metrics = metrics.as_str().unwrap();
+    for series in [
+        "bsn_gateway_transactions_rejected_total{ledger=\"fab\",reason=\"too_many_items\"} 1025",
+        "bsn_gateway_transactions_rejected_total{ledger=\"fab\",reason=\"invalid_request\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series} not in {metrics}");
+    }
 
     // Bad items are rejected one by one, each with its reason.
     let key = g.create_key("fab-key", "ecdsa-p256");

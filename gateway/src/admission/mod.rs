@@ -57,6 +57,10 @@ pub enum AdmissionError {
     /// No such ledger, or one the client may not submit to.
     #[error("no ledger {0:?}")]
     UnknownLedger(String),
+    #[error("at most {0} items per request")]
+    TooMany(usize),
+    #[error("items is empty")]
+    Empty,
     #[error("client {client:?} is over its transaction quota")]
     Quota { client: String, retry_after: u64 },
     #[error("the ledger's chain id is not known yet: no node has answered")]
@@ -74,6 +78,8 @@ pub struct Admission {
     verify: Arc<Engine>,
     outbox: Outbox,
     forward: Forwarder,
+    /// Transactions per request at most (`[limits] max_items`).
+    max_items: usize,
 }
 
 /// Where one transaction stands during admission.
@@ -106,6 +112,7 @@ impl Admission {
         verify: Arc<Engine>,
         outbox: Outbox,
         forward: Forwarder,
+        max_items: usize,
     ) -> Arc<Admission> {
         for l in forward.ledgers() {
             metrics::counter!(m::TX_ACCEPTED_TOTAL, "ledger" => l.name.to_string()).absolute(0);
@@ -123,6 +130,7 @@ impl Admission {
             verify,
             outbox,
             forward,
+            max_items,
         })
     }
 
@@ -165,6 +173,23 @@ impl Admission {
             metrics::counter!(m::TX_REJECTED_TOTAL, "ledger" => ledger.name.to_string(), "reason" => reason)
                 .increment(k as u64);
         };
+        // Counted against the ledger, so the ledger is known first.
+        if n == 0 || n > self.max_items {
+            let e = if n == 0 {
+                AdmissionError::Empty
+            } else {
+                AdmissionError::TooMany(self.max_items)
+            };
+            count_rejected(
+                if n == 0 {
+                    "invalid_request"
+                } else {
+                    "too_many_items"
+                },
+                n,
+            );
+            return Err(e);
+        }
         if let Err(secs) = client.take(crate::auth::Metered::Transactions, n as u64) {
             count_rejected("quota_exceeded", n);
             return Err(AdmissionError::Quota {
@@ -374,6 +399,7 @@ const REJECT_CODES: &[&str] = &[
     "untrusted_certificate",
     "quota_exceeded",
     "too_many_items",
+    "invalid_request",
     "outbox_full",
     "outbox_unavailable",
 ];

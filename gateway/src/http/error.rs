@@ -160,6 +160,8 @@ impl From<AdmissionError> for ApiError {
         let msg = e.to_string();
         match e {
             AdmissionError::UnknownLedger(_) => ApiError::not_found("unknown_ledger", msg),
+            AdmissionError::TooMany(_) => ApiError::too_large("too_many_items", msg),
+            AdmissionError::Empty => ApiError::bad_request("invalid_request", msg),
             AdmissionError::Quota { retry_after, .. } => {
                 let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", msg);
                 e.retry_after = Some(retry_after);
