@@ -522,6 +522,24 @@ fn reconcile_marks_missing_keys_and_lists_orphans_which_only_a_stopped_gateway_d
         ids.contains_key(kept_id) && ids.contains_key(AUDIT_KEY_ID),
         "{ids:?}"
     );
+    // Destroying the key whose object is gone leaves nothing missing, gauge included.
+    let g = Gateway::start_dev_in(dir.path());
+    let missing = |g: &Gateway| {
+        let text = g.call("GET", "/metrics", None, None).body;
+        text.as_str()
+            .unwrap()
+            .contains("bsn_gateway_keys_missing_objects 1")
+    };
+    assert!(missing(&g));
+    let r = g.delete(&format!("/v1/keys/{gone_id}?now=true"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!missing(&g));
+    assert!(g
+        .call("GET", "/metrics", None, None)
+        .body
+        .as_str()
+        .unwrap()
+        .contains("bsn_gateway_keys_missing_objects 0"));
 }
 
 #[test]

@@ -134,7 +134,7 @@ impl KeysConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CustodyKind {
     /// Private key inside the token.
@@ -152,7 +152,7 @@ impl CustodyKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     Active,
@@ -264,6 +264,31 @@ impl CustodyError {
 }
 
 /// The state changes a key's owner may make.
+impl KeyRecord {
+    /// A new, active record for `public`, created now.
+    fn new(
+        id: KeyId,
+        label: &str,
+        custody: CustodyKind,
+        public: PublicKey,
+        owner: &str,
+    ) -> KeyRecord {
+        KeyRecord {
+            id,
+            label: label.to_string(),
+            algorithm: public.algorithm,
+            custody,
+            public_key: hex0x(&public.bytes),
+            address: address_of(public.algorithm, &public.bytes),
+            public_key_pem: public.pem,
+            state: KeyState::Active,
+            created_at: now_rfc3339(),
+            owner: owner.to_string(),
+            destroy_after: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateChange {
     /// A disabled key cannot sign nor authorise envelopes; it still verifies.
@@ -610,19 +635,7 @@ impl Custody {
             })
             .await?;
         let record = match PublicKey::from_bytes(algorithm, &point) {
-            Ok(public) => KeyRecord {
-                id,
-                label: label.to_string(),
-                algorithm,
-                custody: CustodyKind::Hsm,
-                public_key: hex0x(&public.bytes),
-                address: address_of(algorithm, &public.bytes),
-                public_key_pem: public.pem,
-                state: KeyState::Active,
-                created_at: now_rfc3339(),
-                owner: owner.to_string(),
-                destroy_after: None,
-            },
+            Ok(public) => KeyRecord::new(id, label, CustodyKind::Hsm, public, owner),
             Err(e) => {
                 self.destroy_objects(algorithm, id.as_bytes()).await;
                 return Err(e.into());
@@ -685,19 +698,7 @@ impl Custody {
         if self.store.label_taken(label) {
             return Err(CustodyError::DuplicateLabel(label.to_string()));
         }
-        let record = KeyRecord {
-            id: KeyId::random(),
-            label: label.to_string(),
-            algorithm,
-            custody: CustodyKind::External,
-            public_key: hex0x(&public.bytes),
-            address: address_of(algorithm, &public.bytes),
-            public_key_pem: public.pem,
-            state: KeyState::Active,
-            created_at: now_rfc3339(),
-            owner: owner.to_string(),
-            destroy_after: None,
-        };
+        let record = KeyRecord::new(KeyId::random(), label, CustodyKind::External, public, owner);
         self.persist(record.clone()).await?;
         Ok(record)
     }
@@ -780,10 +781,9 @@ impl Custody {
         tokio::task::spawn_blocking(move || store.delete(&id))
             .await
             .map_err(|_| std::io::Error::other("store task failed"))??;
-        self.missing
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&record.id);
+        self.edit_missing(|m| {
+            m.remove(&record.id);
+        });
         self.report_key_counts();
         Ok(())
     }
@@ -908,11 +908,9 @@ impl Custody {
             .await;
         match encoded {
             Err(HsmError::KeyMissing(_)) => {
-                self.missing
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(record.id);
-                metrics::gauge!(crate::metrics::KEYS_MISSING_OBJECTS).increment(1.0);
+                self.edit_missing(|m| {
+                    m.insert(record.id);
+                });
                 Err(CustodyError::ObjectMissing(record.id))
             }
             Err(e) => Err(e.into()),
@@ -932,7 +930,7 @@ impl Custody {
             &objects,
             &[crate::audit::anchor::KEY_ID],
         );
-        self.mark_missing(report.missing.iter().copied());
+        self.edit_missing(|m| m.extend(report.missing.iter().copied()));
         metrics::gauge!(crate::metrics::HSM_ORPHAN_OBJECTS).set(report.orphan_objects() as f64);
         if !report.missing.is_empty() {
             tracing::warn!(keys = ?report.missing, "key records whose private key is not on the token; they cannot sign");
@@ -947,11 +945,11 @@ impl Custody {
         Ok(report)
     }
 
-    /// Marks records whose private key is not on the token (they answer
-    /// `key_object_missing` instead of a 5xx).
-    pub fn mark_missing(&self, ids: impl IntoIterator<Item = KeyId>) {
+    /// Changes the set of records whose private key is not on the token (they answer
+    /// `key_object_missing` instead of a 5xx), and keeps its gauge true.
+    fn edit_missing(&self, f: impl FnOnce(&mut HashSet<KeyId>)) {
         let mut missing = self.missing.write().unwrap_or_else(|e| e.into_inner());
-        missing.extend(ids);
+        f(&mut missing);
         metrics::gauge!(crate::metrics::KEYS_MISSING_OBJECTS).set(missing.len() as f64);
     }
 
@@ -965,14 +963,16 @@ impl Custody {
     }
 
     fn report_key_counts(&self) {
-        let keys = self.store.list();
+        let mut counts = std::collections::HashMap::new();
+        for k in self.store.list() {
+            *counts
+                .entry((k.algorithm, k.custody, k.state))
+                .or_insert(0usize) += 1;
+        }
         for alg in Algorithm::ALL {
             for custody in [CustodyKind::Hsm, CustodyKind::External] {
                 for state in KeyState::ALL {
-                    let n = keys
-                        .iter()
-                        .filter(|k| k.algorithm == alg && k.custody == custody && k.state == state)
-                        .count();
+                    let n = counts.get(&(alg, custody, state)).copied().unwrap_or(0);
                     metrics::gauge!(crate::metrics::KEYS, "algorithm" => alg.as_str(), "custody" => custody.as_str(), "state" => state.as_str())
                         .set(n as f64);
                 }
