@@ -54,6 +54,14 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
 
+    /// 429 `quota_exceeded`, retry after `secs`.
+    pub fn over_quota(message: impl Into<String>, secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+        }
+    }
+
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::busy(code, message)
     }
@@ -162,11 +170,7 @@ impl From<AdmissionError> for ApiError {
             AdmissionError::UnknownLedger(_) => ApiError::not_found("unknown_ledger", msg),
             AdmissionError::TooMany(_) => ApiError::too_large("too_many_items", msg),
             AdmissionError::Empty => ApiError::bad_request("invalid_request", msg),
-            AdmissionError::Quota { retry_after, .. } => {
-                let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", msg);
-                e.retry_after = Some(retry_after);
-                e
-            }
+            AdmissionError::Quota { retry_after, .. } => ApiError::over_quota(msg, retry_after),
             AdmissionError::LedgerUnavailable => ApiError::busy("ledger_unavailable", msg),
             AdmissionError::Engine(e) => e.into(),
             AdmissionError::Outbox(e) => e.into(),

@@ -57,17 +57,12 @@ pub fn take_quota(
     n: usize,
 ) -> Result<(), error::ApiError> {
     client.take(what, n as u64).map_err(|secs| {
-        let mut e = error::ApiError::new(
-            hyper::StatusCode::TOO_MANY_REQUESTS,
-            "quota_exceeded",
-            format!(
-                "client {:?} is over its {} quota",
-                client.name,
-                what.as_str()
-            ),
+        let message = format!(
+            "client {:?} is over its {} quota",
+            client.name,
+            what.as_str()
         );
-        e.retry_after = Some(secs);
-        e
+        error::ApiError::over_quota(message, secs)
     })
 }
 
