@@ -6,6 +6,7 @@ pub mod algorithm;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod bounds;
 pub mod config;
 pub mod crypto;
 pub mod custody;

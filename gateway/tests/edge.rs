@@ -51,6 +51,41 @@ fn slow_headers_and_idle_connections_are_closed_by_the_header_timeout() {
     assert_eq!(g.get("/healthz").status, 200);
 }
 
+/// An idle HTTP/2 connection has no timer in hyper; the idle timeout closes it, and an
+/// HTTP/1 one after its answer, while a request in flight is never cut by it.
+#[test]
+fn idle_connections_are_closed_by_the_idle_timeout_but_not_while_a_request_runs() {
+    let (_dir, g) = start("header_read_timeout_ms = 8000\nidle_timeout_ms = 400", "");
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then nothing.
+    let mut h2 = TcpStream::connect(&g.addr).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let t = closed_within(&mut h2, Duration::from_secs(4)).expect("an idle HTTP/2 connection held");
+    assert!(t >= Duration::from_millis(300), "closed too early: {t:?}");
+    let mut kept = TcpStream::connect(&g.addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(kept.read(&mut buf).unwrap() > 0);
+    closed_within(&mut kept, Duration::from_secs(4)).expect("an idle keep-alive connection held");
+    // Headers in, the body a while later: the request is in flight, not idle.
+    let body = br#"{"items":[]}"#;
+    let mut slow = TcpStream::connect(&g.addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        g.token.trim(),
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    slow.write_all(body).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = slow.read(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
 #[test]
 fn a_body_that_does_not_arrive_gets_408() {
     let (_dir, g) = start("", "[limits]\nbody_read_timeout_ms = 500\n");

@@ -363,6 +363,139 @@ fn legend_labels(legend: &str) -> BTreeSet<String> {
         .collect()
 }
 
+fn dashboard() -> serde_json::Value {
+    let text = std::fs::read_to_string(deploy().join("grafana/bsn-gateway.json")).unwrap();
+    serde_json::from_str(&text).expect("dashboard is JSON")
+}
+
+/// Every panel target: (panel title, expr, legend format).
+fn dashboard_targets(dash: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            out.push((
+                title.to_string(),
+                t["expr"].as_str().unwrap().to_string(),
+                t["legendFormat"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// A dashboard expression as Grafana sends it, with all instances and jobs selected.
+fn expand(expr: &str, rate_interval: &str) -> String {
+    expr.replace("$__rate_interval", rate_interval)
+        .replace("$instance", ".*")
+        .replace("$job", ".*")
+}
+
+/// Kills the Prometheus server a test started.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Prometheus (the Debian package's server) scrapes a gateway that has served
+/// nothing yet, and every panel of the shipped dashboard gets data from it: a new
+/// appliance shows zeros, not "No data".
+#[test]
+fn every_dashboard_panel_has_data_from_a_fresh_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_dev_with(
+        &dir.path().join("gw"),
+        &["--ledger".into(), "fab=http+http://127.0.0.1:1".into()],
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: bsn-gateway\n    static_configs:\n      - targets: [\"{}\"]\n",
+            g.ops
+        ),
+    )
+    .unwrap();
+    let _prometheus = Server(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus; deploy/install-deps.sh installs it)"),
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let query = |q: &str| -> Option<serde_json::Value> {
+        let mut r = agent
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query("query", q)
+            .call()
+            .ok()?;
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        Some(v["data"]["result"].clone())
+    };
+    // Enough scrapes for a rate over the panels' interval.
+    let started = std::time::Instant::now();
+    loop {
+        let ready = query("count_over_time(up[1m]) >= 4")
+            .is_some_and(|r| r.as_array().is_some_and(|a| !a.is_empty()));
+        if ready {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "Prometheus did not scrape the gateway 4 times in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let dash = dashboard();
+    let targets = dashboard_targets(&dash);
+    let mut empty = Vec::new();
+    for (title, expr, _) in &targets {
+        let result = query(&expand(expr, "1m")).expect("a query answered");
+        if result.as_array().is_none_or(|a| a.is_empty()) {
+            empty.push(format!("{title}: {expr}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "panels without data on a fresh gateway:\n{}",
+        empty.join("\n")
+    );
+    let variables = dash["templating"]["list"].as_array().unwrap();
+    for q in variables
+        .iter()
+        .filter_map(|v| v["query"]["query"].as_str())
+    {
+        let (metric, _) = q
+            .strip_prefix("label_values(")
+            .and_then(|q| q.rsplit_once(','))
+            .unwrap();
+        let result = query(&expand(metric, "1m")).unwrap();
+        assert!(!result.as_array().unwrap().is_empty(), "variable {q}");
+    }
+    assert!(targets.len() >= 30);
+}
+
 #[test]
 fn alerts_and_dashboard_query_only_exported_metrics_and_labels() {
     let catalogue = readme_catalogue();
@@ -402,17 +535,16 @@ fn alerts_and_dashboard_query_only_exported_metrics_and_labels() {
     assert!(count >= 7, "{count} alert rules read");
 
     // The Grafana dashboard: every target's expr and legend, and the variables' queries.
-    let text = std::fs::read_to_string(deploy().join("grafana/bsn-gateway.json")).unwrap();
-    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let dash = dashboard();
     let mut exprs = Vec::new();
-    for panel in dash["panels"].as_array().unwrap() {
-        let title = panel["title"].as_str().unwrap();
-        for t in panel["targets"].as_array().into_iter().flatten() {
-            let expr = t["expr"].as_str().unwrap();
-            let legend = legend_labels(t["legendFormat"].as_str().unwrap_or(""));
-            used.extend(check_expr(title, expr, &legend, &catalogue));
-            exprs.push(expr.to_string());
-        }
+    for (title, expr, legend) in dashboard_targets(&dash) {
+        used.extend(check_expr(
+            &title,
+            &expr,
+            &legend_labels(&legend),
+            &catalogue,
+        ));
+        exprs.push(expr);
     }
     for var in dash["templating"]["list"].as_array().unwrap() {
         if let Some(q) = var["query"]["query"].as_str() {
@@ -433,10 +565,7 @@ fn alerts_and_dashboard_query_only_exported_metrics_and_labels() {
     // variables replaced by what they expand to.
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, e) in exprs.iter().enumerate() {
-        let e = e
-            .replace("$__rate_interval", "5m")
-            .replace("$instance", ".*")
-            .replace("$job", ".*");
+        let e = expand(e, "5m");
         rules.push_str(&format!(
             "      - record: dashboard:q{i}\n        expr: {}\n",
             serde_json::to_string(&e).unwrap()

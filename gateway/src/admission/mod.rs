@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{Client, Principal};
+use crate::bounds;
 use crate::custody::{Custody, KeyState};
 use crate::forward::{Forwarder, Ledger, Policy};
 use crate::metrics as m;
@@ -27,7 +28,12 @@ use crate::verify::{Engine, EngineError, KeyInput, Outcome, Reason, Task};
 #[serde(deny_unknown_fields)]
 pub struct TxInput {
     /// A signed Ethereum transaction, 0x hex.
+    #[serde(
+        default,
+        deserialize_with = "bounds::opt::<{ bounds::RAW_TRANSACTION }, _>"
+    )]
     pub raw: Option<String>,
+    #[serde(default)]
     pub envelope: Option<Envelope>,
 }
 

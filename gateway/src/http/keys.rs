@@ -14,41 +14,63 @@ use super::router::{json_response, read_json, Resp};
 use super::AppState;
 use crate::algorithm::Algorithm;
 use crate::auth::{Client, Metered, Operation};
+use crate::bounds;
 use crate::custody::{CustodyError, KeyRecord, SigFormat, StateChange};
 use crate::util::{hex0x, keccak256, sha256, unbase64, unhex0x};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
+    #[serde(deserialize_with = "bounds::text::<{ bounds::LABEL }, _>")]
     label: String,
+    #[serde(deserialize_with = "bounds::text::<{ bounds::ALGORITHM }, _>")]
     algorithm: String,
     /// Admins only: the client that will own the key.
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::PRINCIPAL }, _>")]
     owner: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImportRequest {
+    #[serde(deserialize_with = "bounds::text::<{ bounds::LABEL }, _>")]
     label: String,
+    #[serde(deserialize_with = "bounds::text::<{ bounds::ALGORITHM }, _>")]
     algorithm: String,
+    #[serde(deserialize_with = "bounds::text::<{ bounds::PUBLIC_KEY_PEM }, _>")]
     public_key_pem: String,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::PRINCIPAL }, _>")]
     owner: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignItem {
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::DIGEST }, _>")]
     digest: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "bounds::opt::<{ bounds::BASE64_DATA }, _>"
+    )]
     message_b64: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignRequest {
-    #[serde(flatten)]
-    item: SignItem,
+    // The item's fields again, not `#[serde(flatten)]`: flattening hides which field a
+    // client got wrong, and buffers the body a second time.
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::DIGEST }, _>")]
+    digest: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "bounds::opt::<{ bounds::BASE64_DATA }, _>"
+    )]
+    message_b64: Option<String>,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     format: Option<String>,
     /// For `message_b64` on secp256k1: `sha256` (default) or `keccak256`.
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     hash: Option<String>,
 }
 
@@ -56,7 +78,9 @@ struct SignRequest {
 #[serde(deny_unknown_fields)]
 struct SignBatchRequest {
     items: Vec<SignItem>,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     format: Option<String>,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     hash: Option<String>,
 }
 
@@ -246,7 +270,11 @@ pub async fn sign(
     // the moment of signing, not here.
     let alg = state.custody.get(&client.principal, id)?.algorithm;
     let format = parse_format(alg, body.format.as_deref())?;
-    let input = prepare(alg, &body.item, body.hash.as_deref())?;
+    let item = SignItem {
+        digest: body.digest,
+        message_b64: body.message_b64,
+    };
+    let input = prepare(alg, &item, body.hash.as_deref())?;
     super::take_quota(client, Metered::Signatures, 1)?;
     let mut sigs = state
         .custody

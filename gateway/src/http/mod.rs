@@ -2,6 +2,7 @@
 //! and the handlers of each API group.
 
 pub mod error;
+pub mod idle;
 pub mod keys;
 pub mod ops;
 pub mod router;
@@ -98,6 +99,10 @@ pub struct ListenerLimits {
     /// closed after it too.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight that sends nothing for this long is closed
+    /// (HTTP/1 and HTTP/2).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
     /// HTTP/1: the request line and headers together, bytes (beyond: 431).
     #[serde(default = "default_header_bytes")]
     pub max_header_bytes: usize,
@@ -122,6 +127,9 @@ pub struct ListenerLimits {
 fn default_header_timeout() -> u64 {
     10_000
 }
+fn default_idle_timeout() -> u64 {
+    60_000
+}
 fn default_header_bytes() -> usize {
     64 * 1024
 }
@@ -145,6 +153,7 @@ impl Default for ListenerLimits {
     fn default() -> Self {
         ListenerLimits {
             header_read_timeout_ms: default_header_timeout(),
+            idle_timeout_ms: default_idle_timeout(),
             max_header_bytes: default_header_bytes(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_per_ip(),

@@ -299,15 +299,30 @@ pub async fn read_json<T: DeserializeOwned>(
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| {
+    // The path names the field at fault (`items[3].signature`), which serde_json alone
+    // does not.
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         use serde_json::error::Category;
+        let field = e.path().to_string();
+        let e = e.into_inner();
         match e.classify() {
             Category::Syntax | Category::Eof | Category::Io => {
                 ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
             }
-            Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
+            Category::Data if e.to_string().starts_with(crate::bounds::TOO_LONG) => {
+                ApiError::bad_request("field_too_long", format!("{field}: {e}"))
+            }
+            Category::Data if field == "." => {
+                ApiError::bad_request("invalid_request", e.to_string())
+            }
+            Category::Data => ApiError::bad_request("invalid_request", format!("{field}: {e}")),
         }
-    })
+    })?;
+    de.end().map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    Ok(value)
 }
 
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {

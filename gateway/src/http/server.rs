@@ -18,6 +18,7 @@ use openssl::ssl::{
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::idle::{IdleIo, InFlight};
 use super::{AppState, ListenerLimits, TlsConfig};
 use crate::metrics as m;
 
@@ -162,12 +163,18 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let idle = Duration::from_millis(limits.idle_timeout_ms);
         tokio::spawn(async move {
             let _held = (permit, slot);
+            let in_flight = Arc::new(InFlight::default());
+            let counted = in_flight.clone();
             let service = move |certificate: Option<[u8; 32]>| {
+                let in_flight = counted.clone();
                 hyper::service::service_fn(move |req| {
                     let state = state.clone();
+                    let busy = in_flight.busy();
                     async move {
+                        let _busy = busy;
                         Ok::<_, Infallible>(match role {
                             Role::Api => super::router::handle(state, req, certificate).await,
                             Role::Ops => super::ops::handle(state, req).await,
@@ -185,7 +192,10 @@ pub async fn serve(
                         return;
                     }
                     watcher
-                        .watch(builder.serve_connection(TokioIo::new(tcp), service(None)))
+                        .watch(builder.serve_connection(
+                            TokioIo::new(IdleIo::new(tcp, in_flight, idle)),
+                            service(None),
+                        ))
                         .await
                 }
                 Some(acceptor) => {
@@ -204,7 +214,10 @@ pub async fn serve(
                         .and_then(|c| c.to_der().ok())
                         .map(|der| crate::util::sha256(&der));
                     watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service(certificate)))
+                        .watch(builder.serve_connection(
+                            TokioIo::new(IdleIo::new(stream, in_flight, idle)),
+                            service(certificate),
+                        ))
                         .await
                 }
             };

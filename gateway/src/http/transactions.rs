@@ -20,6 +20,7 @@ use crate::util::hex0x;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubmitRequest {
+    #[serde(deserialize_with = "crate::bounds::text::<{ crate::bounds::LEDGER }, _>")]
     ledger: String,
     transactions: Vec<TxInput>,
 }

@@ -14,6 +14,7 @@ use super::router::{json_response, read_json, Resp};
 use super::AppState;
 use crate::algorithm::Algorithm;
 use crate::auth::{Client, Operation};
+use crate::bounds;
 use crate::util::{unbase64, unhex0x};
 use crate::verify::{Hash, Item, KeyInput, Message, Outcome, Reason, SigFormat, Task};
 
@@ -26,17 +27,33 @@ struct VerifyRequest {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VerifyItem {
+    #[serde(deserialize_with = "bounds::text::<{ bounds::ALGORITHM }, _>")]
     algorithm: String,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::HEX_VALUE }, _>")]
     public_key: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "bounds::opt::<{ bounds::PUBLIC_KEY_PEM }, _>"
+    )]
     public_key_pem: Option<String>,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::KEY_ID }, _>")]
     key_id: Option<String>,
     /// An Ethereum address, with `ecdsa-secp256k1` and `format: "eth"`.
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::ADDRESS }, _>")]
     address: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "bounds::opt::<{ bounds::BASE64_DATA }, _>"
+    )]
     message_b64: Option<String>,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::DIGEST }, _>")]
     digest: Option<String>,
     /// For `message_b64` on ECDSA curves: `sha256` (default) or `keccak256`.
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     hash: Option<String>,
+    #[serde(deserialize_with = "bounds::text::<{ bounds::HEX_VALUE }, _>")]
     signature: String,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     format: Option<String>,
     require_low_s: Option<bool>,
 }

@@ -10,22 +10,38 @@ use openssl::x509::{X509StoreContext, X509};
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::Algorithm;
+use crate::bounds;
 use crate::verify::{Hash, Item, KeyInput, Message, Reason, SigFormat};
 
 /// An envelope as the client sends it and as it is forwarded.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
+    #[serde(deserialize_with = "bounds::text::<{ bounds::ALGORITHM }, _>")]
     pub algorithm: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounds::opt::<{ bounds::KEY_ID }, _>"
+    )]
     pub key_id: Option<String>,
     /// The signer's certificate, optionally followed by intermediates (PEM).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounds::opt::<{ bounds::CERTIFICATE_PEM }, _>"
+    )]
     pub certificate_pem: Option<String>,
+    #[serde(deserialize_with = "bounds::text::<{ bounds::BASE64_DATA }, _>")]
     pub payload_b64: String,
     /// Hex: DER for ECDSA and SM2 unless `format` says `raw`; 64 bytes for Ed25519.
+    #[serde(deserialize_with = "bounds::text::<{ bounds::HEX_VALUE }, _>")]
     pub signature: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounds::opt::<{ bounds::WORD }, _>"
+    )]
     pub format: Option<String>,
 }
 
