@@ -268,10 +268,15 @@ fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         let hsm = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let pkcs11 = hsm::load_module(&module)?;
             let slot = hsm::find_slot(&pkcs11, &hsm_cfg.selector())?;
+            let connector = hsm::Connector {
+                module,
+                selector: hsm_cfg.selector(),
+                pin,
+            };
             Ok(hsm::Hsm::open(
                 pkcs11,
                 slot,
-                pin,
+                connector,
                 quirks,
                 1,
                 hsm_cfg.session_wait(),

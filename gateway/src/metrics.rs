@@ -9,6 +9,8 @@ pub const HSM_OPERATION_SECONDS: &str = "bsn_gateway_hsm_operation_duration_seco
 pub const HSM_ERRORS_TOTAL: &str = "bsn_gateway_hsm_errors_total";
 pub const HSM_SESSIONS_IN_USE: &str = "bsn_gateway_hsm_sessions_in_use";
 pub const HSM_SESSION_POOL_SIZE: &str = "bsn_gateway_hsm_session_pool_size";
+pub const HSM_UP: &str = "bsn_gateway_hsm_up";
+pub const HSM_RECONNECTS_TOTAL: &str = "bsn_gateway_hsm_reconnects_total";
 pub const HSM_SESSION_WAIT_TIMEOUTS_TOTAL: &str = "bsn_gateway_hsm_session_wait_timeouts_total";
 pub const AUDIT_FSYNC_SECONDS: &str = "bsn_gateway_audit_fsync_duration_seconds";
 pub const KEYS: &str = "bsn_gateway_keys";
@@ -95,6 +97,14 @@ fn describe() {
         "PKCS#11 sessions checked out of the pool"
     );
     describe_gauge!(HSM_SESSION_POOL_SIZE, "PKCS#11 session pool size");
+    describe_gauge!(
+        HSM_UP,
+        "1 while the PKCS#11 module is connected and logged in; 0 while the device is lost"
+    );
+    describe_counter!(
+        HSM_RECONNECTS_TOTAL,
+        "Attempts to re-initialise the PKCS#11 module after the device was lost, by result"
+    );
     describe_counter!(
         HSM_SESSION_WAIT_TIMEOUTS_TOTAL,
         "Requests answered 503 because no PKCS#11 session freed up in time"

@@ -3,13 +3,14 @@
 //! operation owns one for its duration, on a blocking thread, never on the async runtime.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -50,9 +51,23 @@ pub enum HsmError {
     Library(String),
     #[error("HSM worker stopped")]
     Stopped,
+    /// The device is lost (or refused our PIN); requests fail fast until it is back.
+    #[error("HSM unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl HsmError {
+    /// The token refused the PIN itself: trying again would only count against it.
+    pub fn is_pin_refusal(&self) -> bool {
+        matches!(
+            self,
+            HsmError::Pkcs11 { code, .. } if matches!(
+                code.0,
+                RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired | RvError::PinInvalid
+            )
+        )
+    }
+
     pub(crate) fn from_ck(e: CkError) -> Self {
         match &e {
             CkError::Pkcs11(rv, f) => HsmError::Pkcs11 {
@@ -120,47 +135,119 @@ pub struct TokenObjects {
     pub private: usize,
 }
 
-pub struct Hsm {
+/// How to reach the token again after the device went away: the gateway finalises the
+/// module and initialises it afresh, then finds the token and logs in.
+pub struct Connector {
+    pub module: std::path::PathBuf,
+    pub selector: TokenSelector,
+    pub pin: Secret,
+}
+
+/// One initialisation of the module: its sessions are good only with it.
+struct Conn {
     pkcs11: Pkcs11,
     slot: Slot,
-    pin: Secret,
-    quirks: Quirks,
-    /// Held open and logged in for the life of the process: closing a module's last
+    /// Held open and logged in for the life of the connection: closing a module's last
     /// session logs the token out for every other session.
     anchor: Mutex<Option<Session>>,
     idle: Mutex<Vec<Session>>,
+}
+
+impl Conn {
+    fn checkout(&self) -> Result<Session, HsmError> {
+        if let Some(s) = self.idle.lock().expect("idle lock").pop() {
+            return Ok(s);
+        }
+        // Read-write, because key generation and destruction create and delete token objects.
+        self.pkcs11
+            .open_rw_session(self.slot)
+            .map_err(HsmError::from_ck)
+    }
+
+    fn checkin(&self, session: Session) {
+        self.idle.lock().expect("idle lock").push(session);
+    }
+
+    fn open(pkcs11: Pkcs11, slot: Slot, pin: &Secret) -> Result<Conn, HsmError> {
+        let anchor = pkcs11.open_rw_session(slot).map_err(HsmError::from_ck)?;
+        login(&anchor, pin)?;
+        Ok(Conn {
+            pkcs11,
+            slot,
+            anchor: Mutex::new(Some(anchor)),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Closes the sessions, then finalises the module.
+    fn close(self) {
+        self.idle.lock().expect("idle lock").clear();
+        self.anchor.lock().expect("anchor lock").take();
+        if let Err(e) = self.pkcs11.finalize() {
+            tracing::warn!(error = %e, "C_Finalize failed");
+        }
+    }
+}
+
+enum Link {
+    Up(Arc<Conn>),
+    /// Lost; a reconnect is under way.
+    Down(String),
+    /// The token refused the PIN: no login is tried again until a restart, so a changed
+    /// PIN cannot use up the token's retry counter.
+    Refused(String),
+    Stopped,
+}
+
+pub struct Hsm {
+    connector: Connector,
+    quirks: Quirks,
+    link: RwLock<Link>,
+    reconnecting: AtomicBool,
     permits: Arc<Semaphore>,
     pool_size: usize,
     wait: Duration,
-    /// CKA_ID -> private key handle; cleared on destroy and on any session fault.
+    /// CKA_ID -> private key handle; cleared on destroy, on any session fault and with
+    /// every new connection (a handle is only good with the module that gave it).
     handles: RwLock<HashMap<Vec<u8>, ObjectHandle>>,
 }
+
+/// Reconnect attempts back off from this...
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+/// ...up to this.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 impl Hsm {
     pub fn open(
         pkcs11: Pkcs11,
         slot: Slot,
-        pin: Secret,
+        connector: Connector,
         quirks: Quirks,
         pool_size: usize,
         wait: Duration,
     ) -> Result<Arc<Hsm>, HsmError> {
-        let anchor = pkcs11.open_rw_session(slot).map_err(HsmError::from_ck)?;
-        login(&anchor, &pin)?;
+        let conn = Conn::open(pkcs11, slot, &connector.pin)?;
         metrics::gauge!(m::HSM_SESSION_POOL_SIZE).set(pool_size as f64);
         metrics::gauge!(m::HSM_SESSIONS_IN_USE).set(0.0);
+        metrics::gauge!(m::HSM_UP).set(1.0);
         metrics::counter!(m::HSM_SESSION_WAIT_TIMEOUTS_TOTAL).absolute(0);
+        for result in ["ok", "failed", "login_refused"] {
+            metrics::counter!(m::HSM_RECONNECTS_TOTAL, "result" => result).absolute(0);
+        }
         // The codes the gateway acts on, at zero from the first scrape.
-        for code in quirks.transient_errors.iter().chain(ReturnCode::ACTED_ON) {
+        for code in quirks
+            .transient_errors
+            .iter()
+            .chain(&quirks.reconnect_errors)
+            .chain(ReturnCode::ACTED_ON)
+        {
             metrics::counter!(m::HSM_ERRORS_TOTAL, "code" => code.to_string()).absolute(0);
         }
         Ok(Arc::new(Hsm {
-            pkcs11,
-            slot,
-            pin,
+            connector,
             quirks,
-            anchor: Mutex::new(Some(anchor)),
-            idle: Mutex::new(Vec::with_capacity(pool_size)),
+            link: RwLock::new(Link::Up(Arc::new(conn))),
+            reconnecting: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(pool_size)),
             pool_size,
             wait,
@@ -172,18 +259,46 @@ impl Hsm {
         self.pool_size
     }
 
-    /// Whether the anchor session still answers and is logged in.
-    pub fn is_ready(&self) -> bool {
-        let anchor = self.anchor.lock().expect("anchor lock");
-        anchor
+    /// The current connection, or why there is none.
+    fn conn(&self) -> Result<Arc<Conn>, HsmError> {
+        match &*self.link.read().expect("link lock") {
+            Link::Up(c) => Ok(c.clone()),
+            Link::Down(why) | Link::Refused(why) => Err(HsmError::Unavailable(why.clone())),
+            Link::Stopped => Err(HsmError::Stopped),
+        }
+    }
+
+    /// Why the token cannot be used now, if it cannot.
+    pub fn unavailable(&self) -> Option<String> {
+        self.conn().err().map(|e| e.to_string())
+    }
+
+    /// Whether the connection is up and its anchor session still answers. A failing
+    /// anchor counts as a lost device.
+    pub fn is_ready(self: &Arc<Self>) -> bool {
+        let Ok(conn) = self.conn() else {
+            return false;
+        };
+        let answered = conn
+            .anchor
+            .lock()
+            .expect("anchor lock")
             .as_ref()
-            .and_then(|s| s.get_session_info().ok())
-            .is_some()
+            .map(|s| s.get_session_info().map(|_| ()).map_err(HsmError::from_ck));
+        match answered {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                self.lost(&conn, format!("the anchor session failed: {e}"));
+                false
+            }
+            None => false,
+        }
     }
 
     /// Runs `f` on a pooled session on a blocking thread. Waits at most the configured
-    /// bound for a free session, then answers `Busy`. When `retry` is set, an operation
-    /// that failed with a transient code runs once more on a fresh session.
+    /// bound for a free session, then answers `Busy`; answers `Unavailable` at once while
+    /// the device is lost. When `retry` is set, an operation that failed with a transient
+    /// code runs once more on a fresh session.
     pub async fn run<T, F>(
         self: &Arc<Self>,
         op: &'static str,
@@ -195,6 +310,7 @@ impl Hsm {
         T: Send + 'static,
         F: Fn(&Hsm, &Session) -> Result<T, HsmError> + Send + 'static,
     {
+        self.conn()?;
         let permit =
             match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
                 Ok(Ok(p)) => p,
@@ -214,7 +330,7 @@ impl Hsm {
     }
 
     fn run_blocking<T>(
-        &self,
+        self: &Arc<Self>,
         op: &'static str,
         alg: &'static str,
         retry: bool,
@@ -223,7 +339,17 @@ impl Hsm {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let session = self.checkout()?;
+            let conn = self.conn()?;
+            let session = match conn.checkout() {
+                Ok(s) => s,
+                Err(e) => {
+                    // No session from this module: the device or the module's link to it
+                    // is gone.
+                    let why = format!("cannot open a session: {e}");
+                    self.lost(&conn, why.clone());
+                    return Err(HsmError::Unavailable(why));
+                }
+            };
             let started = Instant::now();
             let result = f(self, &session);
             metrics::histogram!(m::HSM_OPERATION_SECONDS, "operation" => op, "algorithm" => alg)
@@ -233,7 +359,7 @@ impl Hsm {
                 _ => None,
             };
             let Some(code) = code else {
-                self.checkin(session);
+                conn.checkin(session);
                 return result;
             };
             metrics::counter!(m::HSM_ERRORS_TOTAL, "code" => code.to_string()).increment(1);
@@ -242,45 +368,145 @@ impl Hsm {
                 drop(session);
                 self.handles.write().expect("handles lock").clear();
                 if code.0 == RvError::UserNotLoggedIn {
-                    self.relogin();
+                    self.relogin(&conn);
                 }
             } else {
-                self.checkin(session);
+                conn.checkin(session);
             }
-            let transient = self.quirks.transient_errors.contains(&code);
-            if !(retry && transient && attempt < 2) {
+            if code.stale_handle() {
+                // Looked up again by CKA_ID on the next attempt, once.
+                self.handles.write().expect("handles lock").clear();
+                if attempt < 2 {
+                    continue;
+                }
                 return result;
             }
+            let transient = self.quirks.transient_errors.contains(&code);
+            if retry && transient && attempt < 2 {
+                continue;
+            }
+            if self.quirks.reconnect_errors.contains(&code) {
+                let why = format!("{op}: {code}");
+                self.lost(&conn, why.clone());
+                return Err(HsmError::Unavailable(why));
+            }
+            return result;
         }
     }
 
-    fn checkout(&self) -> Result<Session, HsmError> {
-        if let Some(s) = self.idle.lock().expect("idle lock").pop() {
-            return Ok(s);
+    /// The connection `conn` is lost: later calls answer `Unavailable`, and one thread
+    /// finalises the module and connects again, backing off.
+    fn lost(self: &Arc<Self>, conn: &Arc<Conn>, why: String) {
+        {
+            let mut link = self.link.write().expect("link lock");
+            match &*link {
+                Link::Up(c) if Arc::ptr_eq(c, conn) => {}
+                _ => return,
+            }
+            tracing::error!(reason = %why, "HSM lost; reconnecting");
+            *link = Link::Down(why);
         }
-        // Read-write, because key generation and destruction create and delete token objects.
-        self.pkcs11
-            .open_rw_session(self.slot)
-            .map_err(HsmError::from_ck)
+        metrics::gauge!(m::HSM_UP).set(0.0);
+        self.handles.write().expect("handles lock").clear();
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let old = conn.clone();
+        std::thread::spawn(move || this.reconnect(old));
     }
 
-    fn checkin(&self, session: Session) {
-        self.idle.lock().expect("idle lock").push(session);
+    fn reconnect(self: Arc<Self>, old: Arc<Conn>) {
+        // Operations still on the old connection end by themselves (each is one bounded
+        // call that now fails fast); the module is finalised only after them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut old = Some(old);
+        while let Some(conn) = old.take() {
+            match Arc::try_unwrap(conn) {
+                Ok(conn) => conn.close(),
+                Err(conn) if Instant::now() < deadline => {
+                    old = Some(conn);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(_) => tracing::warn!("old HSM connection still in use; not finalised"),
+            }
+        }
+        let mut backoff = RECONNECT_FIRST;
+        loop {
+            if matches!(*self.link.read().expect("link lock"), Link::Stopped) {
+                break;
+            }
+            match self.connect() {
+                Ok(conn) => {
+                    let mut link = self.link.write().expect("link lock");
+                    if matches!(*link, Link::Stopped) {
+                        drop(link);
+                        conn.close();
+                        break;
+                    }
+                    self.handles.write().expect("handles lock").clear();
+                    *link = Link::Up(Arc::new(conn));
+                    metrics::gauge!(m::HSM_UP).set(1.0);
+                    metrics::counter!(m::HSM_RECONNECTS_TOTAL, "result" => "ok").increment(1);
+                    tracing::info!("HSM connection re-established");
+                    break;
+                }
+                Err(e) if e.is_pin_refusal() => {
+                    metrics::counter!(m::HSM_RECONNECTS_TOTAL, "result" => "login_refused")
+                        .increment(1);
+                    let why = format!("login refused, not retried until a restart: {e}");
+                    tracing::error!(reason = %why, "HSM login refused");
+                    *self.link.write().expect("link lock") = Link::Refused(why);
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!(m::HSM_RECONNECTS_TOTAL, "result" => "failed").increment(1);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "HSM reconnect failed");
+                    if let Link::Down(why) = &mut *self.link.write().expect("link lock") {
+                        *why = format!("reconnecting: {e}");
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+            }
+        }
+        self.reconnecting.store(false, Ordering::Release);
     }
 
-    /// After the token forgot our login (a device reset), log the anchor in again.
-    fn relogin(&self) {
-        let mut anchor = self.anchor.lock().expect("anchor lock");
+    /// A fresh initialisation of the module, the token found again, logged in.
+    fn connect(&self) -> Result<Conn, HsmError> {
+        let pkcs11 = load_module(&self.connector.module)?;
+        let slot = match find_slot(&pkcs11, &self.connector.selector) {
+            Ok(slot) => slot,
+            Err(e) => {
+                let _ = pkcs11.finalize();
+                return Err(e);
+            }
+        };
+        Conn::open(pkcs11, slot, &self.connector.pin)
+    }
+
+    /// After the token forgot our login (a device reset), log the anchor in again; a PIN
+    /// the token refuses stops all further logins.
+    fn relogin(self: &Arc<Self>, conn: &Arc<Conn>) {
+        let mut anchor = conn.anchor.lock().expect("anchor lock");
         let fresh = anchor
             .take()
             .filter(|s| s.get_session_info().is_ok())
             .map(Ok)
-            .unwrap_or_else(|| self.pkcs11.open_rw_session(self.slot));
+            .unwrap_or_else(|| conn.pkcs11.open_rw_session(conn.slot));
         match fresh.map_err(HsmError::from_ck).and_then(|s| {
-            login(&s, &self.pin)?;
+            login(&s, &self.connector.pin)?;
             Ok(s)
         }) {
             Ok(s) => *anchor = Some(s),
+            Err(e) if e.is_pin_refusal() => {
+                drop(anchor);
+                let why = format!("login refused, not retried until a restart: {e}");
+                tracing::error!(reason = %why, "HSM login refused");
+                *self.link.write().expect("link lock") = Link::Refused(why);
+                metrics::gauge!(m::HSM_UP).set(0.0);
+            }
             Err(e) => tracing::error!(error = %e, "cannot log in to the token again"),
         }
     }
@@ -300,10 +526,17 @@ impl Hsm {
                 function: "C_GenerateKeyPair".into(),
                 code: ReturnCode(RvError::MechanismInvalid),
             })?;
-        let (public, private) = keypair_templates(params, Some((id, label)));
+        let (public, private) = keypair_templates(alg, params, &self.quirks, Some((id, label)));
         let (pub_handle, priv_handle) = session
             .generate_key_pair(&mechanism, &public, &private)
             .map_err(HsmError::from_ck)?;
+        if self.quirks.ec_private_decrypt_fixed {
+            // The module refuses CKA_DECRYPT in the template; clear it afterwards where it
+            // lets us (CKA_ALLOWED_MECHANISMS already names the one signing mechanism).
+            if let Err(e) = session.update_attributes(priv_handle, &[Attribute::Decrypt(false)]) {
+                tracing::debug!(error = %e, "the token keeps CKA_DECRYPT on EC private keys");
+            }
+        }
         self.handles
             .write()
             .expect("handles lock")
@@ -447,17 +680,14 @@ impl Hsm {
         }
     }
 
-    /// Closes every session and finalises the module.
+    /// Closes every session and finalises the module; a reconnect under way gives up.
     pub fn shutdown(self: Arc<Self>) {
-        self.idle.lock().expect("idle lock").clear();
-        self.anchor.lock().expect("anchor lock").take();
-        match Arc::try_unwrap(self) {
-            Ok(hsm) => {
-                if let Err(e) = hsm.pkcs11.finalize() {
-                    tracing::warn!(error = %e, "C_Finalize failed");
-                }
+        let link = std::mem::replace(&mut *self.link.write().expect("link lock"), Link::Stopped);
+        if let Link::Up(conn) = link {
+            match Arc::try_unwrap(conn) {
+                Ok(conn) => conn.close(),
+                Err(_) => tracing::warn!("HSM still in use at shutdown; not finalising"),
             }
-            Err(_) => tracing::warn!("HSM still in use at shutdown; not finalising"),
         }
     }
 }
@@ -486,9 +716,17 @@ pub(super) fn keygen_mechanism(
 /// id and label the pair is a token object (custody); without, a session object that
 /// vanishes with its session (the probe's sign test).
 pub(super) fn keypair_templates(
+    alg: Algorithm,
     params: &[u8],
+    quirks: &Quirks,
     persistent: Option<(&[u8], &str)>,
 ) -> (Vec<Attribute>, Vec<Attribute>) {
+    let sign_mechanism_type = match alg {
+        Algorithm::Ed25519 => MechanismType::EDDSA,
+        _ => MechanismType::ECDSA,
+    };
+    // Every usage is named: a token's defaults differ (tpm2-pkcs11 marks an EC private
+    // key decrypt as well as sign), and a signing key must do nothing else.
     let mut public = vec![
         Attribute::Token(persistent.is_some()),
         Attribute::Private(false),
@@ -501,7 +739,13 @@ pub(super) fn keypair_templates(
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(vec![sign_mechanism_type]),
     ];
+    if !quirks.ec_private_decrypt_fixed {
+        private.push(Attribute::Decrypt(false));
+    }
     if let Some((id, label)) = persistent {
         for t in [&mut public, &mut private] {
             t.push(Attribute::Id(id.to_vec()));

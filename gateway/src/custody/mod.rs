@@ -252,7 +252,8 @@ impl CustodyError {
             CustodyError::ObjectMissing(_) => "key_object_missing",
             CustodyError::PublicKey(_) => "bad_public_key",
             CustodyError::Hsm(HsmError::Busy(_)) => "hsm_busy",
-            CustodyError::Hsm(HsmError::Stopped) | CustodyError::Stopped => "hsm_unavailable",
+            CustodyError::Hsm(HsmError::Stopped | HsmError::Unavailable(_))
+            | CustodyError::Stopped => "hsm_unavailable",
             CustodyError::Hsm(HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_)) => {
                 "key_object_error"
             }
@@ -426,7 +427,12 @@ impl Custody {
                 prepare(&pkcs11)?;
             }
             let slot = hsm::find_slot(&pkcs11, &selector)?;
-            Hsm::open(pkcs11, slot, pin, quirks, pool, wait)
+            let connector = hsm::Connector {
+                module,
+                selector,
+                pin,
+            };
+            Hsm::open(pkcs11, slot, connector, quirks, pool, wait)
         })
         .await
         .map_err(|_| OpenError::Task)??;

@@ -415,7 +415,7 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
     let (gen, params) =
         hsm::keygen_mechanism(alg, &profile.quirks).ok_or("no standard mechanism")?;
     let sign = hsm::sign_mechanism(alg);
-    let (public, private) = hsm::keypair_templates(params, None);
+    let (public, private) = hsm::keypair_templates(alg, params, &profile.quirks, None);
     let (pub_h, priv_h) = session
         .generate_key_pair(&gen, &public, &private)
         .map_err(|e| HsmError::from_ck(e).to_string())?;

@@ -8,10 +8,13 @@ use serde::Deserialize;
 use crate::algorithm::Algorithm;
 
 /// Profiles shipped inside the binary, so the embedded default runs from anywhere.
-const BUILT_IN: &[(&str, &str)] = &[(
-    "softhsm2",
-    include_str!("../../../hsm-profiles/softhsm2.toml"),
-)];
+pub const BUILT_IN: &[(&str, &str)] = &[
+    (
+        "softhsm2",
+        include_str!("../../../hsm-profiles/softhsm2.toml"),
+    ),
+    ("tpm2", include_str!("../../../hsm-profiles/tpm2.toml")),
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,8 +28,50 @@ pub struct Profile {
     #[serde(default)]
     pub max_sessions: usize,
     pub algorithms: Vec<Algorithm>,
+    /// The named curves the device generates keys on, as its documentation says
+    /// (informative: `algorithms` is what the gateway acts on).
+    #[serde(default)]
+    pub curves: Vec<String>,
+    #[serde(default)]
+    pub login: Login,
+    /// Mechanisms outside PKCS#11's numbering (SM2, SM3), as the vendor defines them.
+    #[serde(default)]
+    pub vendor_mechanisms: VendorMechanisms,
     #[serde(default)]
     pub quirks: Quirks,
+}
+
+/// How the device treats logins, so an operator knows what a wrong PIN costs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// `application`: one C_Login serves every session of the process (PKCS#11 §5.6);
+    /// `session`: each session logs in.
+    #[serde(default)]
+    pub scope: LoginScope,
+    /// What happens after repeated wrong PINs, in the vendor's words.
+    #[serde(default)]
+    pub locks_after: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginScope {
+    #[default]
+    Application,
+    Session,
+}
+
+/// Vendor-defined mechanism numbers (CKM_VENDOR_DEFINED and up).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorMechanisms {
+    pub sm2_key_pair_gen: Option<u64>,
+    /// SM2 signature over a caller-made e (Z and SM3 done by the gateway).
+    pub sm2_sign: Option<u64>,
+    /// SM2 signature with SM3 and Z done by the device.
+    pub sm2_sm3_sign: Option<u64>,
+    pub sm3: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +83,15 @@ pub struct Quirks {
     pub ed25519_params: Ed25519Params,
     #[serde(default = "default_transient")]
     pub transient_errors: Vec<super::rv::ReturnCode>,
+    /// Return codes that mean the module's link to the device is gone (after the one
+    /// retry): the gateway finalises the module, initialises it again and logs in.
+    #[serde(default = "default_reconnect")]
+    pub reconnect_errors: Vec<super::rv::ReturnCode>,
+    /// The module sets CKA_DECRYPT on EC private keys itself and refuses a template that
+    /// says otherwise (tpm2-pkcs11): the gateway leaves it out of the template and
+    /// restricts the key by CKA_ALLOWED_MECHANISMS instead.
+    #[serde(default)]
+    pub ec_private_decrypt_fixed: bool,
 }
 
 impl Default for Quirks {
@@ -46,6 +100,8 @@ impl Default for Quirks {
             ec_point: EcPointEncoding::default(),
             ed25519_params: Ed25519Params::default(),
             transient_errors: default_transient(),
+            reconnect_errors: default_reconnect(),
+            ec_private_decrypt_fixed: false,
         }
     }
 }
@@ -56,6 +112,18 @@ fn default_transient() -> Vec<super::rv::ReturnCode> {
         super::rv::ReturnCode(RvError::DeviceError),
         super::rv::ReturnCode(RvError::SessionHandleInvalid),
     ]
+}
+
+fn default_reconnect() -> Vec<super::rv::ReturnCode> {
+    use cryptoki::error::RvError;
+    [
+        RvError::DeviceError,
+        RvError::DeviceRemoved,
+        RvError::TokenNotPresent,
+        RvError::CryptokiNotInitialized,
+    ]
+    .map(super::rv::ReturnCode)
+    .to_vec()
 }
 
 /// How the token returns CKA_EC_POINT.
@@ -85,7 +153,8 @@ pub enum Ed25519Params {
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error(
-        "unknown built-in HSM profile {0:?} (built in: softhsm2); use hsm.profile_file for others"
+        "unknown built-in HSM profile {0:?} (built in: {names}); use hsm.profile_file for others",
+        names = BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
     )]
     Unknown(String),
     #[error("cannot read HSM profile {path}: {source}")]

@@ -172,7 +172,18 @@ impl ReturnCode {
         ReturnCode(RvError::TokenNotPresent),
         ReturnCode(RvError::UserNotLoggedIn),
         ReturnCode(RvError::OperationActive),
+        ReturnCode(RvError::ObjectHandleInvalid),
+        ReturnCode(RvError::KeyHandleInvalid),
     ];
+
+    /// The object handle is no longer good (the token was reset or failed over): look
+    /// the object up again by CKA_ID.
+    pub fn stale_handle(self) -> bool {
+        matches!(
+            self.0,
+            RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid
+        )
+    }
 
     /// After these the session is dropped rather than returned to the pool.
     pub fn poisons_session(self) -> bool {

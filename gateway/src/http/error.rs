@@ -129,7 +129,9 @@ impl From<HsmError> for ApiError {
                 "key_object_error",
                 e.to_string(),
             ),
-            HsmError::Stopped => ApiError::busy("hsm_unavailable", e.to_string()),
+            HsmError::Stopped | HsmError::Unavailable(_) => {
+                ApiError::busy("hsm_unavailable", e.to_string())
+            }
             _ => ApiError::new(StatusCode::BAD_GATEWAY, "hsm_error", e.to_string()),
         }
     }

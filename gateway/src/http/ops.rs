@@ -69,19 +69,25 @@ pub fn readyz(state: &AppState) -> Resp {
     let r = &state.readiness;
     let [hsm_ok, audit_ok, outbox_ok, ledgers_ok] =
         [&r.hsm, &r.audit, &r.outbox, &r.ledgers].map(|b| b.load(Ordering::Relaxed));
+    // A lost device is known at once, not at the next check.
+    let hsm_down = state.custody.hsm().unavailable();
+    let hsm_ok = hsm_ok && hsm_down.is_none();
     let ready = hsm_ok && audit_ok && outbox_ok && ledgers_ok;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(
-        status,
-        &json!({
+    json_response(status, &{
+        let mut body = json!({
             "status": if ready { "ready" } else { "not_ready" },
             "checks": {"hsm": hsm_ok, "audit": audit_ok, "outbox": outbox_ok, "ledgers": ledgers_ok},
-        }),
-    )
+        });
+        if let Some(why) = hsm_down {
+            body["hsm_detail"] = why.into();
+        }
+        body
+    })
 }
 
 /// The operations listener: `/metrics`, `/readyz`, `/healthz`, GET only, no token.
