@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing bsn-gateway needs on Debian/Ubuntu:
 # SoftHSM2 (the embedded default HSM), OpenSC's pkcs11-tool, OpenSSL headers and CLI,
-# curl, systemd (systemd-analyze checks the shipped unit), prometheus (promtool checks the
+# curl, systemd (systemd-analyze checks the shipped unit), swtpm with tpm2-pkcs11 (the
+# second token of the custody suite), prometheus (promtool checks the
 # alert rules and a live scrape), Node.js for the test-only tools
 # in test-tools/ (ethers.js, ganache), and runs `npm ci` there; Python's venv for the pinned
 # test-only Python tools (schemathesis) in .venv-tools/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm systemd prometheus)
+# The second PKCS#11 implementation the tests run on: tpm2-pkcs11 over a software TPM
+# (swtpm), through the tpm2-abrmd resource manager on a private D-Bus session bus.
+packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm systemd prometheus
+  swtpm tpm2-abrmd libtss2-tcti-swtpm0 libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

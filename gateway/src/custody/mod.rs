@@ -198,8 +198,12 @@ pub struct KeyRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CustodyError {
-    #[error("this HSM profile cannot hold {0} keys")]
-    UnsupportedAlgorithm(Algorithm),
+    #[error("the token cannot hold {algorithm} keys: HSM profile {profile} has {holds}")]
+    UnsupportedAlgorithm {
+        algorithm: Algorithm,
+        profile: String,
+        holds: String,
+    },
     #[error("format {format} is not available for {algorithm}")]
     UnsupportedFormat {
         algorithm: Algorithm,
@@ -240,7 +244,7 @@ impl CustodyError {
     /// The stable code the client sees and the audit line records.
     pub fn code(&self) -> &'static str {
         match self {
-            CustodyError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
+            CustodyError::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
             CustodyError::UnsupportedFormat { .. } => "unsupported_format",
             CustodyError::DuplicateLabel(_) => "duplicate_label",
             CustodyError::NotFound(_) => "key_not_found",
@@ -622,7 +626,17 @@ impl Custody {
         algorithm: Algorithm,
     ) -> Result<KeyRecord, CustodyError> {
         if !self.profile.supports(algorithm) {
-            return Err(CustodyError::UnsupportedAlgorithm(algorithm));
+            return Err(CustodyError::UnsupportedAlgorithm {
+                algorithm,
+                profile: self.profile.name.clone(),
+                holds: self
+                    .profile
+                    .algorithms
+                    .iter()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
         }
         // A key whose creation cannot be audited must not be made at all.
         if !self.audit.is_healthy() {

@@ -415,7 +415,11 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
     let (gen, params) =
         hsm::keygen_mechanism(alg, &profile.quirks).ok_or("no standard mechanism")?;
     let sign = hsm::sign_mechanism(alg);
-    let (public, private) = hsm::keypair_templates(alg, params, &profile.quirks, None);
+    // A token that has no session objects gets a token object, destroyed below.
+    let probe_id = crate::util::random_bytes(16);
+    let persistent =
+        (!profile.quirks.session_objects).then_some((&probe_id[..], "bsn-gateway-probe"));
+    let (public, private) = hsm::keypair_templates(alg, params, &profile.quirks, persistent);
     let (pub_h, priv_h) = session
         .generate_key_pair(&gen, &public, &private)
         .map_err(|e| HsmError::from_ck(e).to_string())?;
@@ -457,7 +461,12 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
         .map_err(|e| e.to_string())?;
         if valid {
             Ok(format!(
-                "session key generated, signed, signature verified by OpenSSL ({} byte signature)",
+                "{} key generated, signed, signature verified by OpenSSL ({} byte signature)",
+                if persistent.is_some() {
+                    "token (then destroyed)"
+                } else {
+                    "session"
+                },
                 sig.len()
             ))
         } else {

@@ -83,6 +83,10 @@ pub struct Quirks {
     pub ed25519_params: Ed25519Params,
     #[serde(default = "default_transient")]
     pub transient_errors: Vec<super::rv::ReturnCode>,
+    /// Whether the token makes session objects (CKA_TOKEN false); the probe's test keys
+    /// are token objects, destroyed at once, where it does not.
+    #[serde(default = "yes")]
+    pub session_objects: bool,
     /// Return codes that mean the module's link to the device is gone (after the one
     /// retry): the gateway finalises the module, initialises it again and logs in.
     #[serde(default = "default_reconnect")]
@@ -101,6 +105,7 @@ impl Default for Quirks {
             ed25519_params: Ed25519Params::default(),
             transient_errors: default_transient(),
             reconnect_errors: default_reconnect(),
+            session_objects: true,
             ec_private_decrypt_fixed: false,
         }
     }
@@ -112,6 +117,10 @@ fn default_transient() -> Vec<super::rv::ReturnCode> {
         super::rv::ReturnCode(RvError::DeviceError),
         super::rv::ReturnCode(RvError::SessionHandleInvalid),
     ]
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_reconnect() -> Vec<super::rv::ReturnCode> {

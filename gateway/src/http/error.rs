@@ -154,7 +154,7 @@ impl From<CustodyError> for ApiError {
                 tracing::error!(error = %msg, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, msg)
             }
-            CustodyError::UnsupportedAlgorithm(_)
+            CustodyError::UnsupportedAlgorithm { .. }
             | CustodyError::UnsupportedFormat { .. }
             | CustodyError::Disabled(_)
             | CustodyError::PendingDeletion(_)

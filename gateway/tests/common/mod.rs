@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ledger;
+pub mod token;
 pub mod wycheproof;
 
 use std::path::{Path, PathBuf};
