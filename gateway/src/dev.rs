@@ -94,6 +94,7 @@ pub fn prepare(
             pin: SecretSource::File(data_dir.join("user.pin")),
             pool_size: None,
             session_wait_ms: 2000,
+            algorithms: Vec::new(),
         },
         keys: crate::custody::KeysConfig::default(),
         audit: crate::audit::anchor::AuditConfig::default(),

@@ -150,7 +150,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = Config::load(&file)?;
-            config.hsm.profile()?;
+            let profile = config.hsm.profile()?;
+            let gaps = config.hsm.gaps(&profile);
+            if !gaps.is_empty() {
+                anyhow::bail!("{}", gaps.join("\n"));
+            }
             // Files the config names are read now, not at the first envelope.
             for ledger in &config.ledgers {
                 ledger.check_files().map_err(anyhow::Error::msg)?;
@@ -356,6 +360,7 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
         selector: &config.hsm.selector(),
         pin: pin.as_ref(),
         pool_size: config.hsm.pool_size.unwrap_or(profile.default_pool_size),
+        gaps: config.hsm.gaps(&profile),
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -221,3 +221,39 @@ fn hsm_probe_passes_on_both_tokens() {
         assert!(out.contains("ecdsa-p256 sign"), "{}: {out}", token.profile);
     }
 }
+
+#[test]
+fn config_check_and_probe_name_what_the_profile_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::tpm2(dir.path());
+    let data = token.dir.join("gaps");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("admin.token"), "x").unwrap();
+    let cfg = data.join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        token.config(&data, "algorithms = [\"ecdsa-p256\", \"ed25519\"]"),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (ok, out) = token.cli(&["config", "check", cfg]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("ed25519") && out.contains("tpm2") && !out.contains("ecdsa-p256, "),
+        "{out}"
+    );
+    let (ok, out) = token.cli(&["hsm", "probe", "--config", cfg]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("MISSING config algorithms") && out.contains("ed25519"),
+        "{out}"
+    );
+    // Only P-256 asked for: both pass.
+    std::fs::write(
+        data.join("gateway.toml"),
+        token.config(&data, "algorithms = [\"ecdsa-p256\"]"),
+    )
+    .unwrap();
+    assert!(token.cli(&["config", "check", cfg]).0);
+    assert!(token.cli(&["hsm", "probe", "--config", cfg]).0);
+}

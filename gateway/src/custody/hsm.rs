@@ -154,9 +154,13 @@ struct Conn {
 }
 
 impl Conn {
-    fn checkout(&self) -> Result<Session, HsmError> {
-        if let Some(s) = self.idle.lock().expect("idle lock").pop() {
-            return Ok(s);
+    /// A pooled session, or a new one when `fresh` (a retry after a fault must not meet
+    /// another session the fault left behind).
+    fn checkout(&self, fresh: bool) -> Result<Session, HsmError> {
+        if !fresh {
+            if let Some(s) = self.idle.lock().expect("idle lock").pop() {
+                return Ok(s);
+            }
         }
         // Read-write, because key generation and destruction create and delete token objects.
         self.pkcs11
@@ -340,7 +344,7 @@ impl Hsm {
         loop {
             attempt += 1;
             let conn = self.conn()?;
-            let session = match conn.checkout() {
+            let session = match conn.checkout(attempt > 1) {
                 Ok(s) => s,
                 Err(e) => {
                     // No session from this module: the device or the module's link to it
@@ -381,11 +385,14 @@ impl Hsm {
                 }
                 return result;
             }
-            let transient = self.quirks.transient_errors.contains(&code);
+            // A fault of the session, not of the request, is worth one more try too.
+            let transient = self.quirks.transient_errors.contains(&code) || code.poisons_session();
             if retry && transient && attempt < 2 {
                 continue;
             }
-            if self.quirks.reconnect_errors.contains(&code) {
+            // A fault of the module's state that a fresh session did not cure either: the
+            // module's link to the device is broken, whatever code it chose to say so.
+            if self.quirks.reconnect_errors.contains(&code) || (attempt > 1 && code.state_fault()) {
                 let why = format!("{op}: {code}");
                 self.lost(&conn, why.clone());
                 return Err(HsmError::Unavailable(why));

@@ -62,6 +62,10 @@ pub struct HsmConfig {
     /// How long a request waits for a free session before it gets 503.
     #[serde(default = "default_wait_ms")]
     pub session_wait_ms: u64,
+    /// The algorithms this gateway must hold keys for: a profile that lacks one is named
+    /// by `config check` and `hsm probe`, and the gateway does not start on it.
+    #[serde(default)]
+    pub algorithms: Vec<Algorithm>,
 }
 
 fn default_profile() -> String {
@@ -88,6 +92,26 @@ impl HsmConfig {
             Some(p) => Profile::from_file(p),
             None => Profile::built_in(&self.profile),
         }
+    }
+
+    /// What the config asks for that the profile cannot hold, one line each.
+    pub fn gaps(&self, profile: &Profile) -> Vec<String> {
+        self.algorithms
+            .iter()
+            .filter(|a| !profile.supports(**a))
+            .map(|a| {
+                format!(
+                    "[hsm] algorithms asks for {a}, which HSM profile {} cannot hold (it holds: {})",
+                    profile.name,
+                    profile
+                        .algorithms
+                        .iter()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect()
     }
 
     pub fn selector(&self) -> hsm::TokenSelector {
@@ -392,6 +416,8 @@ pub enum OpenError {
     Store(PathBuf, std::io::Error),
     #[error("custody start-up task failed")]
     Task,
+    #[error("{0}")]
+    Gap(String),
 }
 
 /// Runs once on the loaded module before the token is looked up (the embedded default
@@ -410,6 +436,9 @@ impl Custody {
         prepare: Option<Prepare>,
     ) -> Result<Arc<Custody>, OpenError> {
         let profile = config.profile()?;
+        if let Some(gap) = config.gaps(&profile).into_iter().next() {
+            return Err(OpenError::Gap(gap));
+        }
         let module = profile.module_path(config.module.as_deref())?;
         let pin = config.pin.read()?;
         let pool = config.pool_size.unwrap_or(profile.default_pool_size);
@@ -444,9 +473,15 @@ impl Custody {
         let path = data_dir.join("keys.jsonl");
         let store = KeyStore::open(&path).map_err(|e| OpenError::Store(path, e))?;
         let custody = Custody::new(hsm, store, profile, audit, keys.clone());
-        if let Err(e) = custody.reconcile().await {
-            tracing::error!(error = %e, "could not compare key records with the token");
-        }
+        // Comparing records with the token reads every object: with 10,000 keys that is
+        // seconds of PKCS#11 calls, so it runs after start, not before the listener opens
+        // (a key found missing answers key_object_missing from then on).
+        let background = custody.clone();
+        tokio::spawn(async move {
+            if let Err(e) = background.reconcile().await {
+                tracing::error!(error = %e, "could not compare key records with the token");
+            }
+        });
         custody.destroy_due().await;
         custody.spawn_scheduler();
         Ok(custody)

@@ -149,6 +149,8 @@ pub struct Target<'a> {
     pub pin: Option<&'a Secret>,
     /// The sessions the gateway would open: its pool plus the anchor.
     pub pool_size: usize,
+    /// What the config asks for that the profile cannot hold.
+    pub gaps: Vec<String>,
 }
 
 pub fn probe(target: &Target<'_>) -> Result<Report, HsmError> {
@@ -175,6 +177,9 @@ fn run(pkcs11: &Pkcs11, target: &Target<'_>) -> Result<Report, HsmError> {
 
     let profile = target.profile;
     let mut checks = Vec::new();
+    for gap in &target.gaps {
+        checks.push(missing("config algorithms", gap.clone()));
+    }
     let token_slot = match hsm::find_slot(pkcs11, target.selector) {
         Ok(slot) => {
             checks.push(ok(

@@ -14,6 +14,30 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../../../hsm-profiles/softhsm2.toml"),
     ),
     ("tpm2", include_str!("../../../hsm-profiles/tpm2.toml")),
+    (
+        "thales-luna",
+        include_str!("../../../hsm-profiles/thales-luna.toml"),
+    ),
+    (
+        "entrust-nshield",
+        include_str!("../../../hsm-profiles/entrust-nshield.toml"),
+    ),
+    (
+        "utimaco",
+        include_str!("../../../hsm-profiles/utimaco.toml"),
+    ),
+    (
+        "aws-cloudhsm",
+        include_str!("../../../hsm-profiles/aws-cloudhsm.toml"),
+    ),
+    (
+        "yubihsm2",
+        include_str!("../../../hsm-profiles/yubihsm2.toml"),
+    ),
+    (
+        "cn-generic-sm2",
+        include_str!("../../../hsm-profiles/cn-generic-sm2.toml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +257,59 @@ mod tests {
             Profile::built_in("nope"),
             Err(ProfileError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn every_shipped_profile_is_built_in_parses_and_names_its_sources() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hsm-profiles");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".toml")
+                    .map(String::from)
+            })
+            .collect();
+        files.sort();
+        let mut built_in: Vec<String> = BUILT_IN.iter().map(|(n, _)| n.to_string()).collect();
+        built_in.sort();
+        assert_eq!(
+            files, built_in,
+            "hsm-profiles/ and the built-in list differ"
+        );
+        assert!(built_in.len() >= 8);
+        for (name, text) in BUILT_IN {
+            let p = Profile::built_in(name).unwrap();
+            assert_eq!(&p.name, name);
+            assert!(text.contains("Sources:"), "{name}: no sources named");
+            assert!(!p.module_paths.is_empty(), "{name}");
+            assert!(!p.algorithms.is_empty() && !p.curves.is_empty(), "{name}");
+            assert!(!p.login.locks_after.is_empty(), "{name}: login semantics");
+            assert!(!p.quirks.reconnect_errors.is_empty(), "{name}");
+            if p.max_sessions > 0 {
+                assert!(
+                    p.default_pool_size < p.max_sessions,
+                    "{name}: no room for the anchor"
+                );
+            }
+            let v = &p.vendor_mechanisms;
+            for code in [v.sm2_key_pair_gen, v.sm2_sign, v.sm2_sm3_sign, v.sm3]
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    code >= 0x8000_0000,
+                    "{name}: {code:#x} is not a vendor-defined number"
+                );
+            }
+        }
+        let cn = Profile::built_in("cn-generic-sm2").unwrap();
+        assert!(cn.vendor_mechanisms.sm2_key_pair_gen.is_some());
+        let tpm = Profile::built_in("tpm2").unwrap();
+        assert_eq!(tpm.algorithms, vec![Algorithm::EcdsaP256]);
+        assert!(!tpm.quirks.session_objects && tpm.quirks.ec_private_decrypt_fixed);
     }
 
     #[test]

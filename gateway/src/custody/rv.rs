@@ -172,6 +172,7 @@ impl ReturnCode {
         ReturnCode(RvError::TokenNotPresent),
         ReturnCode(RvError::UserNotLoggedIn),
         ReturnCode(RvError::OperationActive),
+        ReturnCode(RvError::OperationNotInitialized),
         ReturnCode(RvError::ObjectHandleInvalid),
         ReturnCode(RvError::KeyHandleInvalid),
     ];
@@ -185,6 +186,16 @@ impl ReturnCode {
         )
     }
 
+    /// Codes about the module's or the session's state rather than the request: twice in
+    /// a row, on a fresh session, they mean the module must start again.
+    pub fn state_fault(self) -> bool {
+        self.poisons_session()
+            || matches!(
+                self.0,
+                RvError::GeneralError | RvError::FunctionFailed | RvError::OperationNotInitialized
+            )
+    }
+
     /// After these the session is dropped rather than returned to the pool.
     pub fn poisons_session(self) -> bool {
         matches!(
@@ -196,6 +207,7 @@ impl ReturnCode {
                 | RvError::TokenNotPresent
                 | RvError::UserNotLoggedIn
                 | RvError::OperationActive
+                | RvError::OperationNotInitialized
         )
     }
 }

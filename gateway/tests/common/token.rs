@@ -104,6 +104,17 @@ impl Token {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        // A TPM counts a restart without TPM2_Shutdown (the kills of the device-loss test)
+        // against its dictionary-attack counter; at the limit C_Login answers
+        // CKR_PIN_LOCKED. A test TPM gets a high limit, as a lab would set it.
+        run(Command::new("tpm2_dictionarylockout")
+            .envs(env.iter().cloned())
+            .args([
+                "--setup-parameters",
+                "--max-tries=1000",
+                "--recovery-time=1",
+            ])
+            .arg("--lockout-recovery-time=1"));
         let (label, pin) = ("bsn-tpm".to_string(), random_hex(8));
         run(Command::new("tpm2_ptool")
             .envs(env.iter().cloned())
