@@ -664,6 +664,41 @@ impl Hsm {
         Ok(ids)
     }
 
+    /// Fills the handle cache with every private key on the token, in one search: with
+    /// thousands of keys a search per first use costs a token scan each (tens of ms on
+    /// SoftHSM2). Returns how many were cached. Ids with more than one private key are
+    /// left out, so they are looked up (and refused) one by one.
+    pub fn warm_handles(&self, session: &Session) -> Result<usize, HsmError> {
+        let found = session
+            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+            .map_err(HsmError::from_ck)?;
+        let mut by_id: HashMap<Vec<u8>, Option<ObjectHandle>> = HashMap::new();
+        for handle in found {
+            let attrs = session
+                .get_attributes(handle, &[AttributeType::Id])
+                .map_err(HsmError::from_ck)?;
+            let Some(id) = attrs.into_iter().find_map(|a| match a {
+                Attribute::Id(v) => Some(v),
+                _ => None,
+            }) else {
+                continue;
+            };
+            by_id
+                .entry(id)
+                .and_modify(|h| *h = None)
+                .or_insert(Some(handle));
+        }
+        let mut handles = self.handles.write().expect("handles lock");
+        let mut cached = 0;
+        for (id, handle) in by_id {
+            if let Some(h) = handle {
+                handles.entry(id).or_insert(h);
+                cached += 1;
+            }
+        }
+        Ok(cached)
+    }
+
     fn private_handle(&self, session: &Session, id: &[u8]) -> Result<ObjectHandle, HsmError> {
         if let Some(h) = self.handles.read().expect("handles lock").get(id) {
             return Ok(*h);

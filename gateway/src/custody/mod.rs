@@ -478,6 +478,21 @@ impl Custody {
         // (a key found missing answers key_object_missing from then on).
         let background = custody.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match background
+                .hsm
+                .run("find", "any", true, |hsm, s| hsm.warm_handles(s))
+                .await
+            {
+                Ok(n) => tracing::info!(
+                    keys = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "key handles cached"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not cache key handles; looked up on first use")
+                }
+            }
             if let Err(e) = background.reconcile().await {
                 tracing::error!(error = %e, "could not compare key records with the token");
             }
