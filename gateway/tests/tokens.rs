@@ -186,6 +186,28 @@ fn custody_suite(token: &Token) {
     for k in &keys[1..] {
         sign_and_check(&g2, k, &format!("{what} after a destroy"));
     }
+
+    // Stale handles: another tool deletes a key's objects behind the gateway's back and a
+    // new key is made. The cached handle fails; the key is looked up again by CKA_ID,
+    // found missing, and answered as such: never signed with another object.
+    let victim = g2.create_key("suite-victim", "ecdsa-p256");
+    let victim_id = victim["id"].as_str().unwrap();
+    sign_and_check(&g2, &victim, &format!("{what} victim"));
+    for kind in ["privkey", "pubkey"] {
+        token.pkcs11_tool(&["--delete-object", "--type", kind, "--id", victim_id]);
+    }
+    let newcomer = g2.create_key("suite-newcomer", "ecdsa-p256");
+    let r = g2.post(
+        &format!("/v1/keys/{victim_id}/sign"),
+        json!({"digest": format!("0x{}", "22".repeat(32))}),
+    );
+    assert_eq!(
+        (r.status, error_code(&r)),
+        (422, "key_object_missing"),
+        "{what}: {}",
+        r.body
+    );
+    sign_and_check(&g2, &newcomer, &format!("{what} newcomer"));
     g = g2;
     drop(g);
 }
