@@ -20,8 +20,12 @@ pub const LEDGER: usize = 64;
 pub const WORD: usize = 16;
 /// A digest: `0x` and up to 64 bytes of hex.
 pub const DIGEST: usize = 130;
-/// Hex public keys and signatures (the largest, an uncompressed point, is 65 bytes).
+/// Hex public keys (the largest, an uncompressed point, is 65 bytes).
 pub const HEX_VALUE: usize = 512;
+/// Hex signatures: room for a malformed DER signature of up to 8 KiB, so that the strict
+/// DER reader names what is wrong with it (Wycheproof's longest is 4,172 bytes), not the
+/// size bound.
+pub const SIGNATURE: usize = 16_384;
 /// An Ethereum address: `0x` and 40 hex digits.
 pub const ADDRESS: usize = 42;
 /// One public key in PEM (about 180 characters for an EC key).

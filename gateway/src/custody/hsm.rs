@@ -214,6 +214,11 @@ pub struct Hsm {
     /// CKA_ID -> private key handle; cleared on destroy, on any session fault and with
     /// every new connection (a handle is only good with the module that gave it).
     handles: RwLock<HashMap<Vec<u8>, ObjectHandle>>,
+    /// A scan of every token object never runs beside the creation or destruction of
+    /// one: SoftHSM2's file store failed a C_GenerateKeyPair that met a scan in another
+    /// session (CKR_GENERAL_ERROR at start-up, when the handle cache is filled). Scans
+    /// take it exclusively, creation and destruction shared.
+    objects: RwLock<()>,
 }
 
 /// Reconnect attempts back off from this...
@@ -256,6 +261,7 @@ impl Hsm {
             pool_size,
             wait,
             handles: RwLock::new(HashMap::new()),
+            objects: RwLock::new(()),
         }))
     }
 
@@ -534,6 +540,7 @@ impl Hsm {
                 code: ReturnCode(RvError::MechanismInvalid),
             })?;
         let (public, private) = keypair_templates(alg, params, &self.quirks, Some((id, label)));
+        let _objects = self.objects.read().expect("objects lock");
         let (pub_handle, priv_handle) = session
             .generate_key_pair(&mechanism, &public, &private)
             .map_err(HsmError::from_ck)?;
@@ -593,6 +600,7 @@ impl Hsm {
 
     /// Destroys every object (private and public) with this CKA_ID.
     pub fn destroy(&self, session: &Session, id: &[u8]) -> Result<usize, HsmError> {
+        let _objects = self.objects.read().expect("objects lock");
         self.handles.write().expect("handles lock").remove(id);
         let objects = session
             .find_objects(&[Attribute::Id(id.to_vec())])
@@ -640,6 +648,7 @@ impl Hsm {
         &self,
         session: &Session,
     ) -> Result<HashMap<Vec<u8>, TokenObjects>, HsmError> {
+        let _objects = self.objects.write().expect("objects lock");
         let all = session
             .find_objects(&[Attribute::Token(true)])
             .map_err(HsmError::from_ck)?;
@@ -669,6 +678,7 @@ impl Hsm {
     /// SoftHSM2). Returns how many were cached. Ids with more than one private key are
     /// left out, so they are looked up (and refused) one by one.
     pub fn warm_handles(&self, session: &Session) -> Result<usize, HsmError> {
+        let _objects = self.objects.write().expect("objects lock");
         let found = session
             .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
             .map_err(HsmError::from_ck)?;

@@ -51,7 +51,7 @@ struct VerifyItem {
     /// For `message_b64` on ECDSA curves: `sha256` (default) or `keccak256`.
     #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     hash: Option<String>,
-    #[serde(deserialize_with = "bounds::text::<{ bounds::HEX_VALUE }, _>")]
+    #[serde(deserialize_with = "bounds::text::<{ bounds::SIGNATURE }, _>")]
     signature: String,
     #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     format: Option<String>,

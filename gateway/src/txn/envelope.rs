@@ -35,7 +35,7 @@ pub struct Envelope {
     #[serde(deserialize_with = "bounds::text::<{ bounds::BASE64_DATA }, _>")]
     pub payload_b64: String,
     /// Hex: DER for ECDSA and SM2 unless `format` says `raw`; 64 bytes for Ed25519.
-    #[serde(deserialize_with = "bounds::text::<{ bounds::HEX_VALUE }, _>")]
+    #[serde(deserialize_with = "bounds::text::<{ bounds::SIGNATURE }, _>")]
     pub signature: String,
     #[serde(
         default,
