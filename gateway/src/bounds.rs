@@ -16,6 +16,8 @@ pub const PRINCIPAL: usize = 128;
 /// A key id (32 hex digits) with room for a mistake to be named, not truncated.
 pub const KEY_ID: usize = 64;
 pub const LEDGER: usize = 64;
+/// An SM2 distinguishing ID (the standard allows 8191 bytes; real ones are short).
+pub const SM2_ID: usize = 1024;
 /// `format`, `hash`: short enumerations.
 pub const WORD: usize = 16;
 /// A digest: `0x` and up to 64 bytes of hex.

@@ -2,6 +2,7 @@
 
 pub mod ecdsa;
 pub mod pubkey;
+pub mod sm2;
 
 use crate::algorithm::Algorithm;
 

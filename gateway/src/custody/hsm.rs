@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -51,6 +52,9 @@ pub enum HsmError {
     Library(String),
     #[error("HSM worker stopped")]
     Stopped,
+    /// A wrapped key that does not open: altered, or bound to another key.
+    #[error("a wrapped key does not open under the token's wrapping key")]
+    Sealed,
     /// The device is lost (or refused our PIN); requests fail fast until it is back.
     #[error("HSM unavailable: {0}")]
     Unavailable(String),
@@ -276,6 +280,16 @@ impl Hsm {
             Link::Down(why) | Link::Refused(why) => Err(HsmError::Unavailable(why.clone())),
             Link::Stopped => Err(HsmError::Stopped),
         }
+    }
+
+    /// Whether the token offers every one of these mechanisms.
+    pub fn has_mechanisms(&self, wanted: &[MechanismType]) -> Result<bool, HsmError> {
+        let conn = self.conn()?;
+        let offered = conn
+            .pkcs11
+            .get_mechanism_list(conn.slot)
+            .map_err(HsmError::from_ck)?;
+        Ok(wanted.iter().all(|w| offered.contains(w)))
     }
 
     /// Why the token cannot be used now, if it cannot.
@@ -673,6 +687,86 @@ impl Hsm {
         Ok(ids)
     }
 
+    /// Makes the key's own AES-256 key in the token (CKA_ID the key's id: destroying the
+    /// key destroys it, and with it every copy of the wrapped private key, journal lines
+    /// included) and seals `plain` under it with AES-GCM: a fresh 96-bit nonce, `aad`
+    /// bound in; nonce || ciphertext || tag. The AES key is sensitive, never
+    /// extractable, encrypt and decrypt only.
+    pub fn seal_new(
+        &self,
+        session: &Session,
+        id: &[u8],
+        label: &str,
+        plain: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
+        let key = {
+            let _objects = self.objects.read().expect("objects lock");
+            session
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(false),
+                        Attribute::Encrypt(true),
+                        Attribute::Decrypt(true),
+                        Attribute::Wrap(false),
+                        Attribute::Unwrap(false),
+                        Attribute::Sign(false),
+                        Attribute::Derive(false),
+                        Attribute::ValueLen(32.into()),
+                        Attribute::Id(id.to_vec()),
+                        Attribute::Label(label.as_bytes().to_vec()),
+                    ],
+                )
+                .map_err(HsmError::from_ck)?
+        };
+        self.handles
+            .write()
+            .expect("handles lock")
+            .insert(id.to_vec(), key);
+        let mut iv = crate::util::random_bytes(12);
+        let nonce = iv.clone();
+        let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(HsmError::from_ck)?;
+        let sealed = session
+            .encrypt(&Mechanism::AesGcm(params), key, plain)
+            .map_err(HsmError::from_ck)?;
+        let mut out = nonce;
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens what `seal` made; the plaintext is zeroised when dropped.
+    pub fn unseal(
+        &self,
+        session: &Session,
+        id: &[u8],
+        sealed: &[u8],
+        aad: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, HsmError> {
+        if sealed.len() < 12 + 16 {
+            return Err(HsmError::Sealed);
+        }
+        let key = self.object_handle(session, id, ObjectClass::SECRET_KEY)?;
+        let (nonce, body) = sealed.split_at(12);
+        let mut iv = nonce.to_vec();
+        let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(HsmError::from_ck)?;
+        match session.decrypt(&Mechanism::AesGcm(params), key, body) {
+            Ok(plain) => Ok(zeroize::Zeroizing::new(plain)),
+            // A tag that does not match: the blob or its binding was altered. SoftHSM2
+            // says so with CKR_GENERAL_ERROR.
+            Err(CkError::Pkcs11(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::GeneralError,
+                _,
+            )) => Err(HsmError::Sealed),
+            Err(e) => Err(HsmError::from_ck(e)),
+        }
+    }
+
     /// Fills the handle cache with every private key on the token, in one search: with
     /// thousands of keys a search per first use costs a token scan each (tens of ms on
     /// SoftHSM2). Returns how many were cached. Ids with more than one private key are
@@ -710,14 +804,22 @@ impl Hsm {
     }
 
     fn private_handle(&self, session: &Session, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+        self.object_handle(session, id, ObjectClass::PRIVATE_KEY)
+    }
+
+    /// The one object of `class` with this CKA_ID (a key's private key, or a wrapped key's
+    /// AES key: an id is one or the other), cached.
+    fn object_handle(
+        &self,
+        session: &Session,
+        id: &[u8],
+        class: ObjectClass,
+    ) -> Result<ObjectHandle, HsmError> {
         if let Some(h) = self.handles.read().expect("handles lock").get(id) {
             return Ok(*h);
         }
         let found = session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Id(id.to_vec()),
-            ])
+            .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
             .map_err(HsmError::from_ck)?;
         match found.as_slice() {
             [one] => {

@@ -39,6 +39,7 @@ use crate::crypto::pubkey::{PublicKey, PublicKeyError};
 pub use crate::crypto::SigFormat;
 use crate::secret::SecretSource;
 use crate::util::{hex0x, now_rfc3339};
+use cryptoki::mechanism::MechanismType;
 use hsm::{Hsm, HsmError};
 pub use id::KeyId;
 use profile::Profile;
@@ -135,6 +136,14 @@ pub struct KeysConfig {
     /// deletion is cancelled (as AWS KMS and Vault do). Admins may destroy at once.
     #[serde(default = "default_deletion_window")]
     pub deletion_window_seconds: u64,
+    /// Whether keys of an algorithm the token lacks (SM2 on SoftHSM2 or a TPM) may be
+    /// held wrapped: made by the gateway, kept only sealed under an AES key in the token.
+    #[serde(default = "default_true")]
+    pub wrapped_custody: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_deletion_window() -> u64 {
@@ -145,6 +154,7 @@ impl Default for KeysConfig {
     fn default() -> Self {
         KeysConfig {
             deletion_window_seconds: default_deletion_window(),
+            wrapped_custody: true,
         }
     }
 }
@@ -163,6 +173,10 @@ impl KeysConfig {
 pub enum CustodyKind {
     /// Private key inside the token.
     Hsm,
+    /// Private key made by the gateway (an algorithm the token lacks: SM2), kept only
+    /// wrapped under the key's own AES-256 key in the token; unwrapped for the moment of
+    /// signing.
+    Wrapped,
     /// Only the public key is held: verify-only.
     External,
 }
@@ -171,6 +185,7 @@ impl CustodyKind {
     pub fn as_str(self) -> &'static str {
         match self {
             CustodyKind::Hsm => "hsm",
+            CustodyKind::Wrapped => "wrapped",
             CustodyKind::External => "external",
         }
     }
@@ -218,6 +233,10 @@ pub struct KeyRecord {
     /// When a key pending deletion will be destroyed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destroy_after: Option<String>,
+    /// Wrapped custody: the private key sealed under the key's AES key in the token
+    /// (hex of nonce || ciphertext || tag). Journal only; the API never shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +254,10 @@ pub enum CustodyError {
     },
     #[error("a key labelled {0:?} exists")]
     DuplicateLabel(String),
+    /// Wrapped custody is needed and cannot be had: switched off, or the token has no
+    /// AES-GCM.
+    #[error("{0}")]
+    WrapUnavailable(String),
     /// No such key, or one the caller does not own: the two are told apart to nobody.
     #[error("no key with id {0:?}")]
     NotFound(String),
@@ -271,6 +294,7 @@ impl CustodyError {
             CustodyError::UnsupportedAlgorithm { .. } => "unsupported_algorithm",
             CustodyError::UnsupportedFormat { .. } => "unsupported_format",
             CustodyError::DuplicateLabel(_) => "duplicate_label",
+            CustodyError::WrapUnavailable(_) => "wrapped_custody_unavailable",
             CustodyError::NotFound(_) => "key_not_found",
             CustodyError::Forbidden(_) => "forbidden",
             CustodyError::Disabled(_) => "key_disabled",
@@ -282,9 +306,9 @@ impl CustodyError {
             CustodyError::Hsm(HsmError::Busy(_)) => "hsm_busy",
             CustodyError::Hsm(HsmError::Stopped | HsmError::Unavailable(_))
             | CustodyError::Stopped => "hsm_unavailable",
-            CustodyError::Hsm(HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_)) => {
-                "key_object_error"
-            }
+            CustodyError::Hsm(
+                HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_) | HsmError::Sealed,
+            ) => "key_object_error",
             CustodyError::Hsm(_) => "hsm_error",
             CustodyError::Audit(_) => "audit_unavailable",
             CustodyError::Signature(_) | CustodyError::Store(_) => "internal",
@@ -314,6 +338,7 @@ impl KeyRecord {
             created_at: now_rfc3339(),
             owner: owner.to_string(),
             destroy_after: None,
+            wrapped: None,
         }
     }
 }
@@ -639,7 +664,14 @@ impl Custody {
         let (who, label) = (who.clone(), label.to_string());
         self.owned(move |c| async move {
             let mut op = Op::new("create", "");
-            op.custody = Some(CustodyKind::Hsm);
+            // SM2 on a token without it is held wrapped: say so before it is tried.
+            op.custody = Some(
+                if algorithm == Algorithm::Sm2 && !c.profile.supports(algorithm) {
+                    CustodyKind::Wrapped
+                } else {
+                    CustodyKind::Hsm
+                },
+            );
             let result = match c.owner_for(&who, owner, &mut op) {
                 Ok(owner) => c.create_inner(&owner, &label, algorithm).await,
                 Err(e) => Err(e),
@@ -675,6 +707,15 @@ impl Custody {
         label: &str,
         algorithm: Algorithm,
     ) -> Result<KeyRecord, CustodyError> {
+        if algorithm == Algorithm::Sm2 && !self.profile.supports(algorithm) {
+            if !self.config.wrapped_custody {
+                return Err(CustodyError::WrapUnavailable(format!(
+                    "HSM profile {} has no SM2 and [keys] wrapped_custody is off",
+                    self.profile.name
+                )));
+            }
+            return self.create_wrapped(owner, label).await;
+        }
         if !self.profile.supports(algorithm) {
             return Err(CustodyError::UnsupportedAlgorithm {
                 algorithm,
@@ -714,6 +755,54 @@ impl Custody {
         if let Err(e) = self.persist(record.clone()).await {
             // Do not leave an orphan key in the token that no record points at.
             self.destroy_objects(algorithm, id.as_bytes()).await;
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    /// An SM2 key made here and at once sealed under its own AES key in the token; only
+    /// the sealed form is kept.
+    async fn create_wrapped(&self, owner: &str, label: &str) -> Result<KeyRecord, CustodyError> {
+        if !self.audit.is_healthy() {
+            return Err(AuditError::Unavailable("an earlier write failed".into()).into());
+        }
+        let _guard = self.create_lock.lock().await;
+        if self.store.label_taken(label) {
+            return Err(CustodyError::DuplicateLabel(label.to_string()));
+        }
+        let hsm = self.hsm.clone();
+        let wanted = [MechanismType::AES_KEY_GEN, MechanismType::AES_GCM];
+        let offered = tokio::task::spawn_blocking(move || hsm.has_mechanisms(&wanted))
+            .await
+            .map_err(|_| CustodyError::Stopped)??;
+        if !offered {
+            return Err(CustodyError::WrapUnavailable(format!(
+                "wrapped custody needs AES-256-GCM in the token (CKM_AES_KEY_GEN, CKM_AES_GCM), which HSM profile {}'s token lacks",
+                self.profile.name
+            )));
+        }
+        let id = KeyId::random();
+        let (d, point) = crate::crypto::sm2::generate();
+        let public = PublicKey::from_bytes(Algorithm::Sm2, &point)?;
+        let mut record = KeyRecord::new(id, label, CustodyKind::Wrapped, public, owner);
+        let (gen_id, gen_label, aad) =
+            (id.as_bytes().to_vec(), label.to_string(), wrap_aad(&record));
+        let sealed = self
+            .hsm
+            .run("generate", Algorithm::Sm2.as_str(), false, move |hsm, s| {
+                hsm.seal_new(s, &gen_id, &gen_label, &d[..], &aad)
+            })
+            .await;
+        let sealed = match sealed {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                self.destroy_objects(Algorithm::Sm2, id.as_bytes()).await;
+                return Err(e.into());
+            }
+        };
+        record.wrapped = Some(crate::util::hex0x(&sealed));
+        if let Err(e) = self.persist(record.clone()).await {
+            self.destroy_objects(Algorithm::Sm2, id.as_bytes()).await;
             return Err(e);
         }
         Ok(record)
@@ -838,7 +927,7 @@ impl Custody {
     }
 
     async fn destroy_locked(&self, record: &KeyRecord) -> Result<(), CustodyError> {
-        if record.custody == CustodyKind::Hsm {
+        if matches!(record.custody, CustodyKind::Hsm | CustodyKind::Wrapped) {
             let id = record.id.as_bytes().to_vec();
             self.hsm
                 .run("destroy", record.algorithm.as_str(), true, move |hsm, s| {
@@ -954,10 +1043,13 @@ impl Custody {
             (CustodyKind::External, _) => return Err(CustodyError::VerifyOnly(record.id)),
             (_, KeyState::Disabled) => return Err(CustodyError::Disabled(record.id)),
             (_, KeyState::PendingDeletion) => return Err(CustodyError::PendingDeletion(record.id)),
-            (CustodyKind::Hsm, KeyState::Active) => {}
+            (CustodyKind::Hsm | CustodyKind::Wrapped, KeyState::Active) => {}
         }
         if self.is_missing(&record.id) {
             return Err(CustodyError::ObjectMissing(record.id));
+        }
+        if record.custody == CustodyKind::Wrapped {
+            return self.sign_wrapped(record, inputs, format, op).await;
         }
         let alg = record.algorithm;
         let id = record.id.as_bytes().to_vec();
@@ -977,6 +1069,54 @@ impl Custody {
             })
             .await;
         match encoded {
+            Err(HsmError::KeyMissing(_)) => {
+                self.edit_missing(|m| {
+                    m.insert(record.id);
+                });
+                Err(CustodyError::ObjectMissing(record.id))
+            }
+            Err(e) => Err(e.into()),
+            Ok(sigs) => Ok(sigs.into_iter().collect::<Result<_, _>>()?),
+        }
+    }
+
+    /// Signs with a wrapped key: its AES key in the token opens it into locked memory on
+    /// the HSM worker thread, each e is signed by the constant-time SM2 core, and the
+    /// private key is zeroised before the session goes back to the pool.
+    async fn sign_wrapped(
+        &self,
+        record: &KeyRecord,
+        inputs: Vec<Vec<u8>>,
+        format: SigFormat,
+        op: &'static str,
+    ) -> Result<Vec<Vec<u8>>, CustodyError> {
+        let sealed = record
+            .wrapped
+            .as_deref()
+            .and_then(|w| crate::util::unhex0x(w).ok())
+            .ok_or(CustodyError::ObjectMissing(record.id))?;
+        let (id, aad) = (record.id.as_bytes().to_vec(), wrap_aad(record));
+        let signed = self
+            .hsm
+            .run(op, record.algorithm.as_str(), true, move |hsm, s| {
+                let d = hsm.unseal(s, &id, &sealed, &aad)?;
+                let _locked = region::lock(d.as_ptr(), d.len()).ok();
+                let d: &[u8; 32] = d[..].try_into().map_err(|_| HsmError::Sealed)?;
+                Ok(inputs
+                    .iter()
+                    .map(|e| {
+                        let e: &[u8; 32] = e[..].try_into().map_err(|_| EcdsaError::Length(32))?;
+                        let raw =
+                            crate::crypto::sm2::sign(d, e).map_err(|_| EcdsaError::Length(32))?;
+                        match format {
+                            SigFormat::Der => ecdsa::raw_to_der(&raw),
+                            _ => Ok(raw.to_vec()),
+                        }
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await;
+        match signed {
             Err(HsmError::KeyMissing(_)) => {
                 self.edit_missing(|m| {
                     m.insert(record.id);
@@ -1040,7 +1180,11 @@ impl Custody {
                 .or_insert(0usize) += 1;
         }
         for alg in Algorithm::ALL {
-            for custody in [CustodyKind::Hsm, CustodyKind::External] {
+            for custody in [
+                CustodyKind::Hsm,
+                CustodyKind::Wrapped,
+                CustodyKind::External,
+            ] {
                 for state in KeyState::ALL {
                     let n = counts.get(&(alg, custody, state)).copied().unwrap_or(0);
                     metrics::gauge!(crate::metrics::KEYS, "algorithm" => alg.as_str(), "custody" => custody.as_str(), "state" => state.as_str())
@@ -1080,9 +1224,18 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
         .map(|t| t.unix_timestamp().max(0) as u64)
 }
 
+/// What a wrapped key is bound to: its id and algorithm, so a sealed key moved to
+/// another record does not open.
+fn wrap_aad(record: &KeyRecord) -> Vec<u8> {
+    let mut aad = b"bsn-gateway wrapped key v1 ".to_vec();
+    aad.extend_from_slice(record.id.as_bytes());
+    aad.extend_from_slice(record.algorithm.as_str().as_bytes());
+    aad
+}
+
 pub fn check_format(algorithm: Algorithm, format: SigFormat) -> Result<(), CustodyError> {
     let ok = match format {
-        SigFormat::Der => algorithm.is_ecdsa(),
+        SigFormat::Der => algorithm.is_ecdsa() || algorithm == Algorithm::Sm2,
         SigFormat::Raw => true,
         SigFormat::Eth => algorithm == Algorithm::EcdsaSecp256k1,
     };

@@ -43,7 +43,14 @@ pub fn compare(
     let mut report = Report::default();
     for r in records {
         let id = r.id.as_bytes().to_vec();
-        if r.custody == CustodyKind::Hsm && objects.get(&id).is_none_or(|o| o.private != 1) {
+        let present = objects.get(&id);
+        let missing = match r.custody {
+            CustodyKind::Hsm => present.is_none_or(|o| o.private != 1),
+            // Its own AES key: one object, not a private key.
+            CustodyKind::Wrapped => present.is_none_or(|o| o.total != 1 || o.private != 0),
+            CustodyKind::External => false,
+        };
+        if missing {
             report.missing.push(r.id);
         }
         known.insert(id);
@@ -85,6 +92,7 @@ mod tests {
             created_at: String::new(),
             owner: "a".into(),
             destroy_after: None,
+            wrapped: None,
         }
     }
 

@@ -227,6 +227,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             owner: "admin".into(),
             destroy_after: None,
+            wrapped: None,
         }
     }
 

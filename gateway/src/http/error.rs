@@ -124,11 +124,13 @@ impl From<HsmError> for ApiError {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::Busy(_) => ApiError::busy("hsm_busy", e.to_string()),
-            HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "key_object_error",
-                e.to_string(),
-            ),
+            HsmError::KeyMissing(_) | HsmError::KeyAmbiguous(_) | HsmError::Sealed => {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "key_object_error",
+                    e.to_string(),
+                )
+            }
             HsmError::Stopped | HsmError::Unavailable(_) => {
                 ApiError::busy("hsm_unavailable", e.to_string())
             }
@@ -155,6 +157,7 @@ impl From<CustodyError> for ApiError {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, code, msg)
             }
             CustodyError::UnsupportedAlgorithm { .. }
+            | CustodyError::WrapUnavailable(_)
             | CustodyError::UnsupportedFormat { .. }
             | CustodyError::Disabled(_)
             | CustodyError::PendingDeletion(_)

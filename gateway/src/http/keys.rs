@@ -72,6 +72,9 @@ struct SignRequest {
     /// For `message_b64` on secp256k1: `sha256` (default) or `keccak256`.
     #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     hash: Option<String>,
+    /// SM2: the signer's distinguishing ID in Z (default `1234567812345678`).
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::SM2_ID }, _>")]
+    sm2_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +85,8 @@ struct SignBatchRequest {
     format: Option<String>,
     #[serde(default, deserialize_with = "bounds::opt::<{ bounds::WORD }, _>")]
     hash: Option<String>,
+    #[serde(default, deserialize_with = "bounds::opt::<{ bounds::SM2_ID }, _>")]
+    sm2_id: Option<String>,
 }
 
 /// The policy must grant `op`; a refusal is audited like any key operation.
@@ -157,6 +162,10 @@ fn truncate(s: &str) -> String {
 /// missing.
 fn record_json(state: &AppState, r: &KeyRecord) -> serde_json::Value {
     let mut v = serde_json::to_value(r).expect("records serialise");
+    // Sealed or not, private key material never leaves through the API.
+    if let Some(o) = v.as_object_mut() {
+        o.remove("wrapped");
+    }
     if state.custody.is_missing(&r.id) {
         v["token_object"] = "missing".into();
     }
@@ -268,13 +277,15 @@ pub async fn sign(
     let body: SignRequest = read_json(state, req).await?;
     // The algorithm decides how the input is read; the state is checked by custody at
     // the moment of signing, not here.
-    let alg = state.custody.get(&client.principal, id)?.algorithm;
+    let record = state.custody.get(&client.principal, id)?;
+    let alg = record.algorithm;
     let format = parse_format(alg, body.format.as_deref())?;
     let item = SignItem {
         digest: body.digest,
         message_b64: body.message_b64,
     };
-    let input = prepare(alg, &item, body.hash.as_deref())?;
+    let how = How::new(&record, body.hash.as_deref(), body.sm2_id.as_deref())?;
+    let input = prepare(&how, &item)?;
     super::take_quota(client, Metered::Signatures, 1)?;
     let mut sigs = state
         .custody
@@ -300,14 +311,16 @@ pub async fn sign_batch(
     require(state, client, Operation::KeysSign, "sign_batch", id).await?;
     let body: SignBatchRequest = read_json(state, req).await?;
     state.limits.check_items(body.items.len())?;
-    let alg = state.custody.get(&client.principal, id)?.algorithm;
+    let record = state.custody.get(&client.principal, id)?;
+    let alg = record.algorithm;
     let format = parse_format(alg, body.format.as_deref())?;
+    let how = How::new(&record, body.hash.as_deref(), body.sm2_id.as_deref())?;
     let inputs = body
         .items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            prepare(alg, item, body.hash.as_deref()).map_err(|mut e| {
+            prepare(&how, item).map_err(|mut e| {
                 e.message = format!("items[{i}]: {}", e.message);
                 e
             })
@@ -344,21 +357,55 @@ fn parse_format(alg: Algorithm, format: Option<&str>) -> Result<SigFormat, ApiEr
     Ok(format)
 }
 
-/// The bytes the token signs: a 32-byte digest for ECDSA, the message itself for Ed25519.
-fn prepare(alg: Algorithm, item: &SignItem, hash: Option<&str>) -> Result<Vec<u8>, ApiError> {
-    let keccak = match hash {
-        None | Some("sha256") => false,
-        Some("keccak256") if alg == Algorithm::EcdsaSecp256k1 => true,
-        Some(h) => {
-            return Err(ApiError::unprocessable(
-                "unsupported_hash",
-                format!("hash {:?} is not available for {alg}", truncate(h)),
-            ))
-        }
-    };
+/// How a key's items become what is signed.
+struct How {
+    alg: Algorithm,
+    keccak: bool,
+    /// SM2: Z for the key and the distinguishing ID.
+    z: Option<[u8; 32]>,
+}
+
+impl How {
+    fn new(record: &KeyRecord, hash: Option<&str>, sm2_id: Option<&str>) -> Result<How, ApiError> {
+        let alg = record.algorithm;
+        let keccak = match hash {
+            None => false,
+            Some("sha256") if alg.is_ecdsa() => false,
+            Some("sm3") if alg == Algorithm::Sm2 => false,
+            Some("keccak256") if alg == Algorithm::EcdsaSecp256k1 => true,
+            Some(h) => {
+                return Err(ApiError::unprocessable(
+                    "unsupported_hash",
+                    format!("hash {:?} is not available for {alg}", truncate(h)),
+                ))
+            }
+        };
+        let z = match (alg, sm2_id) {
+            (Algorithm::Sm2, id) => {
+                let point = unhex0x(&record.public_key)
+                    .map_err(|_| ApiError::from(CustodyError::ObjectMissing(record.id)))?;
+                let id = id.map_or(crate::verify::keys::SM2_DEFAULT_ID, str::as_bytes);
+                Some(crate::verify::keys::sm2_z_with_id(id, &point))
+            }
+            (_, Some(_)) => {
+                return Err(ApiError::unprocessable(
+                    "invalid_request",
+                    format!("sm2_id is for sm2 keys, not {alg}"),
+                ))
+            }
+            (_, None) => None,
+        };
+        Ok(How { alg, keccak, z })
+    }
+}
+
+/// What is signed: a 32-byte digest for ECDSA, the message itself for Ed25519, and for
+/// SM2 e: SM3(Z || M) of a message, or a 32-byte digest taken as e.
+fn prepare(how: &How, item: &SignItem) -> Result<Vec<u8>, ApiError> {
+    let (alg, keccak) = (how.alg, how.keccak);
     match (&item.digest, &item.message_b64) {
         (Some(d), None) => {
-            if !alg.is_ecdsa() {
+            if !(alg.is_ecdsa() || alg == Algorithm::Sm2) {
                 return Err(ApiError::unprocessable(
                     "digest_not_supported",
                     format!("{alg} signs messages (pure), not digests: send message_b64"),
@@ -377,8 +424,13 @@ fn prepare(alg: Algorithm, item: &SignItem, hash: Option<&str>) -> Result<Vec<u8
         (None, Some(m)) => {
             let msg = unbase64(m)
                 .map_err(|e| ApiError::bad_request("bad_base64", format!("message_b64: {e}")))?;
-            Ok(match alg {
-                Algorithm::Ed25519 | Algorithm::Sm2 => msg,
+            Ok(match (alg, how.z) {
+                (Algorithm::Sm2, Some(z)) => {
+                    let mut zm = z.to_vec();
+                    zm.extend_from_slice(&msg);
+                    crate::verify::keys::sm3(&zm).to_vec()
+                }
+                (Algorithm::Ed25519 | Algorithm::Sm2, _) => msg,
                 _ if keccak => keccak256(&msg).to_vec(),
                 _ => sha256(&msg).to_vec(),
             })

@@ -203,6 +203,20 @@ pub fn sm2_z(point: &[u8]) -> [u8; 32] {
     sm3(&input)
 }
 
+/// Z for any distinguishing ID (at most 8191 bytes: ENTL is 16 bits of length in bits).
+pub fn sm2_z_with_id(id: &[u8], point: &[u8]) -> [u8; 32] {
+    if id == SM2_DEFAULT_ID {
+        return sm2_z(point);
+    }
+    let bits = (id.len() * 8) as u16;
+    let mut input = bits.to_be_bytes().to_vec();
+    input.extend_from_slice(id);
+    // The curve's part of the prefix follows ENTL || ID.
+    input.extend_from_slice(&sm2_z_prefix()[2 + SM2_DEFAULT_ID.len()..]);
+    input.extend_from_slice(point.get(1..).unwrap_or_default());
+    sm3(&input)
+}
+
 pub fn sm3(data: &[u8]) -> [u8; 32] {
     let d = openssl::hash::hash(MessageDigest::sm3(), data).expect("OpenSSL has SM3");
     let mut out = [0u8; 32];
