@@ -70,9 +70,11 @@ pub async fn run(
         forward,
         config.limits.max_items,
     );
+    let cas = crate::ca::Cas::open(custody.clone(), data)?;
     let state = Arc::new(AppState {
         readiness: Arc::default(),
         custody: custody.clone(),
+        cas,
         admission,
         verify,
         auth: auth.clone(),

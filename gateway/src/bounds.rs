@@ -18,6 +18,12 @@ pub const KEY_ID: usize = 64;
 pub const LEDGER: usize = 64;
 /// An SM2 distinguishing ID (the standard allows 8191 bytes; real ones are short).
 pub const SM2_ID: usize = 1024;
+/// An X.500 subject in RFC 4514 form.
+pub const SUBJECT: usize = 1024;
+/// A certificate request in PEM.
+pub const CSR_PEM: usize = 16_384;
+/// One subject alternative name (a DNS name is at most 253 bytes).
+pub const SAN: usize = 253;
 /// `format`, `hash`: short enumerations.
 pub const WORD: usize = 16;
 /// A digest: `0x` and up to 64 bytes of hex.

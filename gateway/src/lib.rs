@@ -7,6 +7,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bounds;
+pub mod ca;
 pub mod config;
 pub mod crypto;
 pub mod custody;

@@ -59,10 +59,13 @@ pub enum Operation {
     KeysDestroy,
     Verify,
     Transactions,
+    CaAdmin,
+    CaIssue,
+    CaRevoke,
 }
 
 impl Operation {
-    const ALL: [(Operation, &'static str); 8] = [
+    const ALL: [(Operation, &'static str); 11] = [
         (Operation::KeysCreate, "keys:create"),
         (Operation::KeysImport, "keys:import"),
         (Operation::KeysRead, "keys:read"),
@@ -71,6 +74,9 @@ impl Operation {
         (Operation::KeysDestroy, "keys:destroy"),
         (Operation::Verify, "verify"),
         (Operation::Transactions, "transactions"),
+        (Operation::CaAdmin, "ca:admin"),
+        (Operation::CaIssue, "ca:issue"),
+        (Operation::CaRevoke, "ca:revoke"),
     ];
 
     pub fn as_str(self) -> &'static str {

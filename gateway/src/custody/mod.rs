@@ -631,6 +631,27 @@ impl Custody {
         result
     }
 
+    /// One audit line for an operation built on custody (the CA's issuance and
+    /// revocation), in the same chained log.
+    pub async fn audit_event(
+        self: &Arc<Self>,
+        who: &Principal,
+        operation: &'static str,
+        detail: String,
+        result: String,
+    ) -> Result<(), CustodyError> {
+        let entry = AuditEntry {
+            client: who.name.clone(),
+            operation,
+            result,
+            detail: Some(detail),
+            ..Default::default()
+        };
+        let audit = self.audit.clone();
+        self.owned(move |_| async move { Ok(audit.append(entry).await?) })
+            .await
+    }
+
     /// Records a refusal decided before custody was asked (the caller's policy lacks the
     /// operation), so the trail shows attempts as well as operations.
     pub async fn audit_refusal(

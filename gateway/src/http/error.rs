@@ -183,3 +183,26 @@ impl From<AdmissionError> for ApiError {
         }
     }
 }
+
+impl From<crate::ca::CaError> for ApiError {
+    fn from(e: crate::ca::CaError) -> Self {
+        use crate::ca::CaError;
+        let code = e.code();
+        let msg = e.to_string();
+        match e {
+            CaError::Custody(c) => c.into(),
+            CaError::UnknownCa(_) | CaError::UnknownCertificate(..) => {
+                ApiError::not_found(code, msg)
+            }
+            CaError::Exists(_) | CaError::AlreadyRevoked(_) => {
+                ApiError::new(StatusCode::CONFLICT, code, msg)
+            }
+            CaError::Invalid(_) | CaError::X509(_) => ApiError::bad_request(code, msg),
+            CaError::Csr(_) => ApiError::unprocessable(code, msg),
+            CaError::Store { .. } | CaError::Stopped => {
+                tracing::error!(error = %msg, "CA register");
+                ApiError::busy("ca_unavailable", msg)
+            }
+        }
+    }
+}

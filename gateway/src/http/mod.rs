@@ -1,6 +1,7 @@
 //! The HTTP front: config types, the listener (plain or TLS through OpenSSL), routing,
 //! and the handlers of each API group.
 
+pub mod cas;
 pub mod error;
 pub mod idle;
 pub mod keys;
@@ -27,6 +28,7 @@ use crate::verify::Engine;
 pub struct AppState {
     pub readiness: Arc<ops::Readiness>,
     pub custody: Arc<Custody>,
+    pub cas: Arc<crate::ca::Cas>,
     pub admission: Arc<Admission>,
     pub verify: Arc<Engine>,
     pub auth: Arc<Authenticator>,

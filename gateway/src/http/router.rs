@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
-use super::{keys, ops, transactions, verify};
+use super::{cas, keys, ops, transactions, verify};
 use crate::auth::Client;
 use crate::custody::StateChange;
 use crate::metrics as m;
@@ -68,7 +68,7 @@ pub async fn handle(
 }
 
 /// Every route label, the unmatched one included (for the metrics exported at zero).
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 18] = [
     "/healthz",
     "/openapi.json",
     "/v1/keys",
@@ -81,13 +81,19 @@ pub const ROUTES: [&str; 13] = [
     "/v1/verify",
     "/v1/transactions",
     "/v1/transactions/{id}",
+    "/v1/cas",
+    "/v1/cas/{name}",
+    "/v1/cas/{name}/certificates",
+    "/v1/cas/{name}/certificates/{serial}/revoke",
+    "/v1/cas/{name}/crl",
     "unmatched",
 ];
 
 /// The methods a route takes.
 pub fn allowed(route: &str) -> &'static [Method] {
     match route {
-        "/v1/keys" => &[Method::GET, Method::POST],
+        "/v1/keys" | "/v1/cas" => &[Method::GET, Method::POST],
+        "/v1/cas/{name}" | "/v1/cas/{name}/crl" => &[Method::GET],
         "/v1/keys/{id}" => &[Method::GET, Method::DELETE],
         "/healthz" | "/openapi.json" | "/v1/transactions/{id}" => &[Method::GET],
         "unmatched" => &[],
@@ -133,6 +139,13 @@ async fn dispatch(
         ["v1", "verify"] => "/v1/verify",
         ["v1", "transactions"] => "/v1/transactions",
         ["v1", "transactions", _] => "/v1/transactions/{id}",
+        ["v1", "cas"] => "/v1/cas",
+        ["v1", "cas", _] => "/v1/cas/{name}",
+        ["v1", "cas", _, "certificates"] => "/v1/cas/{name}/certificates",
+        ["v1", "cas", _, "certificates", _, "revoke"] => {
+            "/v1/cas/{name}/certificates/{serial}/revoke"
+        }
+        ["v1", "cas", _, "crl"] => "/v1/cas/{name}/crl",
         _ => {
             discard_body(req, state.limits.max_body_bytes).await;
             return (
@@ -200,6 +213,15 @@ async fn dispatch(
         ("/v1/verify", _) => verify::verify(state, &client, req).await,
         ("/v1/transactions", _) => transactions::submit(state, &client, req).await,
         ("/v1/transactions/{id}", _) => transactions::status(state, &client, &id),
+        ("/v1/cas", Method::GET) => cas::list(state, &client),
+        ("/v1/cas", _) => cas::create(state, &client, req).await,
+        ("/v1/cas/{name}", _) => cas::get(state, &client, &id),
+        ("/v1/cas/{name}/certificates", _) => cas::issue(state, &client, &id, req).await,
+        ("/v1/cas/{name}/certificates/{serial}/revoke", _) => {
+            let serial = segments.get(4).copied().unwrap_or("").to_string();
+            cas::revoke(state, &client, &id, &serial, req).await
+        }
+        ("/v1/cas/{name}/crl", _) => cas::crl(state, &client, &id).await,
         _ => keys::sign_batch(state, &client, &id, req).await,
     };
     (route, result)
