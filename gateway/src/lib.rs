@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod custody;
 pub mod dev;
+pub mod firmware;
 pub mod forward;
 pub mod http;
 pub mod metrics;

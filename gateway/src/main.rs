@@ -35,6 +35,76 @@ enum Command {
     /// HSM tools.
     #[command(subcommand)]
     Hsm(HsmCommand),
+    /// Signed A/B firmware updates with anti-rollback in the HSM.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
+}
+
+#[derive(Subcommand)]
+enum FirmwareCommand {
+    /// Pack this build's payloads into an unsigned bundle.
+    Build {
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        security_version: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// The gateway binary to pack (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
+    /// Sign a bundle with a release key in custody, through a gateway's sign API.
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        gateway: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long)]
+        key_id: String,
+        /// The release key's certificate (then any intermediates), chaining to the root.
+        #[arg(long)]
+        cert: PathBuf,
+    },
+    /// Check a bundle: signature chain to the root, manifest hashes, product.
+    Verify {
+        file: PathBuf,
+        /// The vendor root certificate(s), PEM.
+        #[arg(long)]
+        root: PathBuf,
+    },
+    /// Verify, refuse a security version below the HSM's minimum, write the inactive
+    /// slot and mark it for a trial boot.
+    Install {
+        file: PathBuf,
+        /// The slots' directory.
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = "/usr/share/bsn-gateway/vendor-root.pem")]
+        vendor_root: PathBuf,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Slots, versions, the active and trial slot, the HSM's minimum security version.
+    Status {
+        #[arg(long)]
+        root: PathBuf,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// The trial slot becomes active; the HSM's minimum is raised to its version.
+    Commit {
+        #[arg(long)]
+        root: PathBuf,
+        #[command(flatten)]
+        source: Source,
+    },
+    /// End a trial, or go back to the previous slot.
+    Rollback {
+        #[arg(long)]
+        root: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -177,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => audit_verify(&file, key, checkpoints),
         Command::Hsm(HsmCommand::Probe(args)) => probe(args),
         Command::Hsm(HsmCommand::Reconcile(args)) => reconcile(args),
+        Command::Firmware(cmd) => firmware(cmd),
         Command::Token(TokenCommand::New) => {
             let (token, hash) = bsn_gateway::auth::new_token();
             println!("token = {}\ntoken_sha256 = \"{hash}\"", token.expose());
@@ -230,6 +301,35 @@ fn audit_verify(
         r.unanchored()
     );
     Ok(())
+}
+
+fn firmware(cmd: FirmwareCommand) -> anyhow::Result<()> {
+    use bsn_gateway::firmware::cli;
+    match cmd {
+        FirmwareCommand::Build {
+            version,
+            security_version,
+            out,
+            binary,
+        } => cli::build(&version, security_version, &out, binary.as_deref()),
+        FirmwareCommand::Sign {
+            file,
+            gateway,
+            token_file,
+            key_id,
+            cert,
+        } => cli::sign(&file, &gateway, &token_file, &key_id, &cert),
+        FirmwareCommand::Verify { file, root } => cli::verify(&file, &root),
+        FirmwareCommand::Install {
+            file,
+            root,
+            vendor_root,
+            source,
+        } => cli::install(&file, &root, &vendor_root, &load_source(&source)?),
+        FirmwareCommand::Status { root, source } => cli::status(&root, &load_source(&source)?),
+        FirmwareCommand::Commit { root, source } => cli::commit(&root, &load_source(&source)?),
+        FirmwareCommand::Rollback { root } => cli::rollback(&root),
+    }
 }
 
 fn load_source(source: &Source) -> anyhow::Result<Config> {

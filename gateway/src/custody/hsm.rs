@@ -28,6 +28,8 @@ const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 
 const OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 const PRINTABLE_EDWARDS25519: &[u8] = b"\x13\x0cedwards25519";
+/// The token object holding the firmware's minimum security version.
+const MIN_SV_LABEL: &str = "bsn-gateway-min-security-version";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HsmError {
@@ -673,12 +675,25 @@ impl Hsm {
                 .map_err(HsmError::from_ck)?;
             let mut id = Vec::new();
             let mut private = false;
+            let mut key = false;
             for a in attrs {
                 match a {
                     Attribute::Id(v) => id = v,
-                    Attribute::Class(c) => private = c == ObjectClass::PRIVATE_KEY,
+                    Attribute::Class(c) => {
+                        private = c == ObjectClass::PRIVATE_KEY;
+                        key = [
+                            ObjectClass::PRIVATE_KEY,
+                            ObjectClass::PUBLIC_KEY,
+                            ObjectClass::SECRET_KEY,
+                        ]
+                        .contains(&c);
+                    }
                     _ => {}
                 }
+            }
+            // Keys only: the firmware's counter and other data objects are not keys.
+            if !key {
+                continue;
             }
             let entry = ids.entry(id).or_default();
             entry.total += 1;
@@ -765,6 +780,64 @@ impl Hsm {
             )) => Err(HsmError::Sealed),
             Err(e) => Err(HsmError::from_ck(e)),
         }
+    }
+
+    /// The firmware's minimum security version, kept in the token (a private data object)
+    /// so that neither a disk edit nor an old signed bundle can go below it; 0 when none.
+    pub fn min_security_version(&self, session: &Session) -> Result<u64, HsmError> {
+        Ok(self.min_sv_object(session)?.map_or(0, |(_, v)| v))
+    }
+
+    /// Raises the minimum to `to` (never lowers it); returns the minimum now in force.
+    pub fn raise_min_security_version(&self, session: &Session, to: u64) -> Result<u64, HsmError> {
+        let _objects = self.objects.write().expect("objects lock");
+        match self.min_sv_object(session)? {
+            Some((_, current)) if current >= to => Ok(current),
+            Some((handle, _)) => {
+                session
+                    .update_attributes(handle, &[Attribute::Value(to.to_be_bytes().to_vec())])
+                    .map_err(HsmError::from_ck)?;
+                Ok(to)
+            }
+            None => {
+                session
+                    .create_object(&[
+                        Attribute::Class(ObjectClass::DATA),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Modifiable(true),
+                        Attribute::Application(MIN_SV_LABEL.as_bytes().to_vec()),
+                        Attribute::Label(MIN_SV_LABEL.as_bytes().to_vec()),
+                        Attribute::Value(to.to_be_bytes().to_vec()),
+                    ])
+                    .map_err(HsmError::from_ck)?;
+                Ok(to)
+            }
+        }
+    }
+
+    fn min_sv_object(&self, session: &Session) -> Result<Option<(ObjectHandle, u64)>, HsmError> {
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Label(MIN_SV_LABEL.as_bytes().to_vec()),
+            ])
+            .map_err(HsmError::from_ck)?;
+        let handle = match found.as_slice() {
+            [] => return Ok(None),
+            [one] => *one,
+            _ => return Err(HsmError::KeyAmbiguous(MIN_SV_LABEL.into())),
+        };
+        let value = session
+            .get_attributes(handle, &[AttributeType::Value])
+            .map_err(HsmError::from_ck)?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => v.try_into().ok().map(u64::from_be_bytes),
+                _ => None,
+            })
+            .ok_or(HsmError::BadPoint(0))?;
+        Ok(Some((handle, value)))
     }
 
     /// Fills the handle cache with every private key on the token, in one search: with

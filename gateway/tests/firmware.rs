@@ -1,0 +1,409 @@
+//! Signed A/B updates: a bundle is built, signed by a release key in custody through a
+//! running gateway, verified against the vendor root, installed into the inactive slot,
+//! its binary started and found ready, then committed, which raises the minimum security
+//! version kept in the HSM. Altered, foreign, unchained and old bundles are refused and
+//! leave the active slot alone; a cut-off install leaves it runnable.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bsn_gateway::firmware::bundle::Bundle;
+use common::{Gateway, BIN};
+use serde_json::Value;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A vendor root (file key: the vendor's offline root) and a certificate it issues for
+/// `public_pem`, the release key in custody.
+fn vendor(dir: &Path, name: &str, public_pem: &str) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("release.pub"), public_pem).unwrap();
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "root.key",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root.key",
+            "-subj",
+            &format!("/CN={name}"),
+            "-days",
+            "30",
+            "-out",
+            "root.pem",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "csr.key",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "csr.key",
+            "-subj",
+            "/CN=bsn release",
+            "-out",
+            "release.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "release.csr",
+            "-force_pubkey",
+            "release.pub",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-out",
+            "release.pem",
+        ],
+    );
+    (dir.join("root.pem"), dir.join("release.pem"))
+}
+
+struct Ctx {
+    g: Gateway,
+    key: String,
+    token_file: PathBuf,
+    data: String,
+}
+
+impl Ctx {
+    fn build(&self, out: &Path, version: &str, sv: u64) {
+        let (ok, o) = run(&[
+            "firmware",
+            "build",
+            "--version",
+            version,
+            "--security-version",
+            &sv.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{o}");
+    }
+    fn sign(&self, file: &Path, cert: &Path) -> (bool, String) {
+        run(&[
+            "firmware",
+            "sign",
+            file.to_str().unwrap(),
+            "--gateway",
+            &format!("http://{}", self.g.addr),
+            "--token-file",
+            self.token_file.to_str().unwrap(),
+            "--key-id",
+            &self.key,
+            "--cert",
+            cert.to_str().unwrap(),
+        ])
+    }
+    fn install(&self, file: &Path, root: &Path, vendor_root: &Path) -> (bool, String) {
+        run(&[
+            "firmware",
+            "install",
+            file.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--vendor-root",
+            vendor_root.to_str().unwrap(),
+            "--dev",
+            "--data-dir",
+            &self.data,
+        ])
+    }
+    fn status(&self, root: &Path) -> Value {
+        let (ok, o) = run(&[
+            "firmware",
+            "status",
+            "--root",
+            root.to_str().unwrap(),
+            "--dev",
+            "--data-dir",
+            &self.data,
+        ]);
+        assert!(ok, "{o}");
+        serde_json::from_str(&o).unwrap()
+    }
+    fn commit(&self, root: &Path) -> (bool, String) {
+        run(&[
+            "firmware",
+            "commit",
+            "--root",
+            root.to_str().unwrap(),
+            "--dev",
+            "--data-dir",
+            &self.data,
+        ])
+    }
+}
+
+#[test]
+fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("gw");
+    let g = Gateway::start_dev_in(&data);
+    let key = g.create_key("release-2026", "ecdsa-p256");
+    let token_file = t.join("admin.token");
+    std::fs::write(&token_file, &g.token).unwrap();
+    let (root_pem, release_pem) = vendor(
+        &t.join("vendor"),
+        "BSN Vendor Root",
+        key["public_key_pem"].as_str().unwrap(),
+    );
+    let ctx = Ctx {
+        key: key["id"].as_str().unwrap().to_string(),
+        token_file,
+        data: data.to_str().unwrap().to_string(),
+        g,
+    };
+    let fw = t.join("fw");
+
+    // Build, sign through the gateway, verify.
+    let v5 = t.join("v5.bundle");
+    ctx.build(&v5, "1.5.0", 5);
+    let (ok, o) = run(&[
+        "firmware",
+        "verify",
+        v5.to_str().unwrap(),
+        "--root",
+        root_pem.to_str().unwrap(),
+    ]);
+    assert!(!ok && o.contains("unsigned"), "{o}");
+    let (ok, o) = ctx.sign(&v5, &release_pem);
+    assert!(ok, "{o}");
+    let (ok, o) = run(&[
+        "firmware",
+        "verify",
+        v5.to_str().unwrap(),
+        "--root",
+        root_pem.to_str().unwrap(),
+    ]);
+    assert!(ok && o.contains("1.5.0"), "{o}");
+
+    // Install into slot a, start its binary, see it ready, commit.
+    let (ok, o) = ctx.install(&v5, &fw, &root_pem);
+    assert!(ok, "{o}");
+    let s = ctx.status(&fw);
+    assert_eq!(
+        (s["trial"].as_str(), s["active"].as_str()),
+        (Some("a"), None),
+        "{s}"
+    );
+    assert_eq!(s["min_security_version"], 0);
+    let binary = fw.join("slots/a/bsn-gateway");
+    let mut cmd = Command::new(&binary);
+    let trial_data = t.join("trial-data");
+    cmd.args([
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--ops-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(&trial_data);
+    let mut trial = Gateway::spawn(cmd, &trial_data);
+    assert_eq!(trial.call("GET", "/readyz", None, None).status, 200);
+    assert!(trial.terminate().success());
+    for p in [
+        "hsm-profiles/tpm2.toml",
+        "bsn-gateway.service",
+        "gateway.toml",
+    ] {
+        assert!(fw.join("slots/a").join(p).exists(), "{p} not installed");
+    }
+    let (ok, o) = ctx.commit(&fw);
+    assert!(ok, "{o}");
+    let s = ctx.status(&fw);
+    assert_eq!(
+        (s["active"].as_str(), s["trial"].as_str()),
+        (Some("a"), None),
+        "{s}"
+    );
+    assert_eq!(s["min_security_version"], 5);
+    assert_eq!(s["slots"]["a"]["version"], "1.5.0");
+
+    let active_before = std::fs::read(&binary).unwrap();
+    let refused = |file: &Path, what: &str, want: &str| {
+        let (ok, o) = ctx.install(file, &fw, &root_pem);
+        assert!(!ok && o.contains(want), "{what}: {o}");
+        let s = ctx.status(&fw);
+        assert_eq!(
+            (s["active"].as_str(), s["trial"].as_str()),
+            (Some("a"), None),
+            "{what}: {s}"
+        );
+        assert_eq!(
+            std::fs::read(&binary).unwrap(),
+            active_before,
+            "{what}: the active slot changed"
+        );
+    };
+
+    // An old bundle, validly signed: below the HSM's minimum.
+    let v3 = t.join("v3.bundle");
+    ctx.build(&v3, "1.3.0", 3);
+    assert!(ctx.sign(&v3, &release_pem).0);
+    refused(&v3, "old", "below the HSM's minimum 5");
+
+    // One byte changed in a payload (the profiles are stored uncompressed in the tar).
+    let v6 = t.join("v6.bundle");
+    ctx.build(&v6, "1.6.0", 6);
+    assert!(ctx.sign(&v6, &release_pem).0);
+    let mut bytes = std::fs::read(&v6).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"softhsm2\"")
+        .expect("a profile in the tar");
+    bytes[at] ^= 0x20;
+    let tampered = t.join("tampered.bundle");
+    std::fs::write(&tampered, &bytes).unwrap();
+    refused(&tampered, "tampered", "does not match the manifest");
+
+    // Signed by the same key, but with a certificate from another root.
+    let (_, foreign_cert) = vendor(
+        &t.join("foreign"),
+        "Someone Else",
+        key["public_key_pem"].as_str().unwrap(),
+    );
+    let unchained = t.join("unchained.bundle");
+    ctx.build(&unchained, "1.6.0", 6);
+    assert!(ctx.sign(&unchained, &foreign_cert).0);
+    refused(&unchained, "unchained", "does not chain to the vendor root");
+
+    // Another product, signed by the real release key.
+    let mut other = Bundle::build(
+        "9.9.9",
+        9,
+        vec![("bsn-gateway".into(), b"#!/bin/sh\n".to_vec())],
+    )
+    .unwrap();
+    let mut m: Value = serde_json::from_slice(other.manifest_bytes().unwrap()).unwrap();
+    m["product"] = "other-appliance".into();
+    other
+        .entries
+        .insert("manifest.json".into(), serde_json::to_vec(&m).unwrap());
+    let foreign_product = t.join("product.bundle");
+    other.write(&foreign_product).unwrap();
+    assert!(ctx.sign(&foreign_product, &release_pem).0);
+    refused(&foreign_product, "product", "is not bsn-gateway");
+
+    // A good newer bundle goes to slot b; rolling back ends its trial; the minimum stays.
+    let (ok, o) = ctx.install(&v6, &fw, &root_pem);
+    assert!(ok, "{o}");
+    assert_eq!(ctx.status(&fw)["trial"], "b");
+    let (ok, o) = run(&["firmware", "rollback", "--root", fw.to_str().unwrap()]);
+    assert!(ok, "{o}");
+    let s = ctx.status(&fw);
+    assert_eq!(
+        (s["active"].as_str(), s["trial"].as_str()),
+        (Some("a"), None),
+        "{s}"
+    );
+    assert_eq!(s["min_security_version"], 5);
+
+    // Power cut: install killed at several moments; the active slot still runs, and the
+    // other is either complete (as its state says) or not there.
+    for delay_ms in [0u64, 5, 20, 60, 150] {
+        let mut child = Command::new(BIN)
+            .args([
+                "firmware",
+                "install",
+                v6.to_str().unwrap(),
+                "--root",
+                fw.to_str().unwrap(),
+                "--vendor-root",
+                root_pem.to_str().unwrap(),
+                "--dev",
+                "--data-dir",
+                &ctx.data,
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        let s = ctx.status(&fw);
+        assert_eq!(s["active"], "a", "after a kill at {delay_ms} ms: {s}");
+        let out = Command::new(&binary).arg("--version").output().unwrap();
+        assert!(
+            out.status.success(),
+            "the active slot does not run after a kill at {delay_ms} ms"
+        );
+        let b = fw.join("slots/b/bsn-gateway");
+        if s["slots"]["b"].is_object() {
+            assert_eq!(
+                std::fs::read(&b).unwrap(),
+                std::fs::read(BIN).unwrap(),
+                "slot b half-written at {delay_ms} ms"
+            );
+        } else {
+            assert!(
+                !b.exists() || s["trial"].is_null(),
+                "slot b present but not recorded at {delay_ms} ms: {s}"
+            );
+        }
+    }
+}
