@@ -15,6 +15,9 @@ getent passwd bsn-gateway >/dev/null
 # The shipped alert rules are the tested ones, loadable where the package put them.
 promtool check rules /usr/share/bsn-gateway/prometheus/bsn-gateway-alerts.yml >/dev/null
 [ -s /usr/share/bsn-gateway/grafana/bsn-gateway.json ]
+# The A/B slots' unit and its documentation.
+[ -s /lib/systemd/system/bsn-gateway-slots.service ]
+[ -s /usr/share/doc/bsn-gateway/firmware.md ]
 
 # It starts as its user: a token in the system store (group softhsm, as an operator makes
 # it), the unit's ExecStart run as bsn-gateway, ready on /readyz, then a clean SIGTERM.

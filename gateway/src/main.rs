@@ -105,6 +105,22 @@ enum FirmwareCommand {
         #[arg(long)]
         root: PathBuf,
     },
+    /// The unit's supervisor: run the trial slot, commit it once ready for
+    /// --ready-seconds, roll back by itself when it is not ready in
+    /// --ready-timeout-seconds or exits; otherwise run the active slot. The arguments
+    /// after `--` are given to the slot's `serve`.
+    Run {
+        #[arg(long)]
+        root: PathBuf,
+        #[command(flatten)]
+        source: Source,
+        #[arg(long, default_value_t = 30)]
+        ready_seconds: u64,
+        #[arg(long, default_value_t = 120)]
+        ready_timeout_seconds: u64,
+        #[arg(last = true)]
+        serve_args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -329,6 +345,20 @@ fn firmware(cmd: FirmwareCommand) -> anyhow::Result<()> {
         FirmwareCommand::Status { root, source } => cli::status(&root, &load_source(&source)?),
         FirmwareCommand::Commit { root, source } => cli::commit(&root, &load_source(&source)?),
         FirmwareCommand::Rollback { root } => cli::rollback(&root),
+        FirmwareCommand::Run {
+            root,
+            source,
+            ready_seconds,
+            ready_timeout_seconds,
+            serve_args,
+        } => {
+            let gate = cli::Gate {
+                ready_for: std::time::Duration::from_secs(ready_seconds),
+                timeout: std::time::Duration::from_secs(ready_timeout_seconds),
+            };
+            let code = cli::run(&root, &load_source(&source)?, gate, &serve_args)?;
+            std::process::exit(code)
+        }
     }
 }
 

@@ -119,6 +119,23 @@ fn vendor(dir: &Path, name: &str, public_pem: &str) -> (PathBuf, PathBuf) {
     (dir.join("root.pem"), dir.join("release.pem"))
 }
 
+/// `firmware sign` through the gateway at `addr`.
+fn sign_with(addr: &str, token_file: &Path, key: &str, file: &Path, cert: &Path) -> (bool, String) {
+    run(&[
+        "firmware",
+        "sign",
+        file.to_str().unwrap(),
+        "--gateway",
+        &format!("http://{addr}"),
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--key-id",
+        key,
+        "--cert",
+        cert.to_str().unwrap(),
+    ])
+}
+
 struct Ctx {
     g: Gateway,
     key: String,
@@ -141,19 +158,7 @@ impl Ctx {
         assert!(ok, "{o}");
     }
     fn sign(&self, file: &Path, cert: &Path) -> (bool, String) {
-        run(&[
-            "firmware",
-            "sign",
-            file.to_str().unwrap(),
-            "--gateway",
-            &format!("http://{}", self.g.addr),
-            "--token-file",
-            self.token_file.to_str().unwrap(),
-            "--key-id",
-            &self.key,
-            "--cert",
-            cert.to_str().unwrap(),
-        ])
+        sign_with(&self.g.addr, &self.token_file, &self.key, file, cert)
     }
     fn install(&self, file: &Path, root: &Path, vendor_root: &Path) -> (bool, String) {
         run(&[
@@ -406,4 +411,172 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
             );
         }
     }
+}
+
+/// Status, polled until `f` holds (the supervisor works in the background).
+fn status_until(ctx_data: &str, fw: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (ok, o) = run(&[
+            "firmware",
+            "status",
+            "--root",
+            fw.to_str().unwrap(),
+            "--dev",
+            "--data-dir",
+            ctx_data,
+        ]);
+        if ok {
+            let s: Value = serde_json::from_str(&o).unwrap();
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "{what}: {s}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("gw");
+    let mut g = Gateway::start_dev_in(&data);
+    let key = g.create_key("release", "ecdsa-p256");
+    let token_file = t.join("admin.token");
+    std::fs::write(&token_file, &g.token).unwrap();
+    let (root_pem, release_pem) = vendor(
+        &t.join("vendor"),
+        "BSN Vendor Root",
+        key["public_key_pem"].as_str().unwrap(),
+    );
+    let key_id = key["id"].as_str().unwrap().to_string();
+    let good = t.join("good.bundle");
+    let cmd = |file: &Path, version: &str, sv: &str, binary: Option<&Path>| {
+        let mut args = vec![
+            "firmware",
+            "build",
+            "--version",
+            version,
+            "--security-version",
+            sv,
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        if let Some(b) = binary {
+            args.extend(["--binary", b.to_str().unwrap()]);
+        }
+        let (ok, o) = run(&args);
+        assert!(ok, "{o}");
+    };
+    cmd(&good, "2.0.0", "1", None);
+    // A binary that never becomes ready: it exits at once.
+    let broken_bin = t.join("broken.sh");
+    std::fs::write(&broken_bin, "#!/bin/sh\nexit 3\n").unwrap();
+    let broken = t.join("broken.bundle");
+    cmd(&broken, "2.1.0", "2", Some(&broken_bin));
+    // Signing goes through the gateway on the data dir; then it stops, so the slot's
+    // gateway can have the data dir.
+    for b in [&good, &broken] {
+        let (ok, o) = sign_with(&g.addr, &token_file, &key_id, b, &release_pem);
+        assert!(ok, "{o}");
+    }
+    assert!(g.terminate().success());
+    let data_s = data.to_str().unwrap().to_string();
+    let fw = t.join("fw");
+    let install = |file: &Path| {
+        let (ok, o) = run(&[
+            "firmware",
+            "install",
+            file.to_str().unwrap(),
+            "--root",
+            fw.to_str().unwrap(),
+            "--vendor-root",
+            root_pem.to_str().unwrap(),
+            "--dev",
+            "--data-dir",
+            &data_s,
+        ]);
+        assert!(ok, "{o}");
+    };
+    let supervisor = || {
+        Command::new(BIN)
+            .args([
+                "firmware",
+                "run",
+                "--root",
+                fw.to_str().unwrap(),
+                "--dev",
+                "--data-dir",
+                &data_s,
+                "--ready-seconds",
+                "1",
+                "--ready-timeout-seconds",
+                "10",
+                "--",
+            ])
+            .args([
+                "--dev",
+                "--data-dir",
+                &data_s,
+                "--listen",
+                "127.0.0.1:0",
+                "--ops-listen",
+                "127.0.0.1:0",
+            ])
+            .env("BSN_LOG", "warn")
+            .spawn()
+            .unwrap()
+    };
+    let stop = |mut c: std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let status = c.wait().unwrap();
+        assert!(status.success(), "the supervisor exited with {status}");
+    };
+
+    // A good trial is committed once ready; the minimum rises.
+    install(&good);
+    let sup = supervisor();
+    let s = status_until(&data_s, &fw, "commit", |s| {
+        s["active"] == "a" && s["trial"].is_null()
+    });
+    assert_eq!(s["min_security_version"], 1);
+    stop(sup);
+
+    // A broken trial is rolled back by itself; slot a runs again; the minimum stays.
+    install(&broken);
+    assert_eq!(
+        status_until(&data_s, &fw, "installed", |s| s["trial"] == "b")["trial"],
+        "b"
+    );
+    let sup = supervisor();
+    let s = status_until(&data_s, &fw, "rollback", |s| s["trial"].is_null());
+    assert_eq!(s["active"], "a", "{s}");
+    assert_eq!(s["min_security_version"], 1, "{s}");
+    // The active slot's gateway serves again.
+    let started = std::time::Instant::now();
+    loop {
+        let ready = std::fs::read_to_string(data.join("ops.addr"))
+            .ok()
+            .is_some_and(|a| {
+                ureq::get(format!("http://{}/readyz", a.trim()))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200)
+            });
+        if ready {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "slot a not ready after the rollback"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    stop(sup);
 }

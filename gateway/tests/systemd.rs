@@ -10,14 +10,18 @@ use std::time::Duration;
 
 use common::{Gateway, BIN};
 
-const UNIT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../deploy/systemd/bsn-gateway.service"
-);
+const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd");
 
+/// Both shipped units: the plain one and the A/B slots' supervisor, one sandbox.
 #[test]
-fn the_shipped_unit_is_hardened_and_verifies() {
-    let text = std::fs::read_to_string(UNIT).unwrap();
+fn the_shipped_units_are_hardened_and_verify() {
+    for name in ["bsn-gateway.service", "bsn-gateway-slots.service"] {
+        check_unit(name);
+    }
+}
+
+fn check_unit(name: &str) {
+    let text = std::fs::read_to_string(std::path::Path::new(UNITS).join(name)).unwrap();
     for line in [
         "Type=notify",
         "User=bsn-gateway",
@@ -34,13 +38,13 @@ fn the_shipped_unit_is_hardened_and_verifies() {
         "DevicePolicy=closed\n",
         "ReadWritePaths=-/var/lib/softhsm/tokens\n",
     ] {
-        assert!(text.contains(line), "the unit lacks {line:?}");
+        assert!(text.contains(line), "{name} lacks {line:?}");
     }
     // Only the data dir is writable, and the SoftHSM2 token store where there is one.
     assert_eq!(text.matches("ReadWritePaths=").count(), 2);
     // verify checks that ExecStart exists: point it at the binary under test.
     let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("bsn-gateway.service");
+    let unit = dir.path().join(name);
     std::fs::write(&unit, text.replace("/usr/bin/bsn-gateway", BIN)).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -61,11 +65,11 @@ fn the_shipped_unit_is_hardened_and_verifies() {
     let report = String::from_utf8_lossy(&out.stdout);
     let exposure: f64 = report
         .lines()
-        .find_map(|l| l.split_once("Overall exposure level for bsn-gateway.service: "))
+        .find_map(|l| l.split_once(&format!("Overall exposure level for {name}: ")))
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in: {report}"));
-    assert!(exposure <= 2.0, "exposure {exposure}:\n{report}");
+    assert!(exposure <= 2.0, "{name}: exposure {exposure}:\n{report}");
     // And it can fail: a typo in a directive is reported.
     std::fs::write(
         &unit,

@@ -247,3 +247,120 @@ fn shutdown(hsm: Arc<Hsm>) {
 pub fn slot_binary(root_dir: &Path, slot: super::slots::Slot) -> PathBuf {
     Root::new(root_dir).slot_dir(slot).join("bsn-gateway")
 }
+
+/// How `run` gates a trial.
+pub struct Gate {
+    /// The trial must be ready this long without a break...
+    pub ready_for: std::time::Duration,
+    /// ...within this long of its start, or it is rolled back.
+    pub timeout: std::time::Duration,
+}
+
+/// `run`: the supervisor the unit starts. It runs the trial slot if there is one: ready
+/// for `ready_for` within `timeout` and it is committed (the HSM's minimum raised) and
+/// kept running; not ready, or exited, and it is stopped, the trial rolled back, and the
+/// active slot started instead. Without a trial it runs the active slot. It exits with the
+/// slot's exit status; SIGTERM is passed on.
+pub fn run(
+    root_dir: &Path,
+    config: &Config,
+    gate: Gate,
+    serve_args: &[String],
+) -> anyhow::Result<i32> {
+    let root = Root::new(root_dir);
+    let state = root.load()?;
+    let ops_addr = config.data_dir.join("ops.addr");
+    if let Some(trial) = state.trial {
+        let _ = std::fs::remove_file(&ops_addr);
+        let mut child = start(&slot_binary(root_dir, trial), serve_args)?;
+        if became_ready(&mut child, &ops_addr, &gate) {
+            commit(root_dir, config)?;
+            eprintln!("firmware: trial slot {} ready: committed", trial.name());
+            return supervise(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!(
+            "firmware: trial slot {} not ready in time: rolled back",
+            trial.name()
+        );
+        root.rollback()?;
+    }
+    let state = root.load()?;
+    let active = state.active.context("no active slot to run")?;
+    supervise(start(&slot_binary(root_dir, active), serve_args)?)
+}
+
+fn start(binary: &Path, serve_args: &[String]) -> anyhow::Result<std::process::Child> {
+    std::process::Command::new(binary)
+        .arg("serve")
+        .args(serve_args)
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))
+}
+
+/// Whether the child answers 200 on /readyz for `ready_for` in a row, within `timeout`.
+fn became_ready(child: &mut std::process::Child, ops_addr: &Path, gate: &Gate) -> bool {
+    let started = std::time::Instant::now();
+    let mut ready_since: Option<std::time::Instant> = None;
+    while started.elapsed() < gate.timeout {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        let ready = std::fs::read_to_string(ops_addr)
+            .ok()
+            .is_some_and(|addr| readyz(addr.trim()));
+        match (ready, ready_since) {
+            (true, None) => ready_since = Some(std::time::Instant::now()),
+            (true, Some(t)) if t.elapsed() >= gate.ready_for => return true,
+            (false, _) => ready_since = None,
+            _ => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+fn readyz(addr: &str) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    if write!(
+        s,
+        "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}
+
+/// Waits for the slot's process, passing SIGTERM and SIGINT on.
+fn supervise(mut child: std::process::Child) -> anyhow::Result<i32> {
+    let pid = child.id() as i32;
+    let forward = move || {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = rt.block_on(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let waiter = tokio::task::spawn_blocking(move || child.wait());
+        tokio::pin!(waiter);
+        loop {
+            tokio::select! {
+                done = &mut waiter => return anyhow::Ok(done??),
+                _ = term.recv() => forward(),
+                _ = int.recv() => forward(),
+            }
+        }
+    })?;
+    Ok(status.code().unwrap_or(1))
+}
