@@ -1089,16 +1089,7 @@ impl Custody {
                     .collect::<Vec<_>>())
             })
             .await;
-        match encoded {
-            Err(HsmError::KeyMissing(_)) => {
-                self.edit_missing(|m| {
-                    m.insert(record.id);
-                });
-                Err(CustodyError::ObjectMissing(record.id))
-            }
-            Err(e) => Err(e.into()),
-            Ok(sigs) => Ok(sigs.into_iter().collect::<Result<_, _>>()?),
-        }
+        self.settle(record, encoded)
     }
 
     /// Signs with a wrapped key: its AES key in the token opens it into locked memory on
@@ -1120,23 +1111,41 @@ impl Custody {
         let signed = self
             .hsm
             .run(op, record.algorithm.as_str(), true, move |hsm, s| {
-                let d = hsm.unseal(s, &id, &sealed, &aad)?;
-                let _locked = region::lock(d.as_ptr(), d.len()).ok();
-                let d: &[u8; 32] = d[..].try_into().map_err(|_| HsmError::Sealed)?;
-                Ok(inputs
-                    .iter()
-                    .map(|e| {
-                        let e: &[u8; 32] = e[..].try_into().map_err(|_| EcdsaError::Length(32))?;
-                        let raw =
-                            crate::crypto::sm2::sign(d, e).map_err(|_| EcdsaError::Length(32))?;
-                        match format {
-                            SigFormat::Der => ecdsa::raw_to_der(&raw),
-                            _ => Ok(raw.to_vec()),
+                let key = hsm.unseal(s, &id, &sealed, &aad)?;
+                let locked = region::lock(key.as_ptr(), key.len()).ok();
+                let d: &[u8; 32] = key[..].try_into().map_err(|_| HsmError::Sealed)?;
+                let mut sigs = Vec::with_capacity(inputs.len());
+                for e in &inputs {
+                    let e: &[u8; 32] = match e[..].try_into() {
+                        Ok(e) => e,
+                        Err(_) => {
+                            sigs.push(Err(EcdsaError::Length(32)));
+                            continue;
                         }
-                    })
-                    .collect::<Vec<_>>())
+                    };
+                    // A key that opens but is no valid scalar was sealed wrong: as altered.
+                    let raw = crate::crypto::sm2::sign(d, e).map_err(|_| HsmError::Sealed)?;
+                    sigs.push(match format {
+                        SigFormat::Der => ecdsa::raw_to_der(&raw),
+                        _ => Ok(raw.to_vec()),
+                    });
+                }
+                // Zeroised while still locked, then unlocked.
+                drop(key);
+                drop(locked);
+                Ok(sigs)
             })
             .await;
+        self.settle(record, signed)
+    }
+
+    /// Signatures as custody answers them: a private key gone from the token marks the
+    /// record missing; encoding failures are the gateway's, not the HSM's.
+    fn settle(
+        &self,
+        record: &KeyRecord,
+        signed: Result<Vec<Result<Vec<u8>, EcdsaError>>, HsmError>,
+    ) -> Result<Vec<Vec<u8>>, CustodyError> {
         match signed {
             Err(HsmError::KeyMissing(_)) => {
                 self.edit_missing(|m| {
