@@ -119,6 +119,24 @@ fn vendor(dir: &Path, name: &str, public_pem: &str) -> (PathBuf, PathBuf) {
     (dir.join("root.pem"), dir.join("release.pem"))
 }
 
+/// `firmware install` of `file` into `root`, the HSM reached through the dev data dir.
+fn install_args(file: &Path, root: &Path, vendor_root: &Path, data: &str) -> Vec<String> {
+    [
+        "firmware",
+        "install",
+        file.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--vendor-root",
+        vendor_root.to_str().unwrap(),
+        "--dev",
+        "--data-dir",
+        data,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// `firmware sign` through the gateway at `addr`.
 fn sign_with(addr: &str, token_file: &Path, key: &str, file: &Path, cert: &Path) -> (bool, String) {
     run(&[
@@ -161,18 +179,8 @@ impl Ctx {
         sign_with(&self.g.addr, &self.token_file, &self.key, file, cert)
     }
     fn install(&self, file: &Path, root: &Path, vendor_root: &Path) -> (bool, String) {
-        run(&[
-            "firmware",
-            "install",
-            file.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-            "--vendor-root",
-            vendor_root.to_str().unwrap(),
-            "--dev",
-            "--data-dir",
-            &self.data,
-        ])
+        let args = install_args(file, root, vendor_root, &self.data);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
     fn status(&self, root: &Path) -> Value {
         let (ok, o) = run(&[
@@ -371,18 +379,7 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
     // other is either complete (as its state says) or not there.
     for delay_ms in [0u64, 5, 20, 60, 150] {
         let mut child = Command::new(BIN)
-            .args([
-                "firmware",
-                "install",
-                v6.to_str().unwrap(),
-                "--root",
-                fw.to_str().unwrap(),
-                "--vendor-root",
-                root_pem.to_str().unwrap(),
-                "--dev",
-                "--data-dir",
-                &ctx.data,
-            ])
+            .args(install_args(&v6, &fw, &root_pem, &ctx.data))
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
@@ -489,18 +486,8 @@ fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
     let data_s = data.to_str().unwrap().to_string();
     let fw = t.join("fw");
     let install = |file: &Path| {
-        let (ok, o) = run(&[
-            "firmware",
-            "install",
-            file.to_str().unwrap(),
-            "--root",
-            fw.to_str().unwrap(),
-            "--vendor-root",
-            root_pem.to_str().unwrap(),
-            "--dev",
-            "--data-dir",
-            &data_s,
-        ]);
+        let args = install_args(file, &fw, &root_pem, &data_s);
+        let (ok, o) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(ok, "{o}");
     };
     let supervisor = || {
