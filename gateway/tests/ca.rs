@@ -156,6 +156,12 @@ fn a_p256_and_an_sm2_hierarchy_issue_revoke_and_survive_a_restart() {
         "{}",
         key.body
     );
+    // An admin sees the CA's key, but cannot sign arbitrary data with it.
+    let r = g.post(
+        &format!("/v1/keys/{}/sign", city["key_id"].as_str().unwrap()),
+        json!({"digest": format!("0x{}", "11".repeat(32))}),
+    );
+    assert_eq!((r.status, error_code(&r)), (403, "forbidden"), "{}", r.body);
 
     // A TLS server certificate from a CSR, with SANs.
     let r = g.post(

@@ -25,7 +25,7 @@ use x509::{Issuer, Kind, Revoked, X509Error};
 /// `ca:*` operations, not by owning the CA's key.
 fn ca_principal() -> Principal {
     Principal {
-        name: "ca".into(),
+        name: crate::custody::CA_PRINCIPAL.into(),
         admin: true,
     }
 }
@@ -361,7 +361,7 @@ impl Cas {
             .custody
             .create(
                 &ca_principal(),
-                Some(format!("ca:{}", new.name)),
+                Some(format!("{}{}", crate::custody::CA_OWNER_PREFIX, new.name)),
                 &format!("ca-{}", new.name),
                 new.algorithm,
             )

@@ -1041,6 +1041,16 @@ impl Custody {
             op.subject = Some(subject_of(&inputs));
             let _shared = c.state_lock.read().await;
             let result = match c.get(&who, &id) {
+                // A CA's key signs only what the CA issues, through the CA: not even an
+                // admin signs arbitrary data with it.
+                Ok(record)
+                    if record.owner.starts_with(CA_OWNER_PREFIX) && who.name != CA_PRINCIPAL =>
+                {
+                    Err(CustodyError::Forbidden(format!(
+                        "key {} belongs to {}: it signs only through /v1/cas",
+                        record.id, record.owner
+                    )))
+                }
                 Ok(record) => {
                     op.custody = Some(record.custody);
                     c.sign_locked(&record, inputs, format, op.name).await
@@ -1253,6 +1263,11 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
         .ok()
         .map(|t| t.unix_timestamp().max(0) as u64)
 }
+
+/// Owners of CA keys are `ca:<name>`; the CA service acts as this principal. Neither can be
+/// a client's name (a colon is not allowed there).
+pub const CA_OWNER_PREFIX: &str = "ca:";
+pub const CA_PRINCIPAL: &str = "ca:";
 
 /// What a wrapped key is bound to: its id and algorithm, so a sealed key moved to
 /// another record does not open.
