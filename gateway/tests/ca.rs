@@ -379,6 +379,12 @@ fn a_p256_and_an_sm2_hierarchy_issue_revoke_and_survive_a_restart() {
     }
     assert!(audit.contains(&format!("serial={serial}")));
     assert!(g.terminate().success());
+    // A crash in the middle of an append leaves a torn last line: it was never
+    // acknowledged, and the register still opens.
+    let register = dir.path().join("ca.jsonl");
+    let mut text = std::fs::read_to_string(&register).unwrap();
+    text.push_str("{\"type\":\"issued\",\"ca\":\"ro");
+    std::fs::write(&register, text).unwrap();
     let g = Gateway::start_dev_in(dir.path());
     let names: Vec<String> = g.get("/v1/cas").body["cas"]
         .as_array()
@@ -401,6 +407,15 @@ fn a_p256_and_an_sm2_hierarchy_issue_revoke_and_survive_a_restart() {
     assert!(out.to_lowercase().contains(&serial.to_lowercase()), "{out}");
     let r = g.get("/v1/cas/root");
     assert_eq!(r.body["certificate_pem"], root["certificate_pem"]);
+    // What is appended after the torn line reads back after another restart.
+    create_ca(
+        &g,
+        json!({"name": "after-crash", "algorithm": "ecdsa-p256", "subject": "CN=After", "validity_days": 10}),
+    );
+    let mut g = g;
+    assert!(g.terminate().success());
+    let g = Gateway::start_dev_in(dir.path());
+    assert_eq!(g.get("/v1/cas/after-crash").status, 200);
 }
 
 #[test]

@@ -191,11 +191,42 @@ impl Cas {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    let entry: Entry = serde_json::from_str(line).map_err(|e| {
-                        store(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-                    })?;
-                    apply(&mut state, entry);
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                for (i, line) in lines.iter().enumerate() {
+                    match serde_json::from_str::<Entry>(line) {
+                        Ok(entry) => apply(&mut state, entry),
+                        // A last line cut off by a crash mid-write was never acknowledged:
+                        // it is dropped.
+                        Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
+                            tracing::warn!(path = %path.display(), "CA register ends in a torn line; ignoring it");
+                        }
+                        Err(e) => {
+                            return Err(store(std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                e,
+                            )))
+                        }
+                    }
+                }
+                if !text.is_empty() && !text.ends_with('\n') {
+                    // The next entry must start a line of its own: a whole last entry gets
+                    // its newline, a torn one is cut off.
+                    let whole = lines
+                        .last()
+                        .is_some_and(|l| serde_json::from_str::<Entry>(l).is_ok());
+                    let keep = text.rfind('\n').map_or(0, |i| i + 1);
+                    std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .and_then(|mut f| {
+                            if whole {
+                                f.write_all(b"\n")?;
+                            } else {
+                                f.set_len(keep as u64)?;
+                            }
+                            f.sync_all()
+                        })
+                        .map_err(store)?;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
