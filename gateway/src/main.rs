@@ -371,11 +371,9 @@ fn load_source(source: &Source) -> anyhow::Result<Config> {
 }
 
 fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
-    use bsn_gateway::custody::{hsm, reconcile, store::KeyStore};
+    use bsn_gateway::custody::{reconcile, store::KeyStore};
     let config = load_source(&args.source)?;
     let profile = config.hsm.profile()?;
-    let module = profile.module_path(config.hsm.module.as_deref())?;
-    let pin = config.hsm.pin.read().context("HSM PIN")?;
     // Holding the outbox lock proves no gateway runs on this data dir.
     let _lock = if args.destroy_orphans {
         let dir = config.data_dir.join("outbox");
@@ -398,25 +396,8 @@ fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let hsm_cfg = config.hsm.clone();
-        let quirks = profile.quirks.clone();
-        let hsm = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let pkcs11 = hsm::load_module(&module)?;
-            let slot = hsm::find_slot(&pkcs11, &hsm_cfg.selector())?;
-            let connector = hsm::Connector {
-                module,
-                selector: hsm_cfg.selector(),
-                pin,
-            };
-            Ok(hsm::Hsm::open(
-                pkcs11,
-                slot,
-                connector,
-                quirks,
-                1,
-                hsm_cfg.session_wait(),
-            )?)
-        })
-        .await??;
+        let hsm =
+            tokio::task::spawn_blocking(move || hsm_cfg.open_hsm(&profile, 1, None)).await??;
         let objects = hsm.run("find", "any", true, |h, s| h.object_ids(s)).await?;
         let report = reconcile::compare(&records, &objects, &[bsn_gateway::audit::anchor::KEY_ID]);
         if args.json {

@@ -302,10 +302,7 @@ impl Cas {
                 let record = self.custody.get(&ca_principal(), &ca.key_id)?;
                 let point = crate::util::unhex0x(&record.public_key)
                     .map_err(|_| CaError::Invalid("CA key".into()))?;
-                let z = crate::verify::keys::sm2_z(&point);
-                let mut zm = z.to_vec();
-                zm.extend_from_slice(tbs);
-                crate::verify::keys::sm3(&zm).to_vec()
+                crate::verify::keys::sm2_e(&crate::verify::keys::sm2_z(&point), tbs).to_vec()
             }
             _ => crate::util::sha256(tbs).to_vec(),
         };
@@ -755,8 +752,7 @@ fn sm2_csr_verifies(req: &x509_cert::request::CertReq) -> bool {
         s[..].try_into().expect("32 bytes"),
     );
     [crate::verify::keys::SM2_DEFAULT_ID, b""].iter().any(|id| {
-        let mut zm = crate::verify::keys::sm2_z_with_id(id, point).to_vec();
-        zm.extend_from_slice(&info);
-        key.verify(&crate::verify::keys::sm3(&zm), r, s)
+        let z = crate::verify::keys::sm2_z_with_id(id, point);
+        key.verify(&crate::verify::keys::sm2_e(&z, &info), r, s)
     })
 }

@@ -115,6 +115,44 @@ impl HsmConfig {
             .collect()
     }
 
+    /// Loads the module, finds the token and opens `pool` sessions on it (blocking). The
+    /// gateway runs `prepare` first (the embedded default initialises its token there);
+    /// command-line tools open a pool of 1.
+    pub fn open_hsm(
+        &self,
+        profile: &Profile,
+        pool: usize,
+        prepare: Option<Prepare>,
+    ) -> Result<Arc<Hsm>, OpenError> {
+        if profile.max_sessions > 0 && pool >= profile.max_sessions {
+            return Err(OpenError::Pool {
+                pool,
+                profile: profile.name.clone(),
+                max: profile.max_sessions,
+            });
+        }
+        let module = profile.module_path(self.module.as_deref())?;
+        let pin = self.pin.read()?;
+        let pkcs11 = hsm::load_module(&module)?;
+        if let Some(prepare) = prepare {
+            prepare(&pkcs11)?;
+        }
+        let slot = hsm::find_slot(&pkcs11, &self.selector())?;
+        let connector = hsm::Connector {
+            module,
+            selector: self.selector(),
+            pin,
+        };
+        Ok(Hsm::open(
+            pkcs11,
+            slot,
+            connector,
+            profile.quirks.clone(),
+            pool,
+            self.session_wait(),
+        )?)
+    }
+
     pub fn selector(&self) -> hsm::TokenSelector {
         match (&self.token_label, &self.token_serial) {
             (Some(l), _) => hsm::TokenSelector::Label(l.clone()),
@@ -464,36 +502,11 @@ impl Custody {
         if let Some(gap) = config.gaps(&profile).into_iter().next() {
             return Err(OpenError::Gap(gap));
         }
-        let module = profile.module_path(config.module.as_deref())?;
-        let pin = config.pin.read()?;
         let pool = config.pool_size.unwrap_or(profile.default_pool_size);
-        if profile.max_sessions > 0 && pool >= profile.max_sessions {
-            return Err(OpenError::Pool {
-                pool,
-                profile: profile.name.clone(),
-                max: profile.max_sessions,
-            });
-        }
-        let (selector, wait, quirks) = (
-            config.selector(),
-            config.session_wait(),
-            profile.quirks.clone(),
-        );
-        let hsm = tokio::task::spawn_blocking(move || -> Result<Arc<Hsm>, HsmError> {
-            let pkcs11 = hsm::load_module(&module)?;
-            if let Some(prepare) = prepare {
-                prepare(&pkcs11)?;
-            }
-            let slot = hsm::find_slot(&pkcs11, &selector)?;
-            let connector = hsm::Connector {
-                module,
-                selector,
-                pin,
-            };
-            Hsm::open(pkcs11, slot, connector, quirks, pool, wait)
-        })
-        .await
-        .map_err(|_| OpenError::Task)??;
+        let (cfg, hsm_profile) = (config.clone(), profile.clone());
+        let hsm = tokio::task::spawn_blocking(move || cfg.open_hsm(&hsm_profile, pool, prepare))
+            .await
+            .map_err(|_| OpenError::Task)??;
         tracing::info!(profile = %profile.name, pool_size = pool, "HSM session pool open");
         let path = data_dir.join("keys.jsonl");
         let store = KeyStore::open(&path).map_err(|e| OpenError::Store(path, e))?;
@@ -640,13 +653,18 @@ impl Custody {
         detail: String,
         result: String,
     ) -> Result<(), CustodyError> {
-        let entry = AuditEntry {
+        self.append_owned(AuditEntry {
             client: who.name.clone(),
             operation,
             result,
             detail: Some(detail),
             ..Default::default()
-        };
+        })
+        .await
+    }
+
+    /// One audit line, written in a task of custody's own.
+    async fn append_owned(self: &Arc<Self>, entry: AuditEntry) -> Result<(), CustodyError> {
         let audit = self.audit.clone();
         self.owned(move |_| async move { Ok(audit.append(entry).await?) })
             .await
@@ -661,16 +679,14 @@ impl Custody {
         key_id: &str,
         code: &'static str,
     ) -> Result<(), CustodyError> {
-        let entry = AuditEntry {
+        self.append_owned(AuditEntry {
             client: who.name.clone(),
             operation,
             key_id: Op::new(operation, key_id).key_id,
             result: code.into(),
             ..Default::default()
-        };
-        let audit = self.audit.clone();
-        self.owned(move |_| async move { Ok(audit.append(entry).await?) })
-            .await
+        })
+        .await
     }
 
     /// Generates a key pair in the token, owned by `owner` (default: the caller; only an
@@ -686,13 +702,11 @@ impl Custody {
         self.owned(move |c| async move {
             let mut op = Op::new("create", "");
             // SM2 on a token without it is held wrapped: say so before it is tried.
-            op.custody = Some(
-                if algorithm == Algorithm::Sm2 && !c.profile.supports(algorithm) {
-                    CustodyKind::Wrapped
-                } else {
-                    CustodyKind::Hsm
-                },
-            );
+            op.custody = Some(if c.wraps(algorithm) {
+                CustodyKind::Wrapped
+            } else {
+                CustodyKind::Hsm
+            });
             let result = match c.owner_for(&who, owner, &mut op) {
                 Ok(owner) => c.create_inner(&owner, &label, algorithm).await,
                 Err(e) => Err(e),
@@ -728,16 +742,13 @@ impl Custody {
         label: &str,
         algorithm: Algorithm,
     ) -> Result<KeyRecord, CustodyError> {
-        if algorithm == Algorithm::Sm2 && !self.profile.supports(algorithm) {
-            if !self.config.wrapped_custody {
-                return Err(CustodyError::WrapUnavailable(format!(
-                    "HSM profile {} has no SM2 and [keys] wrapped_custody is off",
-                    self.profile.name
-                )));
-            }
-            return self.create_wrapped(owner, label).await;
+        if self.wraps(algorithm) && !self.config.wrapped_custody {
+            return Err(CustodyError::WrapUnavailable(format!(
+                "HSM profile {} has no SM2 and [keys] wrapped_custody is off",
+                self.profile.name
+            )));
         }
-        if !self.profile.supports(algorithm) {
+        if !self.wraps(algorithm) && !self.profile.supports(algorithm) {
             return Err(CustodyError::UnsupportedAlgorithm {
                 algorithm,
                 profile: self.profile.name.clone(),
@@ -757,6 +768,9 @@ impl Custody {
         let _guard = self.create_lock.lock().await;
         if self.store.label_taken(label) {
             return Err(CustodyError::DuplicateLabel(label.to_string()));
+        }
+        if self.wraps(algorithm) {
+            return self.create_wrapped(owner, label).await;
         }
         let id = KeyId::random();
         let (gen_id, gen_label) = (id.as_bytes().to_vec(), label.to_string());
@@ -781,16 +795,15 @@ impl Custody {
         Ok(record)
     }
 
+    /// Whether keys of `algorithm` are held wrapped: SM2 on a token without it.
+    fn wraps(&self, algorithm: Algorithm) -> bool {
+        algorithm == Algorithm::Sm2 && !self.profile.supports(algorithm)
+    }
+
     /// An SM2 key made here and at once sealed under its own AES key in the token; only
     /// the sealed form is kept.
+    /// Runs under `create_inner`'s label lock.
     async fn create_wrapped(&self, owner: &str, label: &str) -> Result<KeyRecord, CustodyError> {
-        if !self.audit.is_healthy() {
-            return Err(AuditError::Unavailable("an earlier write failed".into()).into());
-        }
-        let _guard = self.create_lock.lock().await;
-        if self.store.label_taken(label) {
-            return Err(CustodyError::DuplicateLabel(label.to_string()));
-        }
         let hsm = self.hsm.clone();
         let wanted = [MechanismType::AES_KEY_GEN, MechanismType::AES_GCM];
         let offered = tokio::task::spawn_blocking(move || hsm.has_mechanisms(&wanted))

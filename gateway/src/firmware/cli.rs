@@ -10,28 +10,11 @@ use anyhow::{bail, Context};
 use super::bundle::Bundle;
 use super::slots::Root;
 use crate::config::Config;
-use crate::custody::hsm::{self, Hsm};
+use crate::custody::hsm::Hsm;
 
-/// A one-connection session with the token, for the counter.
+/// One session on the token, for the counter.
 pub fn open_hsm(config: &Config) -> anyhow::Result<Arc<Hsm>> {
-    let profile = config.hsm.profile()?;
-    let module = profile.module_path(config.hsm.module.as_deref())?;
-    let pin = config.hsm.pin.read().context("HSM PIN")?;
-    let pkcs11 = hsm::load_module(&module)?;
-    let slot = hsm::find_slot(&pkcs11, &config.hsm.selector())?;
-    let connector = hsm::Connector {
-        module,
-        selector: config.hsm.selector(),
-        pin,
-    };
-    Ok(Hsm::open(
-        pkcs11,
-        slot,
-        connector,
-        profile.quirks.clone(),
-        1,
-        config.hsm.session_wait(),
-    )?)
+    Ok(config.hsm.open_hsm(&config.hsm.profile()?, 1, None)?)
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {

@@ -425,11 +425,7 @@ fn prepare(how: &How, item: &SignItem) -> Result<Vec<u8>, ApiError> {
             let msg = unbase64(m)
                 .map_err(|e| ApiError::bad_request("bad_base64", format!("message_b64: {e}")))?;
             Ok(match (alg, how.z) {
-                (Algorithm::Sm2, Some(z)) => {
-                    let mut zm = z.to_vec();
-                    zm.extend_from_slice(&msg);
-                    crate::verify::keys::sm3(&zm).to_vec()
-                }
+                (Algorithm::Sm2, Some(z)) => crate::verify::keys::sm2_e(&z, &msg).to_vec(),
                 (Algorithm::Ed25519 | Algorithm::Sm2, _) => msg,
                 _ if keccak => keccak256(&msg).to_vec(),
                 _ => sha256(&msg).to_vec(),

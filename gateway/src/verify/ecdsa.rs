@@ -7,7 +7,7 @@ use openssl::ecdsa::EcdsaSig;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use secp256k1::{Message, Secp256k1, VerifyOnly};
 
-use super::keys::{sm3, ParsedKey};
+use super::keys::{sm2_e, ParsedKey};
 use super::sm2p256::Sm2Key;
 use super::{Item, KeyInput, Reason, SigFormat};
 use crate::algorithm::Algorithm;
@@ -153,12 +153,7 @@ fn p256(item: &Item, key: &openssl::ec::EcKey<openssl::pkey::Public>) -> Result<
 fn sm2(item: &Item, key: &Sm2Key, z: &[u8; 32]) -> Result<(), Reason> {
     let e = match &item.message {
         super::Message::Digest(d) => *d,
-        super::Message::Bytes(m) => {
-            let mut input = Vec::with_capacity(32 + m.len());
-            input.extend_from_slice(z);
-            input.extend_from_slice(m);
-            sm3(&input)
-        }
+        super::Message::Bytes(m) => sm2_e(z, m),
     };
     let (r, s) = match item.format {
         SigFormat::Der => {

@@ -217,6 +217,14 @@ pub fn sm2_z_with_id(id: &[u8], point: &[u8]) -> [u8; 32] {
     sm3(&input)
 }
 
+/// e = SM3(Z || M), what an SM2 signature signs (GM/T 0003.2 §6.1 A1-A2).
+pub fn sm2_e(z: &[u8; 32], message: &[u8]) -> [u8; 32] {
+    let mut input = Vec::with_capacity(32 + message.len());
+    input.extend_from_slice(z);
+    input.extend_from_slice(message);
+    sm3(&input)
+}
+
 pub fn sm3(data: &[u8]) -> [u8; 32] {
     let d = openssl::hash::hash(MessageDigest::sm3(), data).expect("OpenSSL has SM3");
     let mut out = [0u8; 32];
