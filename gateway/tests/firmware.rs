@@ -38,11 +38,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A vendor root (file key: the vendor's offline root) and a certificate it issues for
-/// `public_pem`, the release key in custody.
-fn vendor(dir: &Path, name: &str, public_pem: &str) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("release.pub"), public_pem).unwrap();
+/// A P-256 private key in `dir/name`, made by the openssl CLI.
+fn p256_key(dir: &Path, name: &str) {
     openssl(
         dir,
         &[
@@ -52,9 +49,17 @@ fn vendor(dir: &Path, name: &str, public_pem: &str) -> (PathBuf, PathBuf) {
             "-genkey",
             "-noout",
             "-out",
-            "root.key",
+            name,
         ],
     );
+}
+
+/// A vendor root (file key: the vendor's offline root) and a certificate it issues for
+/// `public_pem`, the release key in custody.
+fn vendor(dir: &Path, name: &str, public_pem: &str) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("release.pub"), public_pem).unwrap();
+    p256_key(dir, "root.key");
     openssl(
         dir,
         &[
@@ -71,18 +76,7 @@ fn vendor(dir: &Path, name: &str, public_pem: &str) -> (PathBuf, PathBuf) {
             "root.pem",
         ],
     );
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "csr.key",
-        ],
-    );
+    p256_key(dir, "csr.key");
     openssl(
         dir,
         &[
@@ -263,19 +257,7 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
     );
     assert_eq!(s["min_security_version"], 0);
     let binary = fw.join("slots/a/bsn-gateway");
-    let mut cmd = Command::new(&binary);
-    let trial_data = t.join("trial-data");
-    cmd.args([
-        "serve",
-        "--dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--ops-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ])
-    .arg(&trial_data);
-    let mut trial = Gateway::spawn(cmd, &trial_data);
+    let mut trial = Gateway::start_dev_binary(&binary, &t.join("trial-data"), &[]);
     assert_eq!(trial.call("GET", "/readyz", None, None).status, 200);
     assert!(trial.terminate().success());
     for p in [

@@ -49,7 +49,12 @@ impl Gateway {
 
     /// The embedded default with more flags (`--ledger ...`).
     pub fn start_dev_with(dir: &Path, args: &[String]) -> Gateway {
-        let mut cmd = Command::new(BIN);
+        Gateway::start_dev_binary(Path::new(BIN), dir, args)
+    }
+
+    /// The embedded default served by another build of the binary (a firmware slot's).
+    pub fn start_dev_binary(binary: &Path, dir: &Path, args: &[String]) -> Gateway {
+        let mut cmd = Command::new(binary);
         cmd.args([
             "serve",
             "--dev",
