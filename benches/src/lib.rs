@@ -2,6 +2,8 @@
 //! it, running client threads for a fixed time, signed fixtures per algorithm, and the
 //! `openssl speed` figures every result is printed beside.
 
+pub mod hload;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64};

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use bsn_benches::{agent, post, run_threads, start_gateway, Endpoint};
+use bsn_benches::hload::{healthz_rate, http_load, LoadRequest};
+use bsn_benches::{agent, cores, post, run_threads, start_gateway, Endpoint};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
@@ -22,9 +23,7 @@ const ALGORITHMS: [&str; 3] = ["ecdsa-p256", "ecdsa-secp256k1", "ed25519"];
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = cores();
     let clients: usize = args
         .get(2)
         .map(|s| s.parse())
@@ -56,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
     let pin = std::fs::read_to_string(dir.path().join("user.pin"))?;
 
-    println!("sign-load: {cores} cores, {seconds} s per run, raw loop {cores} threads (one session each), HTTP {clients} client threads");
+    println!("sign-load: {cores} cores, {seconds} s per run, raw loop {cores} threads (one session each), HTTP {clients} keep-alive connections on {cores} client threads");
     println!(
         "{:<16} {:>14} {:>16} {:>7} {:>22} {:>7}",
         "algorithm", "raw cryptoki/s", "HTTP sign/s", "ratio", "HTTP sign-batch64/s", "ratio"
@@ -71,8 +70,8 @@ fn main() -> anyhow::Result<()> {
             batch / raw
         );
     }
-    let floor = healthz_loop(&gw.endpoint, clients, seconds)?;
-    println!("HTTP floor (GET /healthz, no crypto, same clients): {floor:.0} requests/s");
+    let floor = healthz_rate(&gw.endpoint.addr, clients, cores, seconds)?;
+    println!("HTTP floor of this client (GET /healthz, no crypto, same connections): {floor:.0} requests/s");
     println!("goal: HTTP/raw >= 0.9");
     Ok(())
 }
@@ -85,7 +84,7 @@ fn input(alg: &str) -> Value {
     }
 }
 
-/// Signs/s through HTTP with `clients` threads; `batch` > 1 uses sign-batch.
+/// Signs/s through HTTP over `clients` keep-alive connections; `batch` > 1 uses sign-batch.
 fn http_loop(
     gw: &Endpoint,
     id: &str,
@@ -105,26 +104,11 @@ fn http_loop(
             json!({"items": items, "format": "raw"}),
         )
     };
-    let gw = gw.clone();
-    run_threads(clients, seconds, move |stop, count| {
-        let agent = agent();
-        while !stop.load(Ordering::Relaxed) {
-            post(&agent, &gw, &path, &body).expect("sign over HTTP");
-            count.fetch_add(batch as u64, Ordering::Relaxed);
-        }
-    })
-}
-
-/// Requests/s of the cheapest route: what HTTP alone costs on this machine with this client.
-fn healthz_loop(gw: &Endpoint, clients: usize, seconds: u64) -> anyhow::Result<f64> {
-    let url = format!("http://{}/healthz", gw.addr);
-    run_threads(clients, seconds, move |stop, count| {
-        let agent = agent();
-        while !stop.load(Ordering::Relaxed) {
-            agent.get(&url).call().expect("healthz");
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-    })
+    let req = LoadRequest::post_json(&path, &gw.token, &body);
+    let rate = http_load(&gw.addr, &req, clients, cores(), seconds, |status, _| {
+        status == 200
+    })?;
+    Ok(rate * batch as f64)
 }
 
 /// Signs/s calling C_Sign directly, one session per thread, the key handle found once.

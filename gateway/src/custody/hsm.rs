@@ -337,15 +337,7 @@ impl Hsm {
         F: Fn(&Hsm, &Session) -> Result<T, HsmError> + Send + 'static,
     {
         self.conn()?;
-        let permit =
-            match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(HsmError::Stopped),
-                Err(_) => {
-                    metrics::counter!(m::HSM_SESSION_WAIT_TIMEOUTS_TOTAL).increment(1);
-                    return Err(HsmError::Busy(self.pool_size));
-                }
-            };
+        let permit = self.session_permit().await?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _lease = Lease::new(&this, permit);
@@ -353,6 +345,39 @@ impl Hsm {
         })
         .await
         .map_err(|_| HsmError::Stopped)?
+    }
+
+    /// `run` for signing, retried like it. A module that signs in the calling thread
+    /// (`inline_sign`) is called right here, on the runtime's thread.
+    pub async fn run_sign<T, F>(
+        self: &Arc<Self>,
+        op: &'static str,
+        alg: &'static str,
+        f: F,
+    ) -> Result<T, HsmError>
+    where
+        T: Send + 'static,
+        F: Fn(&Hsm, &Session) -> Result<T, HsmError> + Send + 'static,
+    {
+        if !self.quirks.inline_sign {
+            return self.run(op, alg, true, f).await;
+        }
+        self.conn()?;
+        let permit = self.session_permit().await?;
+        let _lease = Lease::new(self, permit);
+        self.run_blocking(op, alg, true, &f)
+    }
+
+    /// A free session's permit, waited for at most the configured bound.
+    async fn session_permit(&self) -> Result<OwnedSemaphorePermit, HsmError> {
+        match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(HsmError::Stopped),
+            Err(_) => {
+                metrics::counter!(m::HSM_SESSION_WAIT_TIMEOUTS_TOTAL).increment(1);
+                Err(HsmError::Busy(self.pool_size))
+            }
+        }
     }
 
     fn run_blocking<T>(

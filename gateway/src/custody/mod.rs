@@ -1103,7 +1103,7 @@ impl Custody {
         // failures stay apart from PKCS#11 errors: they must not count as HSM faults.
         let encoded = self
             .hsm
-            .run(op, alg.as_str(), true, move |hsm, s| {
+            .run_sign(op, alg.as_str(), move |hsm, s| {
                 let raw = hsm.sign(s, alg, &id, &inputs)?;
                 Ok(raw
                     .into_iter()
@@ -1133,7 +1133,7 @@ impl Custody {
         let (id, aad) = (record.id.as_bytes().to_vec(), wrap_aad(record));
         let signed = self
             .hsm
-            .run(op, record.algorithm.as_str(), true, move |hsm, s| {
+            .run_sign(op, record.algorithm.as_str(), move |hsm, s| {
                 let key = hsm.unseal(s, &id, &sealed, &aad)?;
                 let locked = region::lock(key.as_ptr(), key.len()).ok();
                 let d: &[u8; 32] = key[..].try_into().map_err(|_| HsmError::Sealed)?;

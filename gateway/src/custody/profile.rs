@@ -120,6 +120,12 @@ pub struct Quirks {
     /// restricts the key by CKA_ALLOWED_MECHANISMS instead.
     #[serde(default)]
     pub ec_private_decrypt_fixed: bool,
+    /// The module signs in the calling thread and never waits on a device (a software
+    /// token such as SoftHSM2): signatures are made on the runtime's own threads. Handing
+    /// each one to a blocking thread and back cost as much CPU as the signature itself.
+    /// Never for a device behind a bus or a network: a slow call would stall the runtime.
+    #[serde(default)]
+    pub inline_sign: bool,
 }
 
 impl Default for Quirks {
@@ -131,6 +137,7 @@ impl Default for Quirks {
             reconnect_errors: default_reconnect(),
             session_objects: true,
             ec_private_decrypt_fixed: false,
+            inline_sign: false,
         }
     }
 }
