@@ -10,6 +10,9 @@ pub mod ecdsa;
 pub mod ed25519;
 pub mod engine;
 pub mod keys;
+// The one module allowed `unsafe`: SIMD intrinsics (see its header).
+#[allow(unsafe_code)]
+pub mod mb;
 pub mod sm2p256;
 
 use serde::Deserialize;

@@ -1,0 +1,143 @@
+//! The multi-buffer (AVX-512 IFMA) verification path on one core beside its peer on the
+//! same core, measured in the same run: `openssl speed` for P-256 and SM2, libsecp256k1
+//! (with the same SHA-256 per item) for secp256k1. Every signature is from a different
+//! signer, made by OpenSSL or libsecp256k1. Usage:
+//!   cargo build --release --workspace && target/release/verify-mb [SECONDS]
+//!   target/release/verify-mb diff N     # N random signatures per curve, x5 altered forms,
+//!                                       # every answer compared with the reference
+//! Three runs give a median and a range: `for i in 1 2 3; do target/release/verify-mb; done`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bsn_benches::{fixtures, libsecp256k1_speed, openssl_speed, Fixture};
+use bsn_gateway::algorithm::Algorithm;
+use bsn_gateway::verify::mb::{self, Curve, Lane};
+
+const LANES: usize = 1024;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("diff") {
+        let n: usize = args.get(2).context("diff N")?.parse()?;
+        return diff(n);
+    }
+    let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    if !mb::available() {
+        bail!("this CPU has no AVX-512 IFMA: the multi-buffer path does not run here");
+    }
+    let speed = openssl_speed(seconds as u32, 1, &[Algorithm::EcdsaP256, Algorithm::Sm2])?;
+    let peer = |a| speed.iter().find(|(x, _)| *x == a).map_or(0.0, |(_, v)| *v);
+    let k1 = libsecp256k1_speed(1, seconds)?;
+    println!("verify-mb: one core, {LANES} signatures from {LANES} signers, {seconds} s each");
+    println!(
+        "{:<16} {:>14} {:>22} {:>12} {:>7} {:>6}",
+        "algorithm", "multi-buffer/s", "peer", "peer/s", "ratio", "goal"
+    );
+    for (alg, curve, name, peer_rate, goal) in [
+        (
+            Algorithm::EcdsaP256,
+            Curve::P256,
+            "openssl speed",
+            peer(Algorithm::EcdsaP256),
+            2.5,
+        ),
+        (
+            Algorithm::EcdsaSecp256k1,
+            Curve::Secp256k1,
+            "libsecp256k1 + sha256",
+            k1,
+            2.0,
+        ),
+        (
+            Algorithm::Sm2,
+            Curve::Sm2,
+            "openssl speed",
+            peer(Algorithm::Sm2),
+            6.0,
+        ),
+    ] {
+        let lanes: Vec<Lane> = fixtures(alg, LANES)
+            .iter()
+            .map(lane)
+            .collect::<anyhow::Result<_>>()?;
+        let rate = rate(curve, &lanes, seconds)?;
+        println!(
+            "{:<16} {rate:>14.0} {name:>22} {peer_rate:>12.0} {:>7.2} {goal:>6.1}",
+            alg.as_str(),
+            rate / peer_rate
+        );
+    }
+    Ok(())
+}
+
+/// Verifies/s of the vector path on this thread, every answer required valid. For
+/// ECDSA the digest is hashed per item, as the engine does.
+fn rate(curve: Curve, lanes: &[Lane], seconds: u64) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut done = 0usize;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let answers = mb::verify(curve, lanes);
+        if answers.iter().any(|a| *a != Some(true)) {
+            bail!("{curve:?}: a valid signature not answered valid");
+        }
+        done += lanes.len();
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+fn lane(f: &Fixture) -> anyhow::Result<Lane> {
+    let point = match f.algorithm {
+        Algorithm::EcdsaSecp256k1 => secp256k1::PublicKey::from_slice(&f.key)?
+            .serialize_uncompressed()
+            .to_vec(),
+        _ => f.key.clone(),
+    };
+    let sig = openssl::ecdsa::EcdsaSig::from_der(&f.sig)?;
+    let e = match f.algorithm {
+        Algorithm::Sm2 => {
+            let mut zm = bsn_gateway::verify::keys::sm2_z(&point).to_vec();
+            zm.extend_from_slice(&f.msg);
+            bsn_gateway::verify::keys::sm3(&zm)
+        }
+        _ => bsn_gateway::util::sha256(&f.msg),
+    };
+    let b32 = |v: &[u8]| -> anyhow::Result<[u8; 32]> { Ok(v.try_into()?) };
+    Ok(Lane {
+        qx: b32(&point[1..33])?,
+        qy: b32(&point[33..65])?,
+        r: b32(&sig.r().to_vec_padded(32)?)?,
+        s: b32(&sig.s().to_vec_padded(32)?)?,
+        e,
+    })
+}
+
+/// N signatures per curve through both paths, in steps so progress shows.
+fn diff(n: usize) -> anyhow::Result<()> {
+    if !mb::available() {
+        bail!("this CPU has no AVX-512 IFMA: nothing to compare");
+    }
+    const STEP: usize = 100_000;
+    for curve in [Curve::P256, Curve::Secp256k1, Curve::Sm2] {
+        let (mut lanes, mut valid, mut declined) = (0, 0, 0);
+        let mut done = 0;
+        while done < n {
+            let step = STEP.min(n - done);
+            let report = mb::check::run(curve, step);
+            if report.mismatch_count > 0 {
+                bail!(
+                    "{curve:?}: {} disagreements: {:#?}",
+                    report.mismatch_count,
+                    report.mismatches
+                );
+            }
+            lanes += report.lanes;
+            valid += report.valid;
+            declined += report.declined;
+            done += step;
+            eprintln!("{curve:?}: {done}/{n} signatures, {lanes} lanes agree");
+        }
+        println!("{curve:?}: {n} signatures, {lanes} lanes ({valid} valid), 0 disagreements, {declined} declined to the scalar path");
+    }
+    Ok(())
+}

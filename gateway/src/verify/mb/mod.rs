@@ -1,0 +1,385 @@
+//! Multi-buffer verification: eight ECDSA (P-256, secp256k1) or SM2 signatures at once on
+//! AVX-512 IFMA, the design of Intel's crypto_mb (52-bit limbs, one register per limb of
+//! eight lanes) written anew here. Chosen at run time: `available()` says whether this
+//! CPU has IFMA; without it, and for every lane that meets an exceptional addition, the
+//! callers use the scalar path (OpenSSL, libsecp256k1, `sm2p256`), which the tests hold
+//! this path to, answer for answer.
+//!
+//! This is the one module of the workspace that may use `unsafe`: converting registers
+//! to and from arrays (`field::lanes`, `field::from_lanes`) and entering the
+//! `target_feature` functions after the CPU check (`verify`).
+
+pub mod check;
+mod field;
+mod point;
+
+use std::sync::OnceLock;
+
+use openssl::bn::{BigNum, BigNumContext};
+use openssl::ec::{EcGroup, EcPoint};
+use openssl::nid::Nid;
+
+use field::Modulus;
+use point::CurveMb;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    P256,
+    Secp256k1,
+    Sm2,
+}
+
+/// One signature to check, every value big-endian. `e` is the 32-byte digest for ECDSA,
+/// the final e = SM3(Z || M) for SM2. (qx, qy) must be a point on the curve, not at
+/// infinity: a key parsed and checked by `verify::keys`.
+#[derive(Debug, Clone, Copy)]
+pub struct Lane {
+    pub qx: [u8; 32],
+    pub qy: [u8; 32],
+    pub r: [u8; 32],
+    pub s: [u8; 32],
+    pub e: [u8; 32],
+}
+
+/// Lanes per register set.
+pub const LANES: usize = 8;
+
+/// Whether this CPU runs the multi-buffer path.
+pub fn available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512ifma")
+    })
+}
+
+/// Each lane's verdict: `Some(valid)`, or `None` where this path cannot answer (no IFMA
+/// on this CPU, or an exceptional addition in that lane): verify it on the scalar path.
+pub fn verify(curve: Curve, lanes: &[Lane]) -> Vec<Option<bool>> {
+    if !available() {
+        return vec![None; lanes.len()];
+    }
+    let c = constants(curve);
+    let mut out = Vec::with_capacity(lanes.len());
+    for chunk in lanes.chunks(LANES) {
+        // Short chunks are padded with copies of their first lane, whose answers are
+        // dropped.
+        let padded: [Lane; LANES] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
+        // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
+        // features every function under `verify8` is compiled for.
+        let answers = unsafe { verify8(c, &padded) };
+        out.extend_from_slice(&answers[..chunk.len()]);
+    }
+    out
+}
+
+/// A modulus' constants as plain numbers; `Modulus` is built from them inside the
+/// vector code.
+struct Raw {
+    m: [u64; 4],
+    k0: u64,
+    r2: [u64; 4],
+    one: [u64; 4],
+}
+
+struct Constants {
+    curve: Curve,
+    p: Raw,
+    n: Raw,
+    /// n - 2, the exponent that inverts modulo n.
+    n_minus_2: [u64; 4],
+    g: [[[u64; 5]; 2]; 16],
+}
+
+fn constants(curve: Curve) -> &'static Constants {
+    static P256: OnceLock<Constants> = OnceLock::new();
+    static K1: OnceLock<Constants> = OnceLock::new();
+    static SM2: OnceLock<Constants> = OnceLock::new();
+    let (cell, nid) = match curve {
+        Curve::P256 => (&P256, Nid::X9_62_PRIME256V1),
+        Curve::Secp256k1 => (&K1, Nid::SECP256K1),
+        Curve::Sm2 => (&SM2, Nid::SM2),
+    };
+    cell.get_or_init(|| build(curve, nid).expect("curve constants from OpenSSL"))
+}
+
+fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack> {
+    let group = EcGroup::from_curve_name(nid)?;
+    let mut ctx = BigNumContext::new()?;
+    let (mut p, mut a, mut b) = (BigNum::new()?, BigNum::new()?, BigNum::new()?);
+    group.components_gfp(&mut p, &mut a, &mut b, &mut ctx)?;
+    let mut n = BigNum::new()?;
+    group.order(&mut n, &mut ctx)?;
+    let pr = raw(&p, &mut ctx)?;
+    let nr = raw(&n, &mut ctx)?;
+    let mut r_mod_p = BigNum::new()?;
+    r_mod_p.mod_exp(
+        &*BigNum::from_u32(2)?,
+        &*BigNum::from_u32(260)?,
+        &p,
+        &mut ctx,
+    )?;
+    let mut g = [[[0u64; 5]; 2]; 16];
+    for (k, entry) in g.iter_mut().enumerate().skip(1) {
+        let mut pt = EcPoint::new(&group)?;
+        pt.mul_generator2(&group, &*BigNum::from_u32(k as u32)?, &mut ctx)?;
+        let (mut x, mut y) = (BigNum::new()?, BigNum::new()?);
+        pt.affine_coordinates(&group, &mut x, &mut y, &mut ctx)?;
+        for (coord, v) in entry.iter_mut().zip([x, y]) {
+            let mut mont = BigNum::new()?;
+            mont.mod_mul(&v, &r_mod_p, &p, &mut ctx)?;
+            *coord = field::limbs52(&words_of(&mont));
+        }
+    }
+    let mut n2 = BigNum::new()?;
+    n2.checked_sub(&n, &*BigNum::from_u32(2)?)?;
+    let mut minus3 = BigNum::new()?;
+    minus3.checked_sub(&p, &*BigNum::from_u32(3)?)?;
+    let a_minus3 = a == minus3;
+    assert!(
+        a_minus3 || a.num_bits() == 0,
+        "a curve with a = -3 or a = 0"
+    );
+    assert_eq!(a_minus3, curve != Curve::Secp256k1);
+    Ok(Constants {
+        curve,
+        p: pr,
+        n: nr,
+        n_minus_2: words_of(&n2),
+        g,
+    })
+}
+
+fn raw(m: &BigNum, ctx: &mut BigNumContext) -> Result<Raw, openssl::error::ErrorStack> {
+    let two = BigNum::from_u32(2)?;
+    let (mut r2, mut one) = (BigNum::new()?, BigNum::new()?);
+    r2.mod_exp(&two, &*BigNum::from_u32(520)?, m, ctx)?;
+    one.mod_exp(&two, &*BigNum::from_u32(260)?, m, ctx)?;
+    let mw = words_of(m);
+    // m^-1 mod 2^64 by Newton's iteration (each step doubles the correct bits).
+    let mut inv: u64 = 1;
+    for _ in 0..6 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(mw[0].wrapping_mul(inv)));
+    }
+    Ok(Raw {
+        m: mw,
+        k0: inv.wrapping_neg() & ((1 << 52) - 1),
+        r2: words_of(&r2),
+        one: words_of(&one),
+    })
+}
+
+fn words_of(v: &BigNum) -> [u64; 4] {
+    be_words(
+        &v.to_vec_padded(32).expect("a value below 2^256")[..]
+            .try_into()
+            .expect("32 bytes"),
+    )
+}
+
+/// Big-endian bytes as little-endian words.
+fn be_words(b: &[u8; 32]) -> [u64; 4] {
+    std::array::from_fn(|i| {
+        u64::from_be_bytes(b[32 - 8 * (i + 1)..32 - 8 * i].try_into().expect("8 bytes"))
+    })
+}
+
+fn lt(a: &[u64; 4], b: &[u64; 4]) -> bool {
+    for i in (0..4).rev() {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+    }
+    false
+}
+
+fn is_zero(a: &[u64; 4]) -> bool {
+    a.iter().all(|w| *w == 0)
+}
+
+/// a + b as 257 bits: the low 256 and the carry.
+fn add256(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
+    let mut out = [0; 4];
+    let mut carry = false;
+    for i in 0..4 {
+        let (s1, c1) = a[i].overflowing_add(b[i]);
+        let (s2, c2) = s1.overflowing_add(carry as u64);
+        out[i] = s2;
+        carry = c1 || c2;
+    }
+    (out, carry)
+}
+
+/// a - b mod 2^256 and whether it borrowed.
+fn sub256(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
+    let mut out = [0; 4];
+    let mut borrow = false;
+    for i in 0..4 {
+        let (d1, b1) = a[i].overflowing_sub(b[i]);
+        let (d2, b2) = d1.overflowing_sub(borrow as u64);
+        out[i] = d2;
+        borrow = b1 || b2;
+    }
+    (out, borrow)
+}
+
+/// (a + b) mod m for a, b < m.
+fn add_mod(a: &[u64; 4], b: &[u64; 4], m: &[u64; 4]) -> [u64; 4] {
+    let (s, carry) = add256(a, b);
+    if carry || !lt(&s, m) {
+        sub256(&s, m).0
+    } else {
+        s
+    }
+}
+
+/// (a - b) mod m for a, b < m.
+fn sub_mod(a: &[u64; 4], b: &[u64; 4], m: &[u64; 4]) -> [u64; 4] {
+    let (d, borrow) = sub256(a, b);
+    if borrow {
+        add256(&d, m).0
+    } else {
+        d
+    }
+}
+
+/// A scalar's 4-bit digits, most significant first.
+fn digits(u: &[u64; 4]) -> [u8; 64] {
+    std::array::from_fn(|w| {
+        let bit = 4 * (63 - w);
+        ((u[bit / 64] >> (bit % 64)) & 0xf) as u8
+    })
+}
+
+/// What the scalar side decides per lane before the vector work.
+struct Prepared {
+    /// Already known invalid (r or s out of range, t = 0).
+    refused: bool,
+    /// SM2's scalars (s, t); ECDSA's come from the vector inversion.
+    u1: [u64; 4],
+    u2: [u64; 4],
+    /// x(R) must be one of these (the second is a copy of the first when c + n >= p).
+    c1: [u64; 4],
+    c2: [u64; 4],
+}
+
+fn prepare(c: &Constants, lane: &Lane) -> Prepared {
+    let (n, p) = (&c.n.m, &c.p.m);
+    let r = be_words(&lane.r);
+    let s = be_words(&lane.s);
+    let mut out = Prepared {
+        refused: false,
+        u1: [0; 4],
+        u2: [0; 4],
+        c1: r,
+        c2: r,
+    };
+    if is_zero(&r) || is_zero(&s) || !lt(&r, n) || !lt(&s, n) {
+        out.refused = true;
+        return out;
+    }
+    let target = if c.curve == Curve::Sm2 {
+        let t = add_mod(&r, &s, n);
+        if is_zero(&t) {
+            out.refused = true;
+            return out;
+        }
+        out.u1 = s;
+        out.u2 = t;
+        // e < 2^256 < 2n: one subtraction reduces it.
+        let mut e = be_words(&lane.e);
+        if !lt(&e, n) {
+            e = sub256(&e, n).0;
+        }
+        sub_mod(&r, &e, n)
+    } else {
+        r
+    };
+    out.c1 = target;
+    out.c2 = match add256(&target, n) {
+        (v, false) if lt(&v, p) => v,
+        _ => target,
+    };
+    out
+}
+
+/// Eight lanes through the vector path.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
+    let prepared: [Prepared; LANES] = std::array::from_fn(|i| prepare(c, &lanes[i]));
+    let pm = modulus(&c.p);
+    let (u1, u2) = if c.curve == Curve::Sm2 {
+        (
+            prepared.each_ref().map(|p| p.u1),
+            prepared.each_ref().map(|p| p.u2),
+        )
+    } else {
+        // w = s^-1 mod n by Fermat; u1 = e·w, u2 = r·w. A Montgomery product of a plain
+        // value and a Montgomery one is plain.
+        let nm = modulus(&c.n);
+        let s = field::gather(&lanes.each_ref().map(|l| be_words(&l.s)));
+        let s_mont = field::mul(&s, &nm.r2, &nm);
+        let one = field::splat(&field::limbs52(&c.n.one));
+        let w = field::pow(&s_mont, &c.n_minus_2, &one, &nm);
+        let e = field::gather(&lanes.each_ref().map(|l| be_words(&l.e)));
+        let r = field::gather(&lanes.each_ref().map(|l| be_words(&l.r)));
+        (
+            field::scatter(&field::canon(&field::mul(&e, &w, &nm), &nm)),
+            field::scatter(&field::canon(&field::mul(&r, &w, &nm), &nm)),
+        )
+    };
+    let curve = CurveMb {
+        p: pm,
+        a_minus3: c.curve != Curve::Secp256k1,
+        one: field::limbs52(&c.p.one),
+        g: c.g,
+    };
+    let pm = &curve.p;
+    let to_mont = |v: &[[u64; 4]; LANES]| field::mul(&field::gather(v), &pm.r2, pm);
+    let qx = to_mont(&lanes.each_ref().map(|l| be_words(&l.qx)));
+    let qy = to_mont(&lanes.each_ref().map(|l| be_words(&l.qy)));
+    let (point, infinity, exceptional) = point::double_mul(
+        &u1.each_ref().map(digits),
+        &u2.each_ref().map(digits),
+        &qx,
+        &qy,
+        &curve,
+    );
+    // x(R) = X / Z^2 = c  <=>  X = c·Z^2, both sides in Montgomery form.
+    let z2 = field::sqr(&point.z, pm);
+    let c1 = to_mont(&prepared.each_ref().map(|p| p.c1));
+    let c2 = to_mont(&prepared.each_ref().map(|p| p.c2));
+    let hit = field::eq(&field::mul(&c1, &z2, pm), &point.x, pm)
+        | field::eq(&field::mul(&c2, &z2, pm), &point.x, pm);
+    std::array::from_fn(|i| {
+        let bit = 1u8 << i;
+        if prepared[i].refused {
+            Some(false)
+        } else if exceptional & bit != 0 {
+            None
+        } else {
+            Some(hit & !infinity & bit != 0)
+        }
+    })
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn modulus(raw: &Raw) -> Modulus {
+    let m = field::splat(&field::limbs52(&raw.m));
+    // 2m reaches 2^256: doubled limb by limb, carried into the top limb.
+    let mut twice = field::limbs52(&raw.m).map(|l| l << 1);
+    for k in 0..4 {
+        twice[k + 1] += twice[k] >> 52;
+        twice[k] &= (1 << 52) - 1;
+    }
+    let m2 = field::splat(&twice);
+    Modulus {
+        m: m.0,
+        m2: m2.0,
+        k0: std::arch::x86_64::_mm512_set1_epi64(raw.k0 as i64),
+        r2: field::splat(&field::limbs52(&raw.r2)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

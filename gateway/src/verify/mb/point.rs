@@ -1,0 +1,252 @@
+//! Jacobian points on eight lanes and the double-scalar multiplication u1·G + u2·Q with
+//! 4-bit windows: G's multiples are one shared affine table, each lane's Q gets its own
+//! table of Q..15·Q. Lanes take different branches through masks, never through control
+//! flow. The addition formulas cannot add a point to itself or to its negative; a lane
+//! that meets that case (H = 0 with both points finite) is reported as exceptional and
+//! the caller verifies it on the scalar path, so every lane's answer is exact.
+
+use std::arch::x86_64::*;
+
+use super::field::{add, is_zero, mul, select, sqr, sub, Fe, Modulus};
+
+/// A curve's constants in the form the lanes use.
+pub struct CurveMb {
+    pub p: Modulus,
+    /// y² = x³ + a·x + b with a = -3 (P-256, SM2) or a = 0 (secp256k1).
+    pub a_minus3: bool,
+    /// R mod p: one, in Montgomery form.
+    pub one: [u64; 5],
+    /// k·G for k in 0..16, affine, Montgomery form (entry 0 unused).
+    pub g: [[[u64; 5]; 2]; 16],
+}
+
+#[derive(Clone, Copy)]
+pub struct Jac {
+    pub x: Fe,
+    pub y: Fe,
+    pub z: Fe,
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dbl(p: &Jac, c: &CurveMb) -> Jac {
+    let md = &c.p;
+    if c.a_minus3 {
+        // dbl-2001-b
+        let delta = sqr(&p.z, md);
+        let gamma = sqr(&p.y, md);
+        let beta = mul(&p.x, &gamma, md);
+        let t = mul(&sub(&p.x, &delta, md), &add(&p.x, &delta, md), md);
+        let alpha = add(&add(&t, &t, md), &t, md);
+        let beta2 = add(&beta, &beta, md);
+        let beta4 = add(&beta2, &beta2, md);
+        let beta8 = add(&beta4, &beta4, md);
+        let x3 = sub(&sqr(&alpha, md), &beta8, md);
+        let yz = add(&p.y, &p.z, md);
+        let z3 = sub(&sub(&sqr(&yz, md), &gamma, md), &delta, md);
+        let g2 = sqr(&gamma, md);
+        let g2x2 = add(&g2, &g2, md);
+        let g2x4 = add(&g2x2, &g2x2, md);
+        let g2x8 = add(&g2x4, &g2x4, md);
+        let y3 = sub(&mul(&alpha, &sub(&beta4, &x3, md), md), &g2x8, md);
+        Jac {
+            x: x3,
+            y: y3,
+            z: z3,
+        }
+    } else {
+        // dbl-2009-l
+        let a = sqr(&p.x, md);
+        let b = sqr(&p.y, md);
+        let cc = sqr(&b, md);
+        let xb = add(&p.x, &b, md);
+        let t = sub(&sub(&sqr(&xb, md), &a, md), &cc, md);
+        let d = add(&t, &t, md);
+        let e = add(&add(&a, &a, md), &a, md);
+        let f = sqr(&e, md);
+        let x3 = sub(&sub(&f, &d, md), &d, md);
+        let c2 = add(&cc, &cc, md);
+        let c4 = add(&c2, &c2, md);
+        let c8 = add(&c4, &c4, md);
+        let y3 = sub(&mul(&e, &sub(&d, &x3, md), md), &c8, md);
+        let yz = mul(&p.y, &p.z, md);
+        let z3 = add(&yz, &yz, md);
+        Jac {
+            x: x3,
+            y: y3,
+            z: z3,
+        }
+    }
+}
+
+/// p + (x2, y2, z2) (add-2007-bl), with `exceptional` set where H = 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn add_jac(p: &Jac, q: &Jac, md: &Modulus) -> (Jac, __mmask8) {
+    let z1z1 = sqr(&p.z, md);
+    let z2z2 = sqr(&q.z, md);
+    let u1 = mul(&p.x, &z2z2, md);
+    let u2 = mul(&q.x, &z1z1, md);
+    let s1 = mul(&mul(&p.y, &q.z, md), &z2z2, md);
+    let s2 = mul(&mul(&q.y, &p.z, md), &z1z1, md);
+    let h = sub(&u2, &u1, md);
+    let h2 = add(&h, &h, md);
+    let i = sqr(&h2, md);
+    let j = mul(&h, &i, md);
+    let rr = sub(&s2, &s1, md);
+    let r = add(&rr, &rr, md);
+    let v = mul(&u1, &i, md);
+    let x3 = sub(&sub(&sub(&sqr(&r, md), &j, md), &v, md), &v, md);
+    let s1j = mul(&s1, &j, md);
+    let y3 = sub(&mul(&r, &sub(&v, &x3, md), md), &add(&s1j, &s1j, md), md);
+    let zz = add(&p.z, &q.z, md);
+    let z3 = mul(&sub(&sub(&sqr(&zz, md), &z1z1, md), &z2z2, md), &h, md);
+    (
+        Jac {
+            x: x3,
+            y: y3,
+            z: z3,
+        },
+        is_zero(&h, md),
+    )
+}
+
+/// p + (x2, y2) affine (madd-2007-bl), with `exceptional` set where H = 0.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn add_affine(p: &Jac, x2: &Fe, y2: &Fe, md: &Modulus) -> (Jac, __mmask8) {
+    let z1z1 = sqr(&p.z, md);
+    let u2 = mul(x2, &z1z1, md);
+    let s2 = mul(&mul(y2, &p.z, md), &z1z1, md);
+    let h = sub(&u2, &p.x, md);
+    let hh = sqr(&h, md);
+    let hh2 = add(&hh, &hh, md);
+    let i = add(&hh2, &hh2, md);
+    let j = mul(&h, &i, md);
+    let rr = sub(&s2, &p.y, md);
+    let r = add(&rr, &rr, md);
+    let v = mul(&p.x, &i, md);
+    let x3 = sub(&sub(&sub(&sqr(&r, md), &j, md), &v, md), &v, md);
+    let yj = mul(&p.y, &j, md);
+    let y3 = sub(&mul(&r, &sub(&v, &x3, md), md), &add(&yj, &yj, md), md);
+    let zh = add(&p.z, &h, md);
+    let z3 = sub(&sub(&sqr(&zh, md), &z1z1, md), &hh, md);
+    (
+        Jac {
+            x: x3,
+            y: y3,
+            z: z3,
+        },
+        is_zero(&h, md),
+    )
+}
+
+/// u1·G + u2·Q per lane. `u1`, `u2`: each lane's 64 4-bit digits, most significant
+/// first. `qx`, `qy`: Q affine, Montgomery form, on the curve and not at infinity.
+/// Returns the point, the lanes where it is at infinity, and the lanes that met an
+/// exceptional addition (their point is meaningless).
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn double_mul(
+    u1: &[[u8; 64]; 8],
+    u2: &[[u8; 64]; 8],
+    qx: &Fe,
+    qy: &Fe,
+    c: &CurveMb,
+) -> (Jac, __mmask8, __mmask8) {
+    let md = &c.p;
+    let one = super::field::splat(&c.one);
+    // Q..15·Q: Q has prime order n > 15, so no entry meets an exceptional case.
+    let q1 = Jac {
+        x: *qx,
+        y: *qy,
+        z: one,
+    };
+    let mut table = [q1; 16];
+    table[2] = dbl(&q1, c);
+    for k in 3..16 {
+        table[k] = add_affine(&table[k - 1], qx, qy, md).0;
+    }
+    let g: [(Fe, Fe); 16] = std::array::from_fn(|k| {
+        (
+            super::field::splat(&c.g[k][0]),
+            super::field::splat(&c.g[k][1]),
+        )
+    });
+    let mut acc = q1;
+    let mut infinity: __mmask8 = 0xff;
+    let mut exceptional: __mmask8 = 0;
+    for w in 0..64 {
+        if w > 0 {
+            for _ in 0..4 {
+                acc = dbl(&acc, c);
+            }
+        }
+        let d2 = _mm512_set_epi64(
+            u2[7][w] as i64,
+            u2[6][w] as i64,
+            u2[5][w] as i64,
+            u2[4][w] as i64,
+            u2[3][w] as i64,
+            u2[2][w] as i64,
+            u2[1][w] as i64,
+            u2[0][w] as i64,
+        );
+        let mut t = q1;
+        for (k, entry) in table.iter().enumerate().skip(2) {
+            let m = _mm512_cmpeq_epi64_mask(d2, _mm512_set1_epi64(k as i64));
+            t = Jac {
+                x: select(m, &t.x, &entry.x),
+                y: select(m, &t.y, &entry.y),
+                z: select(m, &t.z, &entry.z),
+            };
+        }
+        let nonzero = _mm512_cmpneq_epi64_mask(d2, _mm512_setzero_si512());
+        let (sum, h0) = add_jac(&acc, &t, md);
+        acc = pick(&acc, &t, &sum, infinity, nonzero);
+        exceptional |= h0 & nonzero & !infinity;
+        infinity &= !nonzero;
+
+        let d1 = _mm512_set_epi64(
+            u1[7][w] as i64,
+            u1[6][w] as i64,
+            u1[5][w] as i64,
+            u1[4][w] as i64,
+            u1[3][w] as i64,
+            u1[2][w] as i64,
+            u1[1][w] as i64,
+            u1[0][w] as i64,
+        );
+        let (mut gx, mut gy) = g[1];
+        for (k, entry) in g.iter().enumerate().skip(2) {
+            let m = _mm512_cmpeq_epi64_mask(d1, _mm512_set1_epi64(k as i64));
+            gx = select(m, &gx, &entry.0);
+            gy = select(m, &gy, &entry.1);
+        }
+        let nonzero = _mm512_cmpneq_epi64_mask(d1, _mm512_setzero_si512());
+        let (sum, h0) = add_affine(&acc, &gx, &gy, md);
+        let gj = Jac {
+            x: gx,
+            y: gy,
+            z: one,
+        };
+        acc = pick(&acc, &gj, &sum, infinity, nonzero);
+        exceptional |= h0 & nonzero & !infinity;
+        infinity &= !nonzero;
+    }
+    (acc, infinity, exceptional)
+}
+
+/// After acc + t: acc where t was not added (digit 0), t where acc was at infinity, the
+/// sum elsewhere.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn pick(acc: &Jac, t: &Jac, sum: &Jac, infinity: __mmask8, nonzero: __mmask8) -> Jac {
+    let take_sum = nonzero & !infinity;
+    let take_t = nonzero & infinity;
+    let sel = |a: &Fe, t: &Fe, s: &Fe| select(take_t, &select(take_sum, a, s), t);
+    Jac {
+        x: sel(&acc.x, &t.x, &sum.x),
+        y: sel(&acc.y, &t.y, &sum.y),
+        z: sel(&acc.z, &t.z, &sum.z),
+    }
+}

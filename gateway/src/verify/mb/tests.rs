@@ -1,0 +1,271 @@
+//! The vector path against independent implementations, answer for answer (see
+//! `check`), then the edge cases. On a CPU without IFMA the tests say so and check only
+//! that the path declines every lane, so the scalar path answers.
+
+use openssl::bn::{BigNum, BigNumContext, BigNumRef};
+use openssl::ec::{EcGroup, EcKey, EcPoint};
+use openssl::ecdsa::EcdsaSig;
+use openssl::nid::Nid;
+
+use super::*;
+
+/// Random signatures per curve, each also checked in four altered forms.
+/// `BSN_MB_CASES` changes it (`verify-mb diff N` is the long run).
+fn cases() -> usize {
+    std::env::var("BSN_MB_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn skip_without_ifma(name: &str) -> bool {
+    if available() {
+        return false;
+    }
+    eprintln!("{name}: this CPU has no AVX-512 IFMA; the multi-buffer path is skipped");
+    let lane = Lane {
+        qx: [1; 32],
+        qy: [2; 32],
+        r: [3; 32],
+        s: [4; 32],
+        e: [5; 32],
+    };
+    assert_eq!(
+        verify(Curve::P256, &[lane]),
+        vec![None],
+        "declines without IFMA"
+    );
+    true
+}
+
+fn differential(curve: Curve) {
+    let n = cases();
+    let report = check::run(curve, n);
+    eprintln!(
+        "{curve:?}: {} lanes ({n} signatures x 5), {} valid, {} declined, vector path {:.2} s",
+        report.lanes, report.valid, report.declined, report.vector_seconds
+    );
+    assert_eq!(
+        report.mismatch_count, 0,
+        "{curve:?}: {} disagreements, first: {:#?}",
+        report.mismatch_count, report.mismatches
+    );
+    assert_eq!(report.lanes, 5 * n);
+    // Every unaltered signature is valid; flipped ones almost never are.
+    assert!(
+        report.valid >= n && report.valid < n + n / 100,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.declined, 0,
+        "random lanes meet no exceptional addition"
+    );
+}
+
+#[test]
+fn p256_agrees_with_openssl() {
+    if !skip_without_ifma("p256_agrees_with_openssl") {
+        differential(Curve::P256);
+    }
+}
+
+#[test]
+fn secp256k1_agrees_with_libsecp256k1() {
+    if !skip_without_ifma("secp256k1_agrees_with_libsecp256k1") {
+        differential(Curve::Secp256k1);
+    }
+}
+
+#[test]
+fn sm2_agrees_with_the_scalar_path() {
+    if !skip_without_ifma("sm2_agrees_with_the_scalar_path") {
+        differential(Curve::Sm2);
+    }
+}
+
+fn nid(curve: Curve) -> Nid {
+    match curve {
+        Curve::P256 => Nid::X9_62_PRIME256V1,
+        Curve::Secp256k1 => Nid::SECP256K1,
+        Curve::Sm2 => Nid::SM2,
+    }
+}
+
+fn pad(v: &BigNumRef) -> [u8; 32] {
+    <[u8; 32]>::try_from(v.to_vec_padded(32).unwrap()).unwrap()
+}
+
+fn order(group: &EcGroup) -> BigNum {
+    let mut n = BigNum::new().unwrap();
+    group
+        .order(&mut n, &mut BigNumContext::new().unwrap())
+        .unwrap();
+    n
+}
+
+fn xy(group: &EcGroup, p: &openssl::ec::EcPointRef) -> ([u8; 32], [u8; 32]) {
+    let mut ctx = BigNumContext::new().unwrap();
+    let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+    p.affine_coordinates(group, &mut x, &mut y, &mut ctx)
+        .unwrap();
+    (pad(&x), pad(&y))
+}
+
+#[test]
+fn r_or_s_zero_or_not_below_n_is_invalid() {
+    if skip_without_ifma("r_or_s_zero_or_not_below_n_is_invalid") {
+        return;
+    }
+    for curve in [Curve::P256, Curve::Secp256k1, Curve::Sm2] {
+        let group = EcGroup::from_curve_name(nid(curve)).unwrap();
+        let key = EcKey::generate(&group).unwrap();
+        let (qx, qy) = xy(&group, key.public_key());
+        let n = pad(&order(&group));
+        let mut n_minus_1 = BigNum::from_slice(&n).unwrap();
+        n_minus_1.sub_word(1).unwrap();
+        let fine = pad(&n_minus_1);
+        for (r, s) in [
+            ([0; 32], fine),
+            (fine, [0; 32]),
+            (n, fine),
+            (fine, n),
+            ([0xff; 32], fine),
+            (fine, [0xff; 32]),
+        ] {
+            let lane = Lane {
+                qx,
+                qy,
+                r,
+                s,
+                e: [7; 32],
+            };
+            assert_eq!(
+                verify(curve, &[lane]),
+                vec![Some(false)],
+                "{curve:?} {lane:?}"
+            );
+        }
+    }
+}
+
+/// Q = G and e = -r: u1·G + u2·Q = ((e + r)/s)·G is the point at infinity. OpenSSL says
+/// invalid; the vector path must not say valid (it declines or refuses).
+#[test]
+fn a_sum_at_infinity_is_never_valid() {
+    if skip_without_ifma("a_sum_at_infinity_is_never_valid") {
+        return;
+    }
+    for curve in [Curve::P256, Curve::Secp256k1] {
+        let group = EcGroup::from_curve_name(nid(curve)).unwrap();
+        let (qx, qy) = xy(&group, group.generator_opt().unwrap());
+        let n = order(&group);
+        for trial in 0..32u32 {
+            let mut r = BigNum::new().unwrap();
+            n.rand_range(&mut r).unwrap();
+            let mut e = BigNum::new().unwrap();
+            e.checked_sub(&n, &r).unwrap();
+            let s = BigNum::from_u32(trial + 1).unwrap();
+            let lane = Lane {
+                qx,
+                qy,
+                r: pad(&r),
+                s: pad(&s),
+                e: pad(&e),
+            };
+            let answer = verify(curve, &[lane]);
+            assert_ne!(
+                answer,
+                vec![Some(true)],
+                "{curve:?}: infinity taken as valid"
+            );
+            // The scalar path, which answers declined lanes, says the same.
+            let public = EcKey::from_public_key(&group, group.generator_opt().unwrap()).unwrap();
+            let sig = EcdsaSig::from_private_components(r, s).unwrap();
+            assert!(!sig.verify(&lane.e, &public).unwrap_or(false));
+        }
+    }
+}
+
+/// A signature whose R has x >= n, so r = x - n and the check must also try r + n (the
+/// candidate that exists only while r + n < p). No signer makes one by chance (the odds
+/// are about 2^-128), so it is built backwards: pick R with x >= n, s and e, and solve for
+/// the key Q = r^-1 (s·R - e·G).
+#[test]
+fn x_of_r_above_n_is_found_by_r_plus_n() {
+    if skip_without_ifma("x_of_r_above_n_is_found_by_r_plus_n") {
+        return;
+    }
+    for curve in [Curve::P256, Curve::Secp256k1] {
+        let group = EcGroup::from_curve_name(nid(curve)).unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        let n = order(&group);
+        let (mut p, mut a, mut b) = (
+            BigNum::new().unwrap(),
+            BigNum::new().unwrap(),
+            BigNum::new().unwrap(),
+        );
+        group
+            .components_gfp(&mut p, &mut a, &mut b, &mut ctx)
+            .unwrap();
+        // The first x = n + i that is on the curve.
+        let mut big_r = None;
+        for i in 1..1000u32 {
+            let mut x = BigNum::new().unwrap();
+            x.checked_add(&n, &BigNum::from_u32(i).unwrap()).unwrap();
+            let mut enc = vec![2u8];
+            enc.extend_from_slice(&pad(&x));
+            if let Ok(pt) = EcPoint::from_bytes(&group, &enc, &mut ctx) {
+                big_r = Some(pt);
+                break;
+            }
+        }
+        let big_r = big_r.expect("a point with x >= n");
+        let (rx, _) = xy(&group, &big_r);
+        let mut r = BigNum::from_slice(&rx).unwrap();
+        r.checked_sub(&BigNum::from_slice(&rx).unwrap(), &n)
+            .unwrap();
+        let (s, e) = (
+            BigNum::from_u32(12345).unwrap(),
+            BigNum::from_u32(67890).unwrap(),
+        );
+        // Q = r^-1 (s·R - e·G)
+        let mut s_r = EcPoint::new(&group).unwrap();
+        s_r.mul2(&group, &big_r, &s, &mut ctx).unwrap();
+        let mut e_g = EcPoint::new(&group).unwrap();
+        e_g.mul_generator2(&group, &e, &mut ctx).unwrap();
+        e_g.invert2(&group, &mut ctx).unwrap();
+        let mut sum = EcPoint::new(&group).unwrap();
+        sum.add(&group, &s_r, &e_g, &mut ctx).unwrap();
+        let mut r_inv = BigNum::new().unwrap();
+        r_inv.mod_inverse(&r, &n, &mut ctx).unwrap();
+        let mut q = EcPoint::new(&group).unwrap();
+        q.mul2(&group, &sum, &r_inv, &mut ctx).unwrap();
+        let (qx, qy) = xy(&group, &q);
+        let lane = Lane {
+            qx,
+            qy,
+            r: pad(&r),
+            s: pad(&s),
+            e: pad(&e),
+        };
+        let public = EcKey::from_public_key(&group, &q).unwrap();
+        let sig = EcdsaSig::from_private_components(r, s).unwrap();
+        assert!(sig.verify(&lane.e, &public).unwrap(), "OpenSSL takes it");
+        assert_eq!(verify(curve, &[lane]), vec![Some(true)], "{curve:?}");
+        let wrong = Lane { e: [9; 32], ..lane };
+        assert_eq!(verify(curve, &[wrong]), vec![Some(false)], "{curve:?}");
+    }
+}
+
+/// Lanes fewer than eight, and more than eight, answer in order.
+#[test]
+fn partial_and_several_register_sets_answer_in_order() {
+    if skip_without_ifma("partial_and_several_register_sets_answer_in_order") {
+        return;
+    }
+    for n in [1usize, 3, 8, 9, 17] {
+        let report = check::run(Curve::P256, n);
+        assert_eq!(report.mismatch_count, 0, "{n}: {:?}", report.mismatches);
+        assert_eq!(report.lanes, 5 * n);
+    }
+}
