@@ -23,6 +23,8 @@ pub const VERIFY_QUEUE_WAIT_SECONDS: &str = "bsn_gateway_verify_queue_wait_secon
 pub const VERIFY_BATCH_SECONDS: &str = "bsn_gateway_verify_batch_duration_seconds";
 pub const VERIFY_BATCH_ITEMS: &str = "bsn_gateway_verify_batch_items";
 pub const VERIFY_WORKERS: &str = "bsn_gateway_verify_workers";
+pub const VERIFY_MULTI_BUFFER: &str = "bsn_gateway_verify_multi_buffer";
+pub const VERIFY_MULTI_BUFFER_LANES_TOTAL: &str = "bsn_gateway_verify_multi_buffer_lanes_total";
 pub const TX_ACCEPTED_TOTAL: &str = "bsn_gateway_transactions_accepted_total";
 pub const TX_REJECTED_TOTAL: &str = "bsn_gateway_transactions_rejected_total";
 pub const OUTBOX_PENDING: &str = "bsn_gateway_outbox_pending_transactions";
@@ -144,6 +146,14 @@ fn describe() {
     );
     describe_histogram!(VERIFY_BATCH_ITEMS, "Items per verification micro-batch");
     describe_gauge!(VERIFY_WORKERS, "Verification worker threads");
+    describe_gauge!(
+        VERIFY_MULTI_BUFFER,
+        "1 when ECDSA and SM2 verification runs eight at a time on AVX-512 IFMA"
+    );
+    describe_counter!(
+        VERIFY_MULTI_BUFFER_LANES_TOTAL,
+        "Signatures verified on the multi-buffer path (the rest take the scalar path)"
+    );
     describe_counter!(
         TX_ACCEPTED_TOTAL,
         "Transactions accepted (vetted and durable), by ledger"

@@ -11,9 +11,14 @@ use bsn_gateway::verify::{
 use common::wycheproof;
 
 fn engine(workers: usize, max_batch: usize) -> Engine {
+    engine_with(workers, max_batch, true)
+}
+
+fn engine_with(workers: usize, max_batch: usize, multi_buffer: bool) -> Engine {
     Engine::start(&VerifyConfig {
         workers,
         max_batch,
+        multi_buffer,
         ..VerifyConfig::default()
     })
     .unwrap()
@@ -42,13 +47,18 @@ fn task(c: &wycheproof::Case, pem: bool) -> Task {
     })
 }
 
+/// Through the scalar path and, where the CPU has AVX-512 IFMA, the multi-buffer one (on a
+/// CPU without it both runs take the scalar path, and the test says so).
 #[test]
 fn every_wycheproof_vector_gets_its_verdict() {
     let cases = wycheproof::all();
-    let e = engine(2, 64);
+    if !bsn_gateway::verify::mb::available() {
+        eprintln!("this CPU has no AVX-512 IFMA: the multi-buffer run takes the scalar path");
+    }
     let rt = rt();
     // Keys as bytes and as PEM; all cases in one call so batches mix algorithms.
-    for pem in [false, true] {
+    for (multi_buffer, pem) in [(false, false), (false, true), (true, false), (true, true)] {
+        let e = engine_with(2, 64, multi_buffer);
         let tasks: Vec<Task> = cases.iter().map(|c| task(c, pem)).collect();
         let out = rt.block_on(e.run(tasks)).unwrap();
         assert_eq!(out.len(), cases.len());
@@ -63,7 +73,7 @@ fn every_wycheproof_vector_gets_its_verdict() {
         }
         assert!(
             wrong.is_empty(),
-            "{} wrong (pem={pem}):\n{}",
+            "{} wrong (pem={pem}, multi_buffer={multi_buffer}):\n{}",
             wrong.len(),
             wrong.join("\n")
         );

@@ -8,6 +8,7 @@ use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
 use secp256k1::{Message, Secp256k1, VerifyOnly};
 
 use super::keys::{sm2_e, ParsedKey};
+use super::mb;
 use super::sm2p256::Sm2Key;
 use super::{Item, KeyInput, Reason, SigFormat};
 use crate::algorithm::Algorithm;
@@ -38,34 +39,69 @@ impl Verifier {
     /// `key` is the parsed key for `item` (None only for an address with `eth`).
     pub fn verify(&self, item: &Item, key: Option<&ParsedKey>) -> Result<(), Reason> {
         match (key, item.format) {
-            (Some(ParsedKey::P256(ec)), _) => p256(item, ec),
-            (Some(ParsedKey::Sm2 { key, z }), _) => sm2(item, key, z),
+            (Some(ParsedKey::P256 { key, .. }), _) => {
+                let sig = p256_sig(item)?;
+                // Out-of-range r or s makes OpenSSL return an error rather than false.
+                ok_if(sig.verify(&item.ecdsa_digest(), key).unwrap_or(false))
+            }
+            (Some(ParsedKey::Sm2 { key, z, .. }), _) => sm2(item, key, z),
             (_, SigFormat::Eth) => self.secp256k1_eth(item, key),
-            (Some(ParsedKey::Secp256k1(pk)), _) => self.secp256k1(item, pk),
+            (Some(ParsedKey::Secp256k1(pk)), _) => {
+                let sig = secp256k1_sig(item)?;
+                let msg = Message::from_digest(item.ecdsa_digest());
+                ok_if(self.secp.verify_ecdsa(msg, &sig, pk).is_ok())
+            }
             _ => Err(Reason::Internal),
         }
     }
 
-    fn secp256k1(&self, item: &Item, pk: &secp256k1::PublicKey) -> Result<(), Reason> {
-        let sig = match item.format {
-            SigFormat::Der => {
-                let sig = Signature::from_der(&item.signature).map_err(|_| Reason::BadEncoding)?;
-                // libsecp256k1 reads some non-minimal encodings; strict DER re-encodes alike.
-                if sig.serialize_der().as_ref() != item.signature.as_slice() {
-                    return Err(Reason::BadEncoding);
-                }
-                sig
+    /// The item as a lane of the multi-buffer path, read and policy-checked exactly as
+    /// `verify` reads it, so both paths answer alike; `Ok(None)` for what that path does
+    /// not take (Ethereum's r||s||v, checked by recovery).
+    pub fn lane(
+        &self,
+        item: &Item,
+        key: Option<&ParsedKey>,
+    ) -> Result<Option<(mb::Curve, mb::Lane)>, Reason> {
+        let b32 = |v: &[u8]| <[u8; 32]>::try_from(v).map_err(|_| Reason::Internal);
+        let (curve, point, r, s, e) = match (key, item.format) {
+            (_, SigFormat::Eth) => return Ok(None),
+            (Some(ParsedKey::P256 { point, .. }), _) => {
+                let sig = p256_sig(item)?;
+                // Over 32 bytes is over n: the scalar path answers "not valid" too.
+                let (Ok(r), Ok(s)) = (sig.r().to_vec_padded(32), sig.s().to_vec_padded(32)) else {
+                    return Err(Reason::BadSignature);
+                };
+                let e = item.ecdsa_digest();
+                (mb::Curve::P256, *point, b32(&r)?, b32(&s)?, e)
             }
-            _ => {
-                if item.signature.len() != 64 {
-                    return Err(Reason::BadEncoding);
-                }
-                Signature::from_compact(&item.signature).map_err(|_| Reason::BadSignature)?
+            (Some(ParsedKey::Sm2 { z, point, .. }), _) => {
+                let (e, r, s) = sm2_parts(item, z)?;
+                (mb::Curve::Sm2, *point, r, s, e)
             }
+            (Some(ParsedKey::Secp256k1(pk)), _) => {
+                let compact = secp256k1_sig(item)?.serialize_compact();
+                let xy = pk.serialize_uncompressed();
+                (
+                    mb::Curve::Secp256k1,
+                    xy[1..].try_into().map_err(|_| Reason::Internal)?,
+                    b32(&compact[..32])?,
+                    b32(&compact[32..])?,
+                    item.ecdsa_digest(),
+                )
+            }
+            _ => return Ok(None),
         };
-        let sig = low_s(sig, item.require_low_s)?;
-        let msg = Message::from_digest(item.ecdsa_digest());
-        ok_if(self.secp.verify_ecdsa(msg, &sig, pk).is_ok())
+        Ok(Some((
+            curve,
+            mb::Lane {
+                qx: b32(&point[..32])?,
+                qy: b32(&point[32..])?,
+                r,
+                s,
+                e,
+            },
+        )))
     }
 
     /// r||s||v: the key recovered from the signature must be the one given.
@@ -111,6 +147,28 @@ impl Verifier {
     }
 }
 
+/// A secp256k1 signature read strictly (DER or r||s) and low-S normalised (or refused
+/// where low S is required).
+fn secp256k1_sig(item: &Item) -> Result<Signature, Reason> {
+    let sig = match item.format {
+        SigFormat::Der => {
+            let sig = Signature::from_der(&item.signature).map_err(|_| Reason::BadEncoding)?;
+            // libsecp256k1 reads some non-minimal encodings; strict DER re-encodes alike.
+            if sig.serialize_der().as_ref() != item.signature.as_slice() {
+                return Err(Reason::BadEncoding);
+            }
+            sig
+        }
+        _ => {
+            if item.signature.len() != 64 {
+                return Err(Reason::BadEncoding);
+            }
+            Signature::from_compact(&item.signature).map_err(|_| Reason::BadSignature)?
+        }
+    };
+    low_s(sig, item.require_low_s)
+}
+
 /// libsecp256k1 verifies only low-S signatures: a high-S one is refused or normalised.
 fn low_s(sig: Signature, required: bool) -> Result<Signature, Reason> {
     let mut normal = sig;
@@ -140,17 +198,25 @@ fn openssl_sig(item: &Item) -> Result<EcdsaSig, Reason> {
     }
 }
 
-fn p256(item: &Item, key: &openssl::ec::EcKey<openssl::pkey::Public>) -> Result<(), Reason> {
+/// A P-256 signature read strictly, high S refused where low S is required.
+fn p256_sig(item: &Item) -> Result<EcdsaSig, Reason> {
     let sig = openssl_sig(item)?;
     let (_, half) = order_and_half(Algorithm::EcdsaP256).map_err(|_| Reason::Internal)?;
     if item.require_low_s && sig.s() > half {
         return Err(Reason::HighS);
     }
-    // Out-of-range r or s makes OpenSSL return an error rather than false: both are "no".
-    ok_if(sig.verify(&item.ecdsa_digest(), key).unwrap_or(false))
+    Ok(sig)
 }
 
 fn sm2(item: &Item, key: &Sm2Key, z: &[u8; 32]) -> Result<(), Reason> {
+    let (e, r, s) = sm2_parts(item, z)?;
+    ok_if(key.verify(&e, &r, &s))
+}
+
+/// SM2's e, r and s: e = SM3(Z || M) or the digest given; r, s read strictly.
+type Sm2Parts = ([u8; 32], [u8; 32], [u8; 32]);
+
+fn sm2_parts(item: &Item, z: &[u8; 32]) -> Result<Sm2Parts, Reason> {
     let e = match &item.message {
         super::Message::Digest(d) => *d,
         super::Message::Bytes(m) => sm2_e(z, m),
@@ -177,7 +243,7 @@ fn sm2(item: &Item, key: &Sm2Key, z: &[u8; 32]) -> Result<(), Reason> {
         }
     };
     let as32 = |v: &[u8]| <[u8; 32]>::try_from(v).map_err(|_| Reason::Internal);
-    ok_if(key.verify(&e, &as32(&r)?, &as32(&s)?))
+    Ok((e, as32(&r)?, as32(&s)?))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use metrics::{counter, gauge, histogram};
 
 use super::ecdsa::Verifier;
 use super::keys::{KeyCache, ParsedKey};
-use super::{ed25519, Outcome, Reason, Task, VerifyConfig};
+use super::{ed25519, mb, Outcome, Reason, Task, VerifyConfig};
 use crate::algorithm::Algorithm;
 use crate::metrics as m;
 
@@ -53,6 +53,7 @@ impl Engine {
             cache: KeyCache::new(config.key_cache_entries),
         });
         let workers = config.worker_count();
+        let multi_buffer = config.multi_buffer_active();
         for i in 0..workers {
             let rx = rx.clone();
             let shared = shared.clone();
@@ -60,9 +61,17 @@ impl Engine {
             let max_wait = Duration::from_micros(config.max_wait_us);
             std::thread::Builder::new()
                 .name(format!("verify-{i}"))
-                .spawn(move || worker(rx, shared, max_batch, max_wait))?;
+                .spawn(move || worker(rx, shared, max_batch, max_wait, multi_buffer))?;
         }
         gauge!(m::VERIFY_WORKERS).set(workers as f64);
+        gauge!(m::VERIFY_MULTI_BUFFER).set(if multi_buffer { 1.0 } else { 0.0 });
+        for alg in [
+            Algorithm::EcdsaP256,
+            Algorithm::EcdsaSecp256k1,
+            Algorithm::Sm2,
+        ] {
+            counter!(m::VERIFY_MULTI_BUFFER_LANES_TOTAL, "algorithm" => alg.as_str()).absolute(0);
+        }
         gauge!(m::VERIFY_QUEUE_CAPACITY_ITEMS).set(config.queue_items as f64);
         gauge!(m::VERIFY_QUEUE_ITEMS).set(0.0);
         // Every series at zero from the first scrape, so dashboards and alerts see data.
@@ -135,7 +144,13 @@ impl Engine {
     }
 }
 
-fn worker(rx: Receiver<Job>, shared: Arc<Shared>, max_batch: usize, max_wait: Duration) {
+fn worker(
+    rx: Receiver<Job>,
+    shared: Arc<Shared>,
+    max_batch: usize,
+    max_wait: Duration,
+    multi_buffer: bool,
+) {
     let verifier = Verifier::default();
     let mut stats = Stats::default();
     while let Ok(first) = rx.recv() {
@@ -159,7 +174,7 @@ fn worker(rx: Receiver<Job>, shared: Arc<Shared>, max_batch: usize, max_wait: Du
                 .record(started.duration_since(job.enqueued).as_secs_f64());
         }
         let results = catch_unwind(AssertUnwindSafe(|| {
-            verify_batch(&verifier, &shared.cache, &jobs)
+            verify_batch(&verifier, &shared.cache, &jobs, multi_buffer)
         }))
         .unwrap_or_else(|_| {
             tracing::error!("a verification batch panicked; its items are answered `internal`");
@@ -180,8 +195,14 @@ fn worker(rx: Receiver<Job>, shared: Arc<Shared>, max_batch: usize, max_wait: Du
     }
 }
 
-/// Verifies all tasks of all jobs: ECDSA-style items one by one, Ed25519 items together.
-fn verify_batch(verifier: &Verifier, cache: &KeyCache, jobs: &[Job]) -> Vec<Vec<Outcome>> {
+/// Verifies all tasks of all jobs: Ed25519 items together; ECDSA-style items eight at a
+/// time on the multi-buffer path where it runs (`multi_buffer`), else one by one.
+fn verify_batch(
+    verifier: &Verifier,
+    cache: &KeyCache,
+    jobs: &[Job],
+    multi_buffer: bool,
+) -> Vec<Vec<Outcome>> {
     let mut out: Vec<Vec<Outcome>> = jobs
         .iter()
         .map(|j| vec![Outcome::Invalid(Reason::Internal); j.tasks.len()])
@@ -190,6 +211,7 @@ fn verify_batch(verifier: &Verifier, cache: &KeyCache, jobs: &[Job]) -> Vec<Vec<
     let mut ed_keys = Vec::new();
     let mut ed_msgs: Vec<&[u8]> = Vec::new();
     let mut ed_sigs = Vec::new();
+    let mut lanes = Lanes::default();
     for (j, job) in jobs.iter().enumerate() {
         for (t, task) in job.tasks.iter().enumerate() {
             let item = match task {
@@ -235,9 +257,45 @@ fn verify_batch(verifier: &Verifier, cache: &KeyCache, jobs: &[Job]) -> Vec<Vec<
                 }
                 continue;
             }
-            out[j][t] = match verifier.verify(item, key.as_deref()) {
-                Ok(()) => Outcome::Valid,
-                Err(r) => Outcome::Invalid(r),
+            if multi_buffer {
+                match verifier.lane(item, key.as_deref()) {
+                    Ok(Some((curve, lane))) => {
+                        lanes.push(curve, lane, (j, t), key);
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(r) => {
+                        out[j][t] = Outcome::Invalid(r);
+                        continue;
+                    }
+                }
+            }
+            out[j][t] = scalar(verifier, item, key.as_deref());
+        }
+    }
+    for (curve, group) in lanes.by_curve {
+        let n = group.lanes.len();
+        // Full register sets always; a short tail only when eight lanes' work costs
+        // less than its items one by one.
+        let full = n - n % mb::LANES;
+        let take = if n - full >= mb::min_lanes(curve) {
+            n
+        } else {
+            full
+        };
+        let answers = mb::verify(curve, &group.lanes[..take]);
+        let vectored = answers.iter().filter(|a| a.is_some()).count();
+        counter!(m::VERIFY_MULTI_BUFFER_LANES_TOTAL, "algorithm" => algorithm_of(curve).as_str())
+            .increment(vectored as u64);
+        for (i, ((j, t), key)) in group.at.into_iter().zip(group.keys).enumerate() {
+            out[j][t] = match answers.get(i).copied().flatten() {
+                Some(true) => Outcome::Valid,
+                Some(false) => Outcome::Invalid(Reason::BadSignature),
+                // The tail, and lanes that met an exceptional addition.
+                None => match &jobs[j].tasks[t] {
+                    Task::Verify(item) => scalar(verifier, item, key.as_deref()),
+                    Task::Recover { .. } => Outcome::Invalid(Reason::Internal),
+                },
             };
         }
     }
@@ -250,6 +308,57 @@ fn verify_batch(verifier: &Verifier, cache: &KeyCache, jobs: &[Job]) -> Vec<Vec<
         };
     }
     out
+}
+
+fn scalar(verifier: &Verifier, item: &super::Item, key: Option<&ParsedKey>) -> Outcome {
+    match verifier.verify(item, key) {
+        Ok(()) => Outcome::Valid,
+        Err(r) => Outcome::Invalid(r),
+    }
+}
+
+fn algorithm_of(curve: mb::Curve) -> Algorithm {
+    match curve {
+        mb::Curve::P256 => Algorithm::EcdsaP256,
+        mb::Curve::Secp256k1 => Algorithm::EcdsaSecp256k1,
+        mb::Curve::Sm2 => Algorithm::Sm2,
+    }
+}
+
+/// One micro-batch's multi-buffer lanes, per curve, with where each answer goes and the
+/// key the scalar path needs if the lane comes back declined.
+#[derive(Default)]
+struct Lanes {
+    by_curve: Vec<(mb::Curve, CurveLanes)>,
+}
+
+#[derive(Default)]
+struct CurveLanes {
+    lanes: Vec<mb::Lane>,
+    at: Vec<(usize, usize)>,
+    keys: Vec<Option<Arc<ParsedKey>>>,
+}
+
+impl Lanes {
+    fn push(
+        &mut self,
+        curve: mb::Curve,
+        lane: mb::Lane,
+        at: (usize, usize),
+        key: Option<Arc<ParsedKey>>,
+    ) {
+        let i = match self.by_curve.iter().position(|(c, _)| *c == curve) {
+            Some(i) => i,
+            None => {
+                self.by_curve.push((curve, CurveLanes::default()));
+                self.by_curve.len() - 1
+            }
+        };
+        let group = &mut self.by_curve[i].1;
+        group.lanes.push(lane);
+        group.at.push(at);
+        group.keys.push(key);
+    }
 }
 
 /// Counts per algorithm and result, flushed once per micro-batch: a labelled counter

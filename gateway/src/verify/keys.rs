@@ -16,7 +16,11 @@ use super::{KeyInput, Reason};
 use crate::algorithm::Algorithm;
 
 pub enum ParsedKey {
-    P256(EcKey<Public>),
+    /// `point`: the affine x || y, for the multi-buffer path.
+    P256 {
+        key: EcKey<Public>,
+        point: [u8; 64],
+    },
     Secp256k1(secp256k1::PublicKey),
     Ed25519(VerifyingKey),
     /// `z` is SM3(ENTL || ID || a || b || xG || yG || xA || yA) for the default ID, so
@@ -24,6 +28,7 @@ pub enum ParsedKey {
     Sm2 {
         key: Sm2Key,
         z: [u8; 32],
+        point: [u8; 64],
     },
 }
 
@@ -143,7 +148,13 @@ pub fn parse_bytes(algorithm: Algorithm, bytes: &[u8]) -> Result<ParsedKey, Reas
                 .map(ParsedKey::Secp256k1)
                 .map_err(|_| Reason::BadPublicKey)
         }
-        Algorithm::EcdsaP256 => Ok(ParsedKey::P256(ec_key(Nid::X9_62_PRIME256V1, bytes)?)),
+        Algorithm::EcdsaP256 => {
+            let key = ec_key(Nid::X9_62_PRIME256V1, bytes)?;
+            Ok(ParsedKey::P256 {
+                point: affine(&key)?,
+                key,
+            })
+        }
         Algorithm::Sm2 => sm2_key(ec_key(Nid::SM2, bytes)?),
     }
 }
@@ -178,21 +189,32 @@ fn ed25519_key(raw: &[u8; 32]) -> Result<ParsedKey, Reason> {
     Ok(ParsedKey::Ed25519(key))
 }
 
-/// OpenSSL has checked the point is on the curve; the verification tables come from it.
-fn sm2_key(ec: EcKey<Public>) -> Result<ParsedKey, Reason> {
+/// The affine x || y of a key's point (uncompressed SEC1 without its tag).
+fn affine(ec: &EcKey<Public>) -> Result<[u8; 64], Reason> {
     let mut ctx = BigNumContext::new().map_err(|_| Reason::Internal)?;
-    let point = ec
+    let sec1 = ec
         .public_key()
         .to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx)
         .map_err(|_| Reason::Internal)?;
-    let (x, y) = point.get(1..).ok_or(Reason::Internal)?.split_at(32);
+    sec1.get(1..)
+        .and_then(|xy| xy.try_into().ok())
+        .ok_or(Reason::Internal)
+}
+
+/// OpenSSL has checked the point is on the curve; the verification tables come from it.
+fn sm2_key(ec: EcKey<Public>) -> Result<ParsedKey, Reason> {
+    let point = affine(&ec)?;
+    let (x, y) = point.split_at(32);
     let key = Sm2Key::new(
         x.try_into().map_err(|_| Reason::Internal)?,
         y.try_into().map_err(|_| Reason::Internal)?,
     );
+    let mut sec1 = vec![4u8];
+    sec1.extend_from_slice(&point);
     Ok(ParsedKey::Sm2 {
         key,
-        z: sm2_z(&point),
+        z: sm2_z(&sec1),
+        point,
     })
 }
 

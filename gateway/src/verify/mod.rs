@@ -4,7 +4,8 @@
 //! - `engine`: the bounded queue, the workers and their metrics;
 //! - `keys`: public-key parsing and the bounded cache of parsed keys;
 //! - `ecdsa`: ECDSA P-256 (OpenSSL), secp256k1 (libsecp256k1) and SM2 (OpenSSL);
-//! - `ed25519`: strict checks plus true batch verification with bisection.
+//! - `ed25519`: strict checks plus true batch verification with bisection;
+//! - `mb`: ECDSA and SM2 eight at a time on AVX-512 IFMA, where the CPU has it.
 
 pub mod ecdsa;
 pub mod ed25519;
@@ -41,6 +42,14 @@ pub struct VerifyConfig {
     /// Parsed public keys kept for reuse.
     #[serde(default = "default_cache")]
     pub key_cache_entries: usize,
+    /// ECDSA and SM2 eight at a time on AVX-512 IFMA where the CPU has it (`verify::mb`);
+    /// off, or on a CPU without it, every item takes the scalar path.
+    #[serde(default = "yes")]
+    pub multi_buffer: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_max_batch() -> usize {
@@ -64,6 +73,7 @@ impl Default for VerifyConfig {
             max_wait_us: default_max_wait_us(),
             queue_items: default_queue_items(),
             key_cache_entries: default_cache(),
+            multi_buffer: true,
         }
     }
 }
@@ -83,6 +93,11 @@ impl VerifyConfig {
             return Err("[verify]: key_cache_entries must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// Whether the multi-buffer path runs: configured on and the CPU able.
+    pub fn multi_buffer_active(&self) -> bool {
+        self.multi_buffer && mb::available()
     }
 
     pub fn worker_count(&self) -> usize {
