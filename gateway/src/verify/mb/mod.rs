@@ -100,6 +100,7 @@ struct Constants {
     n: Raw,
     /// n - 2, the exponent that inverts modulo n.
     n_minus_2: [u64; 4],
+    /// k·G for k in 1..=16, affine, Montgomery form.
     g: [[[u64; 5]; 2]; 16],
 }
 
@@ -132,9 +133,9 @@ fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack
         &mut ctx,
     )?;
     let mut g = [[[0u64; 5]; 2]; 16];
-    for (k, entry) in g.iter_mut().enumerate().skip(1) {
+    for (k, entry) in g.iter_mut().enumerate() {
         let mut pt = EcPoint::new(&group)?;
-        pt.mul_generator2(&group, &*BigNum::from_u32(k as u32)?, &mut ctx)?;
+        pt.mul_generator2(&group, &*BigNum::from_u32(k as u32 + 1)?, &mut ctx)?;
         let (mut x, mut y) = (BigNum::new()?, BigNum::new()?);
         pt.affine_coordinates(&group, &mut x, &mut y, &mut ctx)?;
         for (coord, v) in entry.iter_mut().zip([x, y]) {
@@ -255,14 +256,6 @@ fn sub_mod(a: &[u64; 4], b: &[u64; 4], m: &[u64; 4]) -> [u64; 4] {
     }
 }
 
-/// A scalar's 4-bit digits, most significant first.
-fn digits(u: &[u64; 4]) -> [u8; 64] {
-    std::array::from_fn(|w| {
-        let bit = 4 * (63 - w);
-        ((u[bit / 64] >> (bit % 64)) & 0xf) as u8
-    })
-}
-
 /// What the scalar side decides per lane before the vector work.
 struct Prepared {
     /// Already known invalid (r or s out of range, t = 0).
@@ -344,17 +337,18 @@ fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
         p: pm,
         a_minus3: c.curve != Curve::Secp256k1,
         one: field::limbs52(&c.p.one),
-        g: c.g,
     };
     let pm = &curve.p;
     let to_mont = |v: &[[u64; 4]; LANES]| field::mul(&field::gather(v), &pm.r2, pm);
     let qx = to_mont(&lanes.each_ref().map(|l| be_words(&l.qx)));
     let qy = to_mont(&lanes.each_ref().map(|l| be_words(&l.qy)));
-    let (point, infinity, exceptional) = point::double_mul(
-        &u1.each_ref().map(digits),
-        &u2.each_ref().map(digits),
-        &qx,
-        &qy,
+    let g: [(field::Fe, field::Fe); 16] =
+        std::array::from_fn(|k| (field::splat(&c.g[k][0]), field::splat(&c.g[k][1])));
+    let q = point::lane_table(&qx, &qy, &curve);
+    let d1 = u1.each_ref().map(point::recode);
+    let d2 = u2.each_ref().map(point::recode);
+    let (point, infinity, exceptional) = point::lincomb(
+        &[point::Term::Shared(&d1, &g), point::Term::Lanes(&d2, &q)],
         &curve,
     );
     // x(R) = X / Z^2 = c  <=>  X = c·Z^2, both sides in Montgomery form.
@@ -389,6 +383,11 @@ fn modulus(raw: &Raw) -> Modulus {
         m: m.0,
         m2: m2.0,
         k0: std::arch::x86_64::_mm512_set1_epi64(raw.k0 as i64),
+        shape: if raw.k0 == 1 {
+            field::Shape::MinusOne
+        } else {
+            field::Shape::General
+        },
         r2: field::splat(&field::limbs52(&raw.r2)),
     }
 }

@@ -1,6 +1,6 @@
-//! Jacobian points on eight lanes and the double-scalar multiplication u1·G + u2·Q with
-//! 4-bit windows: G's multiples are one shared affine table, each lane's Q gets its own
-//! table of Q..15·Q. Lanes take different branches through masks, never through control
+//! Jacobian points on eight lanes and linear combinations such as u1·G + u2·Q with signed
+//! 5-bit windows (Booth recoding): G's multiples are one shared affine table, each lane's
+//! Q gets its own table of Q..16·Q, negated per lane by the digit's sign. Lanes take different branches through masks, never through control
 //! flow. The addition formulas cannot add a point to itself or to its negative; a lane
 //! that meets that case (H = 0 with both points finite) is reported as exceptional and
 //! the caller verifies it on the scalar path, so every lane's answer is exact.
@@ -16,8 +16,6 @@ pub struct CurveMb {
     pub a_minus3: bool,
     /// R mod p: one, in Montgomery form.
     pub one: [u64; 5],
-    /// k·G for k in 0..16, affine, Montgomery form (entry 0 unused).
-    pub g: [[[u64; 5]; 2]; 16],
 }
 
 #[derive(Clone, Copy)]
@@ -141,97 +139,135 @@ fn add_affine(p: &Jac, x2: &Fe, y2: &Fe, md: &Modulus) -> (Jac, __mmask8) {
     )
 }
 
-/// u1·G + u2·Q per lane. `u1`, `u2`: each lane's 64 4-bit digits, most significant
-/// first. `qx`, `qy`: Q affine, Montgomery form, on the curve and not at infinity.
-/// Returns the point, the lanes where it is at infinity, and the lanes that met an
-/// exceptional addition (their point is meaningless).
+/// Signed 5-bit digits of one scalar per lane, least significant first: digit i is in
+/// [-16, 16] and the scalar is the sum of digit_i·32^i.
+pub type Digits = [[i8; DIGITS]; 8];
+
+/// Digits per 256-bit scalar (260 bits: the top digit takes the last carry).
+pub const DIGITS: usize = 52;
+
+/// Booth recoding of a scalar below 2^256 (little-endian words).
+pub fn recode(u: &[u64; 4]) -> [i8; DIGITS] {
+    let bits = |at: usize| -> u64 {
+        let (w, b) = (at / 64, at % 64);
+        let lo = u.get(w).map_or(0, |x| x >> b);
+        let hi = if b > 59 {
+            u.get(w + 1).map_or(0, |x| x << (64 - b))
+        } else {
+            0
+        };
+        (lo | hi) & 31
+    };
+    let mut out = [0i8; DIGITS];
+    let mut carry = 0;
+    for (i, d) in out.iter_mut().enumerate() {
+        let v = bits(5 * i) as i64 + carry;
+        (*d, carry) = if v > 16 {
+            ((v - 32) as i8, 1)
+        } else {
+            (v as i8, 0)
+        };
+    }
+    debug_assert_eq!(carry, 0);
+    out
+}
+
+/// One term of a linear combination: per-lane digits and the multiples 1..16 of the
+/// point, either each lane's own (Jacobian) or one point shared by all lanes (affine).
+pub enum Term<'a> {
+    Lanes(&'a Digits, &'a [Jac; 16]),
+    Shared(&'a Digits, &'a [(Fe, Fe); 16]),
+}
+
+/// Q, 2Q .. 16Q per lane, for Q affine in Montgomery form, on the curve, not at infinity.
+/// Q has prime order n > 16, so no entry meets an exceptional case.
 #[target_feature(enable = "avx512f,avx512ifma")]
-pub fn double_mul(
-    u1: &[[u8; 64]; 8],
-    u2: &[[u8; 64]; 8],
-    qx: &Fe,
-    qy: &Fe,
-    c: &CurveMb,
-) -> (Jac, __mmask8, __mmask8) {
-    let md = &c.p;
-    let one = super::field::splat(&c.one);
-    // Q..15·Q: Q has prime order n > 15, so no entry meets an exceptional case.
+pub fn lane_table(qx: &Fe, qy: &Fe, c: &CurveMb) -> [Jac; 16] {
     let q1 = Jac {
         x: *qx,
         y: *qy,
-        z: one,
+        z: super::field::splat(&c.one),
     };
     let mut table = [q1; 16];
-    table[2] = dbl(&q1, c);
-    for k in 3..16 {
-        table[k] = add_affine(&table[k - 1], qx, qy, md).0;
+    table[1] = dbl(&q1, c);
+    for k in 2..16 {
+        table[k] = add_affine(&table[k - 1], qx, qy, &c.p).0;
     }
-    let g: [(Fe, Fe); 16] = std::array::from_fn(|k| {
-        (
-            super::field::splat(&c.g[k][0]),
-            super::field::splat(&c.g[k][1]),
-        )
-    });
-    let mut acc = q1;
+    table
+}
+
+/// The sum of digits·point over `terms`, per lane, by one shared chain of doublings.
+/// Returns the point, the lanes where it is at infinity, and the lanes that met an
+/// exceptional addition (their point is meaningless).
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn lincomb(terms: &[Term], c: &CurveMb) -> (Jac, __mmask8, __mmask8) {
+    let md = &c.p;
+    let one = super::field::splat(&c.one);
+    let zero = super::field::zero();
+    let mut acc = Jac {
+        x: one,
+        y: one,
+        z: zero,
+    };
     let mut infinity: __mmask8 = 0xff;
     let mut exceptional: __mmask8 = 0;
-    for w in 0..64 {
-        if w > 0 {
-            for _ in 0..4 {
+    for w in (0..DIGITS).rev() {
+        if infinity != 0xff {
+            for _ in 0..5 {
                 acc = dbl(&acc, c);
             }
         }
-        let d2 = _mm512_set_epi64(
-            u2[7][w] as i64,
-            u2[6][w] as i64,
-            u2[5][w] as i64,
-            u2[4][w] as i64,
-            u2[3][w] as i64,
-            u2[2][w] as i64,
-            u2[1][w] as i64,
-            u2[0][w] as i64,
-        );
-        let mut t = q1;
-        for (k, entry) in table.iter().enumerate().skip(2) {
-            let m = _mm512_cmpeq_epi64_mask(d2, _mm512_set1_epi64(k as i64));
-            t = Jac {
-                x: select(m, &t.x, &entry.x),
-                y: select(m, &t.y, &entry.y),
-                z: select(m, &t.z, &entry.z),
+        for term in terms {
+            let digits = match term {
+                Term::Lanes(d, _) | Term::Shared(d, _) => d,
             };
+            let d = _mm512_set_epi64(
+                digits[7][w] as i64,
+                digits[6][w] as i64,
+                digits[5][w] as i64,
+                digits[4][w] as i64,
+                digits[3][w] as i64,
+                digits[2][w] as i64,
+                digits[1][w] as i64,
+                digits[0][w] as i64,
+            );
+            let nonzero = _mm512_cmpneq_epi64_mask(d, _mm512_setzero_si512());
+            if nonzero == 0 {
+                continue;
+            }
+            let negative = _mm512_cmplt_epi64_mask(d, _mm512_setzero_si512());
+            let magnitude = _mm512_abs_epi64(d);
+            let (t, sum, h0) = match term {
+                Term::Lanes(_, table) => {
+                    let mut t = table[0];
+                    for (k, entry) in table.iter().enumerate().skip(1) {
+                        let m = _mm512_cmpeq_epi64_mask(magnitude, _mm512_set1_epi64(k as i64 + 1));
+                        t = Jac {
+                            x: select(m, &t.x, &entry.x),
+                            y: select(m, &t.y, &entry.y),
+                            z: select(m, &t.z, &entry.z),
+                        };
+                    }
+                    t.y = select(negative, &t.y, &sub(&zero, &t.y, md));
+                    let (sum, h0) = add_jac(&acc, &t, md);
+                    (t, sum, h0)
+                }
+                Term::Shared(_, table) => {
+                    let (mut x, mut y) = table[0];
+                    for (k, entry) in table.iter().enumerate().skip(1) {
+                        let m = _mm512_cmpeq_epi64_mask(magnitude, _mm512_set1_epi64(k as i64 + 1));
+                        x = select(m, &x, &entry.0);
+                        y = select(m, &y, &entry.1);
+                    }
+                    y = select(negative, &y, &sub(&zero, &y, md));
+                    let (sum, h0) = add_affine(&acc, &x, &y, md);
+                    (Jac { x, y, z: one }, sum, h0)
+                }
+            };
+            acc = pick(&acc, &t, &sum, infinity, nonzero);
+            exceptional |= h0 & nonzero & !infinity;
+            infinity &= !nonzero;
         }
-        let nonzero = _mm512_cmpneq_epi64_mask(d2, _mm512_setzero_si512());
-        let (sum, h0) = add_jac(&acc, &t, md);
-        acc = pick(&acc, &t, &sum, infinity, nonzero);
-        exceptional |= h0 & nonzero & !infinity;
-        infinity &= !nonzero;
-
-        let d1 = _mm512_set_epi64(
-            u1[7][w] as i64,
-            u1[6][w] as i64,
-            u1[5][w] as i64,
-            u1[4][w] as i64,
-            u1[3][w] as i64,
-            u1[2][w] as i64,
-            u1[1][w] as i64,
-            u1[0][w] as i64,
-        );
-        let (mut gx, mut gy) = g[1];
-        for (k, entry) in g.iter().enumerate().skip(2) {
-            let m = _mm512_cmpeq_epi64_mask(d1, _mm512_set1_epi64(k as i64));
-            gx = select(m, &gx, &entry.0);
-            gy = select(m, &gy, &entry.1);
-        }
-        let nonzero = _mm512_cmpneq_epi64_mask(d1, _mm512_setzero_si512());
-        let (sum, h0) = add_affine(&acc, &gx, &gy, md);
-        let gj = Jac {
-            x: gx,
-            y: gy,
-            z: one,
-        };
-        acc = pick(&acc, &gj, &sum, infinity, nonzero);
-        exceptional |= h0 & nonzero & !infinity;
-        infinity &= !nonzero;
     }
     (acc, infinity, exceptional)
 }

@@ -269,3 +269,36 @@ fn partial_and_several_register_sets_answer_in_order() {
         assert_eq!(report.lanes, 5 * n);
     }
 }
+
+/// Booth digits sum back to the scalar, for random scalars and the extremes.
+#[test]
+fn signed_digits_recompose_the_scalar() {
+    let mut values: Vec<[u8; 32]> = (0..200)
+        .map(|_| {
+            let mut b = [0u8; 32];
+            openssl::rand::rand_bytes(&mut b).unwrap();
+            b
+        })
+        .collect();
+    values.extend([[0u8; 32], [0xff; 32], [0x10; 32], [0x0f; 32]]);
+    for v in values {
+        let digits = point::recode(&be_words(&v));
+        assert!(digits.iter().all(|d| (-16..=16).contains(d)));
+        let mut sum = BigNum::new().unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        for d in digits.iter().rev() {
+            let mut shifted = BigNum::new().unwrap();
+            shifted.lshift(&sum, 5).unwrap();
+            let mut next = BigNum::new().unwrap();
+            let dn = BigNum::from_u32(d.unsigned_abs() as u32).unwrap();
+            if *d < 0 {
+                next.checked_sub(&shifted, &dn).unwrap();
+            } else {
+                next.checked_add(&shifted, &dn).unwrap();
+            }
+            sum = next;
+        }
+        let _ = &mut ctx;
+        assert_eq!(sum, BigNum::from_slice(&v).unwrap(), "{}", hex::encode(v));
+    }
+}
