@@ -11,6 +11,7 @@
 
 pub mod check;
 mod field;
+mod glv;
 mod point;
 
 use std::sync::OnceLock;
@@ -102,6 +103,8 @@ struct Constants {
     n_minus_2: [u64; 4],
     /// k·G for k in 1..=16, affine, Montgomery form.
     g: [[[u64; 5]; 2]; 16],
+    /// secp256k1's endomorphism.
+    glv: Option<glv::Glv>,
 }
 
 fn constants(curve: Curve) -> &'static Constants {
@@ -154,12 +157,53 @@ fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack
         "a curve with a = -3 or a = 0"
     );
     assert_eq!(a_minus3, curve != Curve::Secp256k1);
+    let glv = if curve == Curve::Secp256k1 {
+        let mut r_mod_n = BigNum::new()?;
+        r_mod_n.mod_exp(
+            &*BigNum::from_u32(2)?,
+            &*BigNum::from_u32(260)?,
+            &n,
+            &mut ctx,
+        )?;
+        let mut mont =
+            |hex: &str, m: &BigNum, r: &BigNum| -> Result<[u64; 5], openssl::error::ErrorStack> {
+                let mut out = BigNum::new()?;
+                out.mod_mul(&*BigNum::from_hex_str(hex)?, r, m, &mut ctx)?;
+                Ok(field::limbs52(&words_of(&out)))
+            };
+        let constants = [
+            mont(glv::MINUS_B1, &n, &r_mod_n)?,
+            mont(glv::MINUS_B2, &n, &r_mod_n)?,
+            mont(glv::LAMBDA, &n, &r_mod_n)?,
+            mont(glv::BETA, &p, &r_mod_p)?,
+        ];
+        let beta = BigNum::from_hex_str(glv::BETA)?;
+        let mut lambda_g = g;
+        for entry in lambda_g.iter_mut() {
+            // x is in Montgomery form already: β·xR = (βx)R.
+            let x = BigNum::from_slice(&words_be(&field::words(&entry[0])))?;
+            let mut bx = BigNum::new()?;
+            bx.mod_mul(&x, &beta, &p, &mut ctx)?;
+            entry[0] = field::limbs52(&words_of(&bx));
+        }
+        let [minus_b1, minus_b2, lambda, beta] = constants;
+        Some(glv::Glv {
+            minus_b1,
+            minus_b2,
+            lambda,
+            beta,
+            lambda_g,
+        })
+    } else {
+        None
+    };
     Ok(Constants {
         curve,
         p: pr,
         n: nr,
         n_minus_2: words_of(&n2),
         g,
+        glv,
     })
 }
 
@@ -188,6 +232,15 @@ fn words_of(v: &BigNum) -> [u64; 4] {
             .try_into()
             .expect("32 bytes"),
     )
+}
+
+/// Little-endian words as big-endian bytes.
+fn words_be(w: &[u64; 4]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, word) in w.iter().enumerate() {
+        out[32 - 8 * (i + 1)..32 - 8 * i].copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 /// Big-endian bytes as little-endian words.
@@ -254,6 +307,17 @@ fn sub_mod(a: &[u64; 4], b: &[u64; 4], m: &[u64; 4]) -> [u64; 4] {
     } else {
         d
     }
+}
+
+/// The signed digits of a GLV half k (mod n): k itself or -(n - k), whichever is below
+/// 2^129; `None` if neither is (impossible for a correct split).
+fn half(k: &[u64; 4], n: &[u64; 4]) -> Option<[i8; point::DIGITS]> {
+    let small = |v: &[u64; 4]| v[3] == 0 && v[2] >> 1 == 0;
+    if small(k) {
+        return Some(point::recode(k));
+    }
+    let neg = sub256(n, k).0;
+    small(&neg).then(|| point::recode(&neg).map(|d| -d))
 }
 
 /// What the scalar side decides per lane before the vector work.
@@ -345,12 +409,52 @@ fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
     let g: [(field::Fe, field::Fe); 16] =
         std::array::from_fn(|k| (field::splat(&c.g[k][0]), field::splat(&c.g[k][1])));
     let q = point::lane_table(&qx, &qy, &curve);
-    let d1 = u1.each_ref().map(point::recode);
-    let d2 = u2.each_ref().map(point::recode);
-    let (point, infinity, exceptional) = point::lincomb(
-        &[point::Term::Shared(&d1, &g), point::Term::Lanes(&d2, &q)],
-        &curve,
-    );
+    let mut declined: u8 = 0;
+    let (point, infinity, exceptional) = match &c.glv {
+        None => {
+            let d1 = u1.each_ref().map(point::recode);
+            let d2 = u2.each_ref().map(point::recode);
+            point::lincomb(
+                &[point::Term::Shared(&d1, &g), point::Term::Lanes(&d2, &q)],
+                point::DIGITS,
+                &curve,
+            )
+        }
+        Some(glv) => {
+            let nm = modulus(&c.n);
+            let (a1, b1) = glv::split(&u1, glv, &nm);
+            let (a2, b2) = glv::split(&u2, glv, &nm);
+            let mut digits = |k: &[[u64; 4]; LANES]| -> point::Digits {
+                std::array::from_fn(|i| match half(&k[i], &c.n.m) {
+                    Some(d) => d,
+                    None => {
+                        // Never for a scalar below n; declined rather than trusted.
+                        declined |= 1 << i;
+                        [0; point::DIGITS]
+                    }
+                })
+            };
+            let (da1, db1, da2, db2) = (digits(&a1), digits(&b1), digits(&a2), digits(&b2));
+            let lambda_g: [(field::Fe, field::Fe); 16] = std::array::from_fn(|k| {
+                (
+                    field::splat(&glv.lambda_g[k][0]),
+                    field::splat(&glv.lambda_g[k][1]),
+                )
+            });
+            let lambda_q = glv::lambda_table(&q, &field::splat(&glv.beta), &curve.p);
+            point::lincomb(
+                &[
+                    point::Term::Shared(&da1, &g),
+                    point::Term::Shared(&db1, &lambda_g),
+                    point::Term::Lanes(&da2, &q),
+                    point::Term::Lanes(&db2, &lambda_q),
+                ],
+                glv::WINDOWS,
+                &curve,
+            )
+        }
+    };
+    let exceptional = exceptional | declined;
     // x(R) = X / Z^2 = c  <=>  X = c·Z^2, both sides in Montgomery form.
     let z2 = field::sqr(&point.z, pm);
     let c1 = to_mont(&prepared.each_ref().map(|p| p.c1));

@@ -196,11 +196,12 @@ pub fn lane_table(qx: &Fe, qy: &Fe, c: &CurveMb) -> [Jac; 16] {
     table
 }
 
-/// The sum of digits·point over `terms`, per lane, by one shared chain of doublings.
+/// The sum of digits·point over `terms`, per lane, by one shared chain of doublings over
+/// the lowest `windows` digits (the rest must be zero).
 /// Returns the point, the lanes where it is at infinity, and the lanes that met an
 /// exceptional addition (their point is meaningless).
 #[target_feature(enable = "avx512f,avx512ifma")]
-pub fn lincomb(terms: &[Term], c: &CurveMb) -> (Jac, __mmask8, __mmask8) {
+pub fn lincomb(terms: &[Term], windows: usize, c: &CurveMb) -> (Jac, __mmask8, __mmask8) {
     let md = &c.p;
     let one = super::field::splat(&c.one);
     let zero = super::field::zero();
@@ -211,7 +212,7 @@ pub fn lincomb(terms: &[Term], c: &CurveMb) -> (Jac, __mmask8, __mmask8) {
     };
     let mut infinity: __mmask8 = 0xff;
     let mut exceptional: __mmask8 = 0;
-    for w in (0..DIGITS).rev() {
+    for w in (0..windows).rev() {
         if infinity != 0xff {
             for _ in 0..5 {
                 acc = dbl(&acc, c);

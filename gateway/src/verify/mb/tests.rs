@@ -302,3 +302,42 @@ fn signed_digits_recompose_the_scalar() {
         assert_eq!(sum, BigNum::from_slice(&v).unwrap(), "{}", hex::encode(v));
     }
 }
+
+/// secp256k1's split: k1 + k2·λ = k (mod n), both halves below 2^129 up to sign, for
+/// random scalars and the extremes.
+#[test]
+fn glv_halves_recompose_the_scalar() {
+    if skip_without_ifma("glv_halves_recompose_the_scalar") {
+        return;
+    }
+    let c = constants(Curve::Secp256k1);
+    let glv = c.glv.as_ref().unwrap();
+    let n = BigNum::from_slice(&words_be(&c.n.m)).unwrap();
+    let lambda = BigNum::from_hex_str(glv::LAMBDA).unwrap();
+    let mut ctx = BigNumContext::new().unwrap();
+    let mut scalars: Vec<[u64; 4]> = (0..64)
+        .map(|_| {
+            let mut k = BigNum::new().unwrap();
+            n.rand_range(&mut k).unwrap();
+            be_words(&pad(&k))
+        })
+        .collect();
+    scalars.extend([[0; 4], [1, 0, 0, 0], sub256(&c.n.m, &[1, 0, 0, 0]).0]);
+    for chunk in scalars.chunks(8) {
+        let k: [[u64; 4]; 8] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
+        // SAFETY: `skip_without_ifma` has confirmed AVX-512F and IFMA on this CPU.
+        let (k1, k2) = unsafe { glv::split(&k, glv, &modulus(&c.n)) };
+        for i in 0..chunk.len() {
+            assert!(half(&k1[i], &c.n.m).is_some() && half(&k2[i], &c.n.m).is_some());
+            let (a, b) = (
+                BigNum::from_slice(&words_be(&k1[i])).unwrap(),
+                BigNum::from_slice(&words_be(&k2[i])).unwrap(),
+            );
+            let mut bl = BigNum::new().unwrap();
+            bl.mod_mul(&b, &lambda, &n, &mut ctx).unwrap();
+            let mut sum = BigNum::new().unwrap();
+            sum.mod_add(&a, &bl, &n, &mut ctx).unwrap();
+            assert_eq!(sum, BigNum::from_slice(&words_be(&k[i])).unwrap());
+        }
+    }
+}
