@@ -253,23 +253,27 @@ fn secp256k1_policies_recovery_and_addresses() {
             require_low_s: true,
         },
     ];
-    let out = rt().block_on(engine(1, 64).run(tasks)).unwrap();
-    assert_eq!(
-        out,
-        vec![
-            Outcome::Valid,
-            Outcome::Invalid(Reason::HighS),
-            Outcome::Valid,
-            Outcome::Valid,
-            Outcome::Valid,
-            Outcome::Invalid(Reason::BadSignature),
-            Outcome::Invalid(Reason::BadSignature),
-            Outcome::Valid,
-            Outcome::Invalid(Reason::InvalidItem),
-            Outcome::Invalid(Reason::BadEncoding),
-            Outcome::Recovered(pk.serialize_uncompressed()),
-        ]
-    );
+    let out = rt().block_on(engine(1, 64).run(tasks.clone())).unwrap();
+    let expected = vec![
+        Outcome::Valid,
+        Outcome::Invalid(Reason::HighS),
+        Outcome::Valid,
+        Outcome::Valid,
+        Outcome::Valid,
+        Outcome::Invalid(Reason::BadSignature),
+        Outcome::Invalid(Reason::BadSignature),
+        Outcome::Valid,
+        Outcome::Invalid(Reason::InvalidItem),
+        Outcome::Invalid(Reason::BadEncoding),
+        Outcome::Recovered(pk.serialize_uncompressed()),
+    ];
+    assert_eq!(out, expected);
+    // Eight copies in one call: enough recoveries and lanes for full register sets of the
+    // multi-buffer path (where the CPU has it), which must answer alike.
+    let many: Vec<Task> = (0..8).flat_map(|_| tasks.clone()).collect();
+    let out = rt().block_on(engine(1, 128).run(many)).unwrap();
+    let expected: Vec<Outcome> = (0..8).flat_map(|_| expected.clone()).collect();
+    assert_eq!(out, expected);
 }
 
 #[test]

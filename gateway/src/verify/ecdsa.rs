@@ -106,20 +106,9 @@ impl Verifier {
 
     /// r||s||v: the key recovered from the signature must be the one given.
     fn secp256k1_eth(&self, item: &Item, key: Option<&ParsedKey>) -> Result<(), Reason> {
-        let sig: &[u8; 65] = item
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| Reason::BadEncoding)?;
+        let sig = eth_signature(item)?;
         let recovered = self.recover(&item.ecdsa_digest(), sig, item.require_low_s)?;
-        let matches = match (&item.key, key) {
-            (KeyInput::Address(addr), _) => {
-                crate::crypto::ecdsa::eth_address(&recovered).as_ref() == Some(addr)
-            }
-            (_, Some(ParsedKey::Secp256k1(pk))) => pk.serialize_uncompressed() == recovered,
-            _ => return Err(Reason::Internal),
-        };
-        ok_if(matches)
+        eth_matches(item, key, &recovered)
     }
 
     /// The uncompressed public key that produced `sig` (r||s||v) over `digest`.
@@ -129,14 +118,8 @@ impl Verifier {
         sig: &[u8; 65],
         require_low_s: bool,
     ) -> Result<[u8; 65], Reason> {
-        let v = match sig[64] {
-            0 | 27 => 0,
-            1 | 28 => 1,
-            _ => return Err(Reason::BadEncoding),
-        };
-        let compact = Signature::from_compact(&sig[..64]).map_err(|_| Reason::BadSignature)?;
-        low_s(compact, require_low_s)?;
-        let id = RecoveryId::try_from(v).map_err(|_| Reason::BadEncoding)?;
+        let lane = recovery_lane(digest, sig, require_low_s)?;
+        let id = RecoveryId::try_from(i32::from(lane.odd)).map_err(|_| Reason::BadEncoding)?;
         let rsig =
             RecoverableSignature::from_compact(&sig[..64], id).map_err(|_| Reason::BadSignature)?;
         let pk = self
@@ -145,6 +128,53 @@ impl Verifier {
             .map_err(|_| Reason::BadSignature)?;
         Ok(pk.serialize_uncompressed())
     }
+}
+
+/// r||s||v read and policy-checked as `Verifier::recover` reads it, as a lane of the
+/// multi-buffer path.
+pub fn recovery_lane(
+    digest: &[u8; 32],
+    sig: &[u8; 65],
+    require_low_s: bool,
+) -> Result<mb::Recovery, Reason> {
+    let odd = match sig[64] {
+        0 | 27 => false,
+        1 | 28 => true,
+        _ => return Err(Reason::BadEncoding),
+    };
+    let compact = Signature::from_compact(&sig[..64]).map_err(|_| Reason::BadSignature)?;
+    low_s(compact, require_low_s)?;
+    let b32 = |v: &[u8]| <[u8; 32]>::try_from(v).map_err(|_| Reason::Internal);
+    Ok(mb::Recovery {
+        r: b32(&sig[..32])?,
+        s: b32(&sig[32..64])?,
+        e: *digest,
+        odd,
+    })
+}
+
+/// An `eth` item's 65-byte signature.
+pub fn eth_signature(item: &Item) -> Result<&[u8; 65], Reason> {
+    item.signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| Reason::BadEncoding)
+}
+
+/// Whether the key recovered from an `eth` item is the one it names (address or key).
+pub fn eth_matches(
+    item: &Item,
+    key: Option<&ParsedKey>,
+    recovered: &[u8; 65],
+) -> Result<(), Reason> {
+    let matches = match (&item.key, key) {
+        (KeyInput::Address(addr), _) => {
+            crate::crypto::ecdsa::eth_address(recovered).as_ref() == Some(addr)
+        }
+        (_, Some(ParsedKey::Secp256k1(pk))) => pk.serialize_uncompressed() == *recovered,
+        _ => return Err(Reason::Internal),
+    };
+    ok_if(matches)
 }
 
 /// A secp256k1 signature read strictly (DER or r||s) and low-S normalised (or refused

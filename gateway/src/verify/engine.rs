@@ -212,6 +212,7 @@ fn verify_batch(
     let mut ed_msgs: Vec<&[u8]> = Vec::new();
     let mut ed_sigs = Vec::new();
     let mut lanes = Lanes::default();
+    let mut recoveries: Vec<(mb::Recovery, (usize, usize), Option<Arc<ParsedKey>>)> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         for (t, task) in job.tasks.iter().enumerate() {
             let item = match task {
@@ -220,6 +221,13 @@ fn verify_batch(
                     signature,
                     require_low_s,
                 } => {
+                    if multi_buffer {
+                        match super::ecdsa::recovery_lane(digest, signature, *require_low_s) {
+                            Ok(lane) => recoveries.push((lane, (j, t), None)),
+                            Err(r) => out[j][t] = Outcome::Invalid(r),
+                        }
+                        continue;
+                    }
                     out[j][t] = match verifier.recover(digest, signature, *require_low_s) {
                         Ok(pk) => Outcome::Recovered(pk),
                         Err(r) => Outcome::Invalid(r),
@@ -253,6 +261,16 @@ fn verify_batch(
                         ed_msgs.push(msg);
                         ed_sigs.push(sig);
                     }
+                    Err(r) => out[j][t] = Outcome::Invalid(r),
+                }
+                continue;
+            }
+            if multi_buffer && item.format == super::SigFormat::Eth {
+                let lane = super::ecdsa::eth_signature(item).and_then(|sig| {
+                    super::ecdsa::recovery_lane(&item.ecdsa_digest(), sig, item.require_low_s)
+                });
+                match lane {
+                    Ok(lane) => recoveries.push((lane, (j, t), key)),
                     Err(r) => out[j][t] = Outcome::Invalid(r),
                 }
                 continue;
@@ -299,6 +317,7 @@ fn verify_batch(
             };
         }
     }
+    recover_all(verifier, jobs, recoveries, &mut out);
     let valid = ed25519::verify_all(&ed_keys, &ed_msgs, &ed_sigs);
     for ((j, t), ok) in ed_at.into_iter().zip(valid) {
         out[j][t] = if ok {
@@ -308,6 +327,54 @@ fn verify_batch(
         };
     }
     out
+}
+
+/// Public-key recoveries (Ethereum's r||s||v) eight at a time; the short tail and
+/// declined lanes on libsecp256k1.
+fn recover_all(
+    verifier: &Verifier,
+    jobs: &[Job],
+    recoveries: Vec<(mb::Recovery, (usize, usize), Option<Arc<ParsedKey>>)>,
+    out: &mut [Vec<Outcome>],
+) {
+    let n = recoveries.len();
+    let full = n - n % mb::LANES;
+    let take = if n - full >= mb::min_lanes(mb::Curve::Secp256k1) {
+        n
+    } else {
+        full
+    };
+    let lanes: Vec<mb::Recovery> = recoveries[..take].iter().map(|r| r.0).collect();
+    let answers = mb::recover(&lanes);
+    let vectored = answers.iter().filter(|a| a.is_some()).count();
+    counter!(m::VERIFY_MULTI_BUFFER_LANES_TOTAL, "algorithm" => Algorithm::EcdsaSecp256k1.as_str())
+        .increment(vectored as u64);
+    for (i, (_, (j, t), key)) in recoveries.into_iter().enumerate() {
+        let answer = answers.get(i).copied().flatten();
+        out[j][t] = match (&jobs[j].tasks[t], answer) {
+            (Task::Recover { .. }, Some(Some(pk))) => Outcome::Recovered(pk),
+            (Task::Verify(item), Some(Some(pk))) => {
+                match super::ecdsa::eth_matches(item, key.as_deref(), &pk) {
+                    Ok(()) => Outcome::Valid,
+                    Err(r) => Outcome::Invalid(r),
+                }
+            }
+            (_, Some(None)) => Outcome::Invalid(Reason::BadSignature),
+            // The tail, and lanes that met an exceptional addition.
+            (
+                Task::Recover {
+                    digest,
+                    signature,
+                    require_low_s,
+                },
+                None,
+            ) => match verifier.recover(digest, signature, *require_low_s) {
+                Ok(pk) => Outcome::Recovered(pk),
+                Err(r) => Outcome::Invalid(r),
+            },
+            (Task::Verify(item), None) => scalar(verifier, item, key.as_deref()),
+        };
+    }
 }
 
 fn scalar(verifier: &Verifier, item: &super::Item, key: Option<&ParsedKey>) -> Outcome {

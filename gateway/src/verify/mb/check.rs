@@ -271,3 +271,96 @@ fn check(reference: &Reference, k: usize, lane: &Lane) -> bool {
         Reference::Sm2(keys) => keys[k].verify(&lane.e, &lane.r, &lane.s),
     }
 }
+
+/// Recovery: `signatures` recoverable secp256k1 signatures from libsecp256k1, each as
+/// made and with one bit flipped in r, in s, in the digest, or the parity flipped; every
+/// key the vector path recovers (or fails to) must equal libsecp256k1's.
+pub fn run_recovery(signatures: usize) -> Report {
+    use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+    let secp = secp256k1::Secp256k1::new();
+    let sks: Vec<_> = (0..KEYS)
+        .map(|_| loop {
+            if let Ok(sk) = secp256k1::SecretKey::from_byte_array(rand32()) {
+                break sk;
+            }
+        })
+        .collect();
+    let mut report = Report::default();
+    let mut done = 0;
+    while done < signatures {
+        let n = CHUNK.min(signatures - done);
+        let mut lanes = Vec::with_capacity(n * 5);
+        for i in 0..n {
+            let e = rand32();
+            let sig = secp.sign_ecdsa_recoverable(
+                secp256k1::Message::from_digest(e),
+                &sks[(done + i) % KEYS],
+            );
+            let (id, compact) = sig.serialize_compact();
+            let lane = super::Recovery {
+                r: compact[..32].try_into().expect("r"),
+                s: compact[32..].try_into().expect("s"),
+                e,
+                odd: i32::from(id) == 1,
+            };
+            let bit = (rand32()[0] as usize) % 256;
+            lanes.extend([
+                lane,
+                super::Recovery {
+                    r: flip(lane.r, bit),
+                    ..lane
+                },
+                super::Recovery {
+                    s: flip(lane.s, bit),
+                    ..lane
+                },
+                super::Recovery {
+                    e: flip(lane.e, bit),
+                    ..lane
+                },
+                super::Recovery {
+                    odd: !lane.odd,
+                    ..lane
+                },
+            ]);
+        }
+        let started = std::time::Instant::now();
+        let got = super::recover(&lanes);
+        report.vector_seconds += started.elapsed().as_secs_f64();
+        for (lane, answer) in lanes.iter().zip(got) {
+            let mut compact = [0u8; 64];
+            compact[..32].copy_from_slice(&lane.r);
+            compact[32..].copy_from_slice(&lane.s);
+            let want = RecoveryId::try_from(i32::from(lane.odd))
+                .ok()
+                .and_then(|id| RecoverableSignature::from_compact(&compact, id).ok())
+                .and_then(|sig| {
+                    secp.recover_ecdsa(secp256k1::Message::from_digest(lane.e), &sig)
+                        .ok()
+                })
+                .map(|pk| pk.serialize_uncompressed());
+            report.lanes += 1;
+            report.valid += want.is_some() as usize;
+            match answer {
+                None => report.declined += 1,
+                Some(got) if got != want => {
+                    report.mismatch_count += 1;
+                    if report.mismatches.len() < 5 {
+                        report.mismatches.push(format!(
+                            "recovery: vector {:?}, reference {:?}: r {} s {} e {} odd {}",
+                            got.map(hex::encode),
+                            want.map(hex::encode),
+                            hex::encode(lane.r),
+                            hex::encode(lane.s),
+                            hex::encode(lane.e),
+                            lane.odd
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        done += n;
+    }
+    report
+}

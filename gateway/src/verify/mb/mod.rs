@@ -86,6 +86,36 @@ pub fn verify(curve: Curve, lanes: &[Lane]) -> Vec<Option<bool>> {
     out
 }
 
+/// One secp256k1 public-key recovery (Ethereum's ecrecover): r, s and e big-endian, `odd`
+/// the parity of R's y (v = 0 or 1; x(R) = r, as Ethereum uses only those two ids).
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    pub r: [u8; 32],
+    pub s: [u8; 32],
+    pub e: [u8; 32],
+    pub odd: bool,
+}
+
+/// Each lane's recovered key, uncompressed SEC1: `Some(Some(key))`; `Some(None)` where no
+/// key recovers (r or s out of range, r not the x of a point, Q at infinity); `None`
+/// where this path cannot answer (no IFMA, an exceptional addition): recover on the
+/// scalar path.
+pub fn recover(lanes: &[Recovery]) -> Vec<Option<Option<[u8; 65]>>> {
+    if !available() {
+        return vec![None; lanes.len()];
+    }
+    let c = constants(Curve::Secp256k1);
+    let mut out = Vec::with_capacity(lanes.len());
+    for chunk in lanes.chunks(LANES) {
+        let padded: [Recovery; LANES] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
+        // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
+        // features every function under `recover8` is compiled for.
+        let answers = unsafe { recover8(c, &padded) };
+        out.extend_from_slice(&answers[..chunk.len()]);
+    }
+    out
+}
+
 /// A modulus' constants as plain numbers; `Modulus` is built from them inside the
 /// vector code.
 struct Raw {
@@ -99,8 +129,11 @@ struct Constants {
     curve: Curve,
     p: Raw,
     n: Raw,
-    /// n - 2, the exponent that inverts modulo n.
+    /// n - 2 and p - 2, the exponents that invert modulo n and p.
     n_minus_2: [u64; 4],
+    p_minus_2: [u64; 4],
+    /// (p + 1) / 4: a square root modulo p (p = 3 mod 4 for secp256k1).
+    sqrt_exp: [u64; 4],
     /// k·G for k in 1..=16, affine, Montgomery form.
     g: [[[u64; 5]; 2]; 16],
     /// secp256k1's endomorphism.
@@ -202,6 +235,16 @@ fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack
         p: pr,
         n: nr,
         n_minus_2: words_of(&n2),
+        p_minus_2: sub256(&words_of(&p), &[2, 0, 0, 0]).0,
+        sqrt_exp: {
+            let (p1, _) = add256(&words_of(&p), &[1, 0, 0, 0]);
+            [
+                p1[0] >> 2 | p1[1] << 62,
+                p1[1] >> 2 | p1[2] << 62,
+                p1[2] >> 2 | p1[3] << 62,
+                p1[3] >> 2,
+            ]
+        },
         g,
         glv,
     })
@@ -469,6 +512,112 @@ fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
             None
         } else {
             Some(hit & !infinity & bit != 0)
+        }
+    })
+}
+
+/// Eight recoveries: R from x = r and y's parity, then Q = r^-1·(s·R - e·G), made affine.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn recover8(c: &Constants, lanes: &[Recovery; LANES]) -> [Option<Option<[u8; 65]>>; LANES] {
+    let n = &c.n.m;
+    let r = lanes.each_ref().map(|l| be_words(&l.r));
+    let s = lanes.each_ref().map(|l| be_words(&l.s));
+    let refused: [bool; LANES] =
+        std::array::from_fn(|i| is_zero(&r[i]) || is_zero(&s[i]) || !lt(&r[i], n) || !lt(&s[i], n));
+    // -e mod n (e below 2^256 < 2n).
+    let minus_e = lanes.each_ref().map(|l| {
+        let mut e = be_words(&l.e);
+        if !lt(&e, n) {
+            e = sub256(&e, n).0;
+        }
+        sub_mod(&[0; 4], &e, n)
+    });
+    let curve = CurveMb {
+        p: modulus(&c.p),
+        a_minus3: false,
+        one: field::limbs52(&c.p.one),
+    };
+    let pm = &curve.p;
+    let nm = modulus(&c.n);
+    // R: y = (x^3 + 7)^((p+1)/4), which is a root only when x^3 + 7 is a square.
+    let x = field::mul(&field::gather(&r), &pm.r2, pm);
+    let seven = field::mul(&field::gather(&[[7, 0, 0, 0]; LANES]), &pm.r2, pm);
+    let y2 = field::add(&field::mul(&field::sqr(&x, pm), &x, pm), &seven, pm);
+    let one = field::splat(&field::limbs52(&c.p.one));
+    let y = field::pow(&y2, &c.sqrt_exp, &one, pm);
+    let on_curve = field::eq(&field::sqr(&y, pm), &y2, pm);
+    // The root's parity, read from its plain value; the other root is p - y.
+    let plain_one = field::gather(&[[1, 0, 0, 0]; LANES]);
+    let y_plain = field::scatter(&field::canon(&field::mul(&y, &plain_one, pm), pm));
+    let flip: u8 = (0..LANES)
+        .filter(|&i| (y_plain[i][0] & 1 == 1) != lanes[i].odd)
+        .fold(0, |m, i| m | 1 << i);
+    let y = field::select(flip, &y, &field::sub(&field::zero(), &y, pm));
+    // u1 = -e/r, u2 = s/r (mod n).
+    let r_mont = field::mul(&field::gather(&r), &nm.r2, &nm);
+    let n_one = field::splat(&field::limbs52(&c.n.one));
+    let r_inv = field::pow(&r_mont, &c.n_minus_2, &n_one, &nm);
+    let u1 = field::scatter(&field::canon(
+        &field::mul(&field::gather(&minus_e), &r_inv, &nm),
+        &nm,
+    ));
+    let u2 = field::scatter(&field::canon(
+        &field::mul(&field::gather(&s), &r_inv, &nm),
+        &nm,
+    ));
+    let glv = c.glv.as_ref().expect("secp256k1 has its endomorphism");
+    let q = point::lane_table(&x, &y, &curve);
+    let lambda_q = glv::lambda_table(&q, &field::splat(&glv.beta), pm);
+    let g: [(field::Fe, field::Fe); 16] =
+        std::array::from_fn(|k| (field::splat(&c.g[k][0]), field::splat(&c.g[k][1])));
+    let lambda_g: [(field::Fe, field::Fe); 16] = std::array::from_fn(|k| {
+        (
+            field::splat(&glv.lambda_g[k][0]),
+            field::splat(&glv.lambda_g[k][1]),
+        )
+    });
+    let (a1, b1) = glv::split(&u1, glv, &nm);
+    let (a2, b2) = glv::split(&u2, glv, &nm);
+    let mut declined: u8 = 0;
+    let mut digits = |k: &[[u64; 4]; LANES]| -> point::Digits {
+        std::array::from_fn(|i| {
+            half(&k[i], n).unwrap_or_else(|| {
+                declined |= 1 << i;
+                [0; point::DIGITS]
+            })
+        })
+    };
+    let (da1, db1, da2, db2) = (digits(&a1), digits(&b1), digits(&a2), digits(&b2));
+    let (point, infinity, exceptional) = point::lincomb(
+        &[
+            point::Term::Shared(&da1, &g),
+            point::Term::Shared(&db1, &lambda_g),
+            point::Term::Lanes(&da2, &q),
+            point::Term::Lanes(&db2, &lambda_q),
+        ],
+        glv::WINDOWS,
+        &curve,
+    );
+    // Affine: x = X/Z^2, y = Y/Z^3, out of Montgomery form.
+    let z_inv = field::pow(&point.z, &c.p_minus_2, &one, pm);
+    let z_inv2 = field::sqr(&z_inv, pm);
+    let ax = field::mul(&point.x, &z_inv2, pm);
+    let ay = field::mul(&field::mul(&point.y, &z_inv2, pm), &z_inv, pm);
+    let ax = field::scatter(&field::canon(&field::mul(&ax, &plain_one, pm), pm));
+    let ay = field::scatter(&field::canon(&field::mul(&ay, &plain_one, pm), pm));
+    std::array::from_fn(|i| {
+        let bit = 1u8 << i;
+        if refused[i] || on_curve & bit == 0 {
+            Some(None)
+        } else if (exceptional | declined) & bit != 0 {
+            None
+        } else if infinity & bit != 0 {
+            Some(None)
+        } else {
+            let mut key = [4u8; 65];
+            key[1..33].copy_from_slice(&words_be(&ax[i]));
+            key[33..].copy_from_slice(&words_be(&ay[i]));
+            Some(Some(key))
         }
     })
 }
