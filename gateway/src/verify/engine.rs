@@ -212,7 +212,7 @@ fn verify_batch(
     let mut ed_msgs: Vec<&[u8]> = Vec::new();
     let mut ed_sigs = Vec::new();
     let mut lanes = Lanes::default();
-    let mut recoveries: Vec<(mb::Recovery, (usize, usize), Option<Arc<ParsedKey>>)> = Vec::new();
+    let mut recoveries: Vec<Pending<mb::Recovery>> = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         for (t, task) in job.tasks.iter().enumerate() {
             let item = match task {
@@ -329,12 +329,16 @@ fn verify_batch(
     out
 }
 
+/// A lane waiting for the multi-buffer path: where its answer goes (job, task) and the
+/// key the scalar path needs if the lane is declined.
+type Pending<L> = (L, (usize, usize), Option<Arc<ParsedKey>>);
+
 /// Public-key recoveries (Ethereum's r||s||v) eight at a time; the short tail and
 /// declined lanes on libsecp256k1.
 fn recover_all(
     verifier: &Verifier,
     jobs: &[Job],
-    recoveries: Vec<(mb::Recovery, (usize, usize), Option<Arc<ParsedKey>>)>,
+    recoveries: Vec<Pending<mb::Recovery>>,
     out: &mut [Vec<Outcome>],
 ) {
     let n = recoveries.len();
