@@ -232,15 +232,20 @@ struct SoftTpm {
     bus: String,
 }
 
+/// Two adjacent free ports for swtpm (server and control). Picked below Linux's
+/// ephemeral range (32768-60999): a port there may still be held by a client
+/// connection's TIME_WAIT, which blocks a listener on it, and a test run leaves thousands.
 fn free_port_pair() -> u16 {
-    for _ in 0..200 {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+    for _ in 0..2000 {
+        let mut b = [0u8; 2];
+        openssl::rand::rand_bytes(&mut b).unwrap();
+        let port = 20_000 + u16::from_le_bytes(b) % 12_000;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 1) {
             return port;
         }
     }
-    panic!("no two adjacent free ports");
+    panic!("no two adjacent free ports in 20000-32000");
 }
 
 impl SoftTpm {
