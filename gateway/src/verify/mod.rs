@@ -15,6 +15,7 @@ pub mod keys;
 #[allow(unsafe_code)]
 pub mod mb;
 pub mod sm2p256;
+pub mod u256;
 
 use serde::Deserialize;
 

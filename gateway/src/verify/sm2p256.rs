@@ -9,6 +9,7 @@
 
 use std::sync::OnceLock;
 
+use super::u256::{self, add_mod, is_zero, lt, sub_mod};
 use fiat_crypto::sm2_64::{
     fiat_sm2_add, fiat_sm2_from_bytes, fiat_sm2_montgomery_domain_field_element, fiat_sm2_mul,
     fiat_sm2_non_montgomery_domain_field_element, fiat_sm2_square, fiat_sm2_sub,
@@ -89,7 +90,7 @@ impl Fe {
 
     /// self^(p-2) = 1/self (0 for 0), by square-and-multiply over the bits of p - 2.
     fn invert(&self) -> Fe {
-        let e = sub_limbs(&P, &[2, 0, 0, 0]).0;
+        let e = u256::sub(&P, &[2, 0, 0, 0]).0;
         let mut acc = Fe::from_limbs(&[1, 0, 0, 0]);
         for i in (0..256).rev() {
             acc = acc.sq();
@@ -133,80 +134,6 @@ const fn nibble(c: u8) -> u8 {
         b'0'..=b'9' => c - b'0',
         b'a'..=b'f' => c - b'a' + 10,
         _ => panic!("not hex"),
-    }
-}
-
-fn limbs_from_be(bytes: &[u8; 32]) -> Limbs {
-    let mut l = [0u64; 4];
-    for (i, chunk) in bytes.chunks_exact(8).enumerate() {
-        l[3 - i] = u64::from_be_bytes(chunk.try_into().expect("8 bytes"));
-    }
-    l
-}
-
-#[cfg(test)]
-fn limbs_to_be(l: &Limbs) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for i in 0..4 {
-        out[i * 8..i * 8 + 8].copy_from_slice(&l[3 - i].to_be_bytes());
-    }
-    out
-}
-
-fn lt(a: &Limbs, b: &Limbs) -> bool {
-    for i in (0..4).rev() {
-        if a[i] != b[i] {
-            return a[i] < b[i];
-        }
-    }
-    false
-}
-
-fn is_zero(a: &Limbs) -> bool {
-    *a == [0; 4]
-}
-
-fn add_limbs(a: &Limbs, b: &Limbs) -> (Limbs, bool) {
-    let mut out = [0u64; 4];
-    let mut carry = false;
-    for i in 0..4 {
-        let (s1, c1) = a[i].overflowing_add(b[i]);
-        let (s2, c2) = s1.overflowing_add(carry as u64);
-        out[i] = s2;
-        carry = c1 || c2;
-    }
-    (out, carry)
-}
-
-fn sub_limbs(a: &Limbs, b: &Limbs) -> (Limbs, bool) {
-    let mut out = [0u64; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (d1, b1) = a[i].overflowing_sub(b[i]);
-        let (d2, b2) = d1.overflowing_sub(borrow as u64);
-        out[i] = d2;
-        borrow = b1 || b2;
-    }
-    (out, borrow)
-}
-
-/// (a + b) mod m for a, b < m.
-fn add_mod(a: &Limbs, b: &Limbs, m: &Limbs) -> Limbs {
-    let (s, carry) = add_limbs(a, b);
-    if carry || !lt(&s, m) {
-        sub_limbs(&s, m).0
-    } else {
-        s
-    }
-}
-
-/// (a - b) mod m for a, b < m.
-fn sub_mod(a: &Limbs, b: &Limbs, m: &Limbs) -> Limbs {
-    let (d, borrow) = sub_limbs(a, b);
-    if borrow {
-        add_limbs(&d, m).0
-    } else {
-        d
     }
 }
 
@@ -490,7 +417,7 @@ impl Sm2Key {
     /// t = (r + s) mod n and (x1, y1) = s·G + t·Q, valid when r = (e + x1) mod n, for r and
     /// s in [1, n-1] and t != 0.
     pub fn verify(&self, e: &[u8; 32], r: &[u8; 32], s: &[u8; 32]) -> bool {
-        let (r, s) = (limbs_from_be(r), limbs_from_be(s));
+        let (r, s) = (u256::from_be(r), u256::from_be(s));
         if is_zero(&r) || is_zero(&s) || !lt(&r, &N) || !lt(&s, &N) {
             return false;
         }
@@ -504,23 +431,23 @@ impl Sm2Key {
         }
         // x1 ≡ r - e (mod n) with x1 < p: x1 is v or v + n. Compared projectively,
         // X = x1·Z², so no inversion is needed.
-        let mut e = limbs_from_be(e);
+        let mut e = u256::from_be(e);
         if !lt(&e, &N) {
-            e = sub_limbs(&e, &N).0;
+            e = u256::sub(&e, &N).0;
         }
         let v = sub_mod(&r, &e, &N);
         let z2 = point.z.sq();
         if Fe::from_limbs(&v).mul(&z2) == point.x {
             return true;
         }
-        let (v2, carry) = add_limbs(&v, &N);
+        let (v2, carry) = u256::add(&v, &N);
         !carry && lt(&v2, &P) && Fe::from_limbs(&v2).mul(&z2) == point.x
     }
 
     /// The affine x of s·G + t·Q, big-endian; None at infinity. For tests against OpenSSL.
     #[cfg(test)]
     fn lincomb_x(&self, s: &[u8; 32], t: &[u8; 32]) -> Option<[u8; 32]> {
-        let p = self.lincomb(&limbs_from_be(s), &limbs_from_be(t));
+        let p = self.lincomb(&u256::from_be(s), &u256::from_be(t));
         if p.is_infinity() {
             return None;
         }
@@ -528,7 +455,7 @@ impl Sm2Key {
         let x = p.x.mul(&zinv.sq());
         // Out of Montgomery form: multiply by 1 in plain form.
         let plain = x.mul(&Fe([1, 0, 0, 0]));
-        Some(limbs_to_be(&plain.0))
+        Some(u256::to_be(&plain.0))
     }
 }
 
@@ -556,7 +483,7 @@ mod tests {
         let mut ctx = BigNumContext::new().unwrap();
         let mut n = BigNum::new().unwrap();
         group.order(&mut n, &mut ctx).unwrap();
-        assert_eq!(limbs_to_be(&N).to_vec(), n.to_vec_padded(32).unwrap());
+        assert_eq!(u256::to_be(&N).to_vec(), n.to_vec_padded(32).unwrap());
         let n_minus = |k: u32| {
             let mut v = BigNum::new().unwrap();
             v.checked_sub(&n, &BigNum::from_u32(k).unwrap()).unwrap();

@@ -153,18 +153,22 @@ fn compare(
 /// A public key's affine (x, y), big-endian.
 type Point = ([u8; 32], [u8; 32]);
 
+fn secp_keys() -> Vec<secp256k1::SecretKey> {
+    (0..KEYS)
+        .map(|_| loop {
+            if let Ok(sk) = secp256k1::SecretKey::from_byte_array(rand32()) {
+                break sk;
+            }
+        })
+        .collect()
+}
+
 fn keys(curve: Curve) -> (Signer, Vec<Point>, Reference) {
     let mut ctx = BigNumContext::new().expect("BN context");
     match curve {
         Curve::Secp256k1 => {
             let secp = secp256k1::Secp256k1::new();
-            let sks: Vec<_> = (0..KEYS)
-                .map(|_| loop {
-                    if let Ok(sk) = secp256k1::SecretKey::from_byte_array(rand32()) {
-                        break sk;
-                    }
-                })
-                .collect();
+            let sks = secp_keys();
             let pks: Vec<_> = sks.iter().map(|sk| sk.public_key(&secp)).collect();
             let points = pks
                 .iter()
@@ -278,13 +282,7 @@ fn check(reference: &Reference, k: usize, lane: &Lane) -> bool {
 pub fn run_recovery(signatures: usize) -> Report {
     use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
     let secp = secp256k1::Secp256k1::new();
-    let sks: Vec<_> = (0..KEYS)
-        .map(|_| loop {
-            if let Ok(sk) = secp256k1::SecretKey::from_byte_array(rand32()) {
-                break sk;
-            }
-        })
-        .collect();
+    let sks = secp_keys();
     let mut report = Report::default();
     let mut done = 0;
     while done < signatures {

@@ -20,6 +20,7 @@ use openssl::bn::{BigNum, BigNumContext};
 use openssl::ec::{EcGroup, EcPoint};
 use openssl::nid::Nid;
 
+use super::u256::{self, add_mod, is_zero, lt, sub_mod};
 use field::Modulus;
 use point::CurveMb;
 
@@ -73,15 +74,18 @@ pub fn verify(curve: Curve, lanes: &[Lane]) -> Vec<Option<bool>> {
         return vec![None; lanes.len()];
     }
     let c = constants(curve);
+    // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
+    // features every function under `verify8` is compiled for.
+    by_sets(lanes, |set| unsafe { verify8(c, set) })
+}
+
+/// `set` over `lanes` eight at a time; a short last set is padded with copies of its
+/// first lane, whose answers are dropped.
+fn by_sets<L: Copy, A: Copy>(lanes: &[L], set: impl Fn(&[L; LANES]) -> [A; LANES]) -> Vec<A> {
     let mut out = Vec::with_capacity(lanes.len());
     for chunk in lanes.chunks(LANES) {
-        // Short chunks are padded with copies of their first lane, whose answers are
-        // dropped.
-        let padded: [Lane; LANES] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
-        // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
-        // features every function under `verify8` is compiled for.
-        let answers = unsafe { verify8(c, &padded) };
-        out.extend_from_slice(&answers[..chunk.len()]);
+        let padded: [L; LANES] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
+        out.extend_from_slice(&set(&padded)[..chunk.len()]);
     }
     out
 }
@@ -105,15 +109,9 @@ pub fn recover(lanes: &[Recovery]) -> Vec<Option<Option<[u8; 65]>>> {
         return vec![None; lanes.len()];
     }
     let c = constants(Curve::Secp256k1);
-    let mut out = Vec::with_capacity(lanes.len());
-    for chunk in lanes.chunks(LANES) {
-        let padded: [Recovery; LANES] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
-        // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
-        // features every function under `recover8` is compiled for.
-        let answers = unsafe { recover8(c, &padded) };
-        out.extend_from_slice(&answers[..chunk.len()]);
-    }
-    out
+    // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
+    // features every function under `recover8` is compiled for.
+    by_sets(lanes, |set| unsafe { recover8(c, set) })
 }
 
 /// A modulus' constants as plain numbers; `Modulus` is built from them inside the
@@ -214,7 +212,7 @@ fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack
         let mut lambda_g = g;
         for entry in lambda_g.iter_mut() {
             // x is in Montgomery form already: β·xR = (βx)R.
-            let x = BigNum::from_slice(&words_be(&field::words(&entry[0])))?;
+            let x = BigNum::from_slice(&u256::to_be(&field::words(&entry[0])))?;
             let mut bx = BigNum::new()?;
             bx.mod_mul(&x, &beta, &p, &mut ctx)?;
             entry[0] = field::limbs52(&words_of(&bx));
@@ -235,9 +233,9 @@ fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack
         p: pr,
         n: nr,
         n_minus_2: words_of(&n2),
-        p_minus_2: sub256(&words_of(&p), &[2, 0, 0, 0]).0,
+        p_minus_2: u256::sub(&words_of(&p), &[2, 0, 0, 0]).0,
         sqrt_exp: {
-            let (p1, _) = add256(&words_of(&p), &[1, 0, 0, 0]);
+            let (p1, _) = u256::add(&words_of(&p), &[1, 0, 0, 0]);
             [
                 p1[0] >> 2 | p1[1] << 62,
                 p1[1] >> 2 | p1[2] << 62,
@@ -270,86 +268,11 @@ fn raw(m: &BigNum, ctx: &mut BigNumContext) -> Result<Raw, openssl::error::Error
 }
 
 fn words_of(v: &BigNum) -> [u64; 4] {
-    be_words(
+    u256::from_be(
         &v.to_vec_padded(32).expect("a value below 2^256")[..]
             .try_into()
             .expect("32 bytes"),
     )
-}
-
-/// Little-endian words as big-endian bytes.
-fn words_be(w: &[u64; 4]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, word) in w.iter().enumerate() {
-        out[32 - 8 * (i + 1)..32 - 8 * i].copy_from_slice(&word.to_be_bytes());
-    }
-    out
-}
-
-/// Big-endian bytes as little-endian words.
-fn be_words(b: &[u8; 32]) -> [u64; 4] {
-    std::array::from_fn(|i| {
-        u64::from_be_bytes(b[32 - 8 * (i + 1)..32 - 8 * i].try_into().expect("8 bytes"))
-    })
-}
-
-fn lt(a: &[u64; 4], b: &[u64; 4]) -> bool {
-    for i in (0..4).rev() {
-        if a[i] != b[i] {
-            return a[i] < b[i];
-        }
-    }
-    false
-}
-
-fn is_zero(a: &[u64; 4]) -> bool {
-    a.iter().all(|w| *w == 0)
-}
-
-/// a + b as 257 bits: the low 256 and the carry.
-fn add256(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
-    let mut out = [0; 4];
-    let mut carry = false;
-    for i in 0..4 {
-        let (s1, c1) = a[i].overflowing_add(b[i]);
-        let (s2, c2) = s1.overflowing_add(carry as u64);
-        out[i] = s2;
-        carry = c1 || c2;
-    }
-    (out, carry)
-}
-
-/// a - b mod 2^256 and whether it borrowed.
-fn sub256(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], bool) {
-    let mut out = [0; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (d1, b1) = a[i].overflowing_sub(b[i]);
-        let (d2, b2) = d1.overflowing_sub(borrow as u64);
-        out[i] = d2;
-        borrow = b1 || b2;
-    }
-    (out, borrow)
-}
-
-/// (a + b) mod m for a, b < m.
-fn add_mod(a: &[u64; 4], b: &[u64; 4], m: &[u64; 4]) -> [u64; 4] {
-    let (s, carry) = add256(a, b);
-    if carry || !lt(&s, m) {
-        sub256(&s, m).0
-    } else {
-        s
-    }
-}
-
-/// (a - b) mod m for a, b < m.
-fn sub_mod(a: &[u64; 4], b: &[u64; 4], m: &[u64; 4]) -> [u64; 4] {
-    let (d, borrow) = sub256(a, b);
-    if borrow {
-        add256(&d, m).0
-    } else {
-        d
-    }
 }
 
 /// The signed digits of a GLV half k (mod n): k itself or -(n - k), whichever is below
@@ -359,7 +282,7 @@ fn half(k: &[u64; 4], n: &[u64; 4]) -> Option<[i8; point::DIGITS]> {
     if small(k) {
         return Some(point::recode(k));
     }
-    let neg = sub256(n, k).0;
+    let neg = u256::sub(n, k).0;
     small(&neg).then(|| point::recode(&neg).map(|d| -d))
 }
 
@@ -377,8 +300,8 @@ struct Prepared {
 
 fn prepare(c: &Constants, lane: &Lane) -> Prepared {
     let (n, p) = (&c.n.m, &c.p.m);
-    let r = be_words(&lane.r);
-    let s = be_words(&lane.s);
+    let r = u256::from_be(&lane.r);
+    let s = u256::from_be(&lane.s);
     let mut out = Prepared {
         refused: false,
         u1: [0; 4],
@@ -399,16 +322,16 @@ fn prepare(c: &Constants, lane: &Lane) -> Prepared {
         out.u1 = s;
         out.u2 = t;
         // e < 2^256 < 2n: one subtraction reduces it.
-        let mut e = be_words(&lane.e);
+        let mut e = u256::from_be(&lane.e);
         if !lt(&e, n) {
-            e = sub256(&e, n).0;
+            e = u256::sub(&e, n).0;
         }
         sub_mod(&r, &e, n)
     } else {
         r
     };
     out.c1 = target;
-    out.c2 = match add256(&target, n) {
+    out.c2 = match u256::add(&target, n) {
         (v, false) if lt(&v, p) => v,
         _ => target,
     };
@@ -429,12 +352,12 @@ fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
         // w = s^-1 mod n by Fermat; u1 = e·w, u2 = r·w. A Montgomery product of a plain
         // value and a Montgomery one is plain.
         let nm = modulus(&c.n);
-        let s = field::gather(&lanes.each_ref().map(|l| be_words(&l.s)));
+        let s = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.s)));
         let s_mont = field::mul(&s, &nm.r2, &nm);
         let one = field::splat(&field::limbs52(&c.n.one));
         let w = field::pow(&s_mont, &c.n_minus_2, &one, &nm);
-        let e = field::gather(&lanes.each_ref().map(|l| be_words(&l.e)));
-        let r = field::gather(&lanes.each_ref().map(|l| be_words(&l.r)));
+        let e = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.e)));
+        let r = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.r)));
         (
             field::scatter(&field::canon(&field::mul(&e, &w, &nm), &nm)),
             field::scatter(&field::canon(&field::mul(&r, &w, &nm), &nm)),
@@ -447,8 +370,8 @@ fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
     };
     let pm = &curve.p;
     let to_mont = |v: &[[u64; 4]; LANES]| field::mul(&field::gather(v), &pm.r2, pm);
-    let qx = to_mont(&lanes.each_ref().map(|l| be_words(&l.qx)));
-    let qy = to_mont(&lanes.each_ref().map(|l| be_words(&l.qy)));
+    let qx = to_mont(&lanes.each_ref().map(|l| u256::from_be(&l.qx)));
+    let qy = to_mont(&lanes.each_ref().map(|l| u256::from_be(&l.qy)));
     let g: [(field::Fe, field::Fe); 16] =
         std::array::from_fn(|k| (field::splat(&c.g[k][0]), field::splat(&c.g[k][1])));
     let q = point::lane_table(&qx, &qy, &curve);
@@ -520,15 +443,15 @@ fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn recover8(c: &Constants, lanes: &[Recovery; LANES]) -> [Option<Option<[u8; 65]>>; LANES] {
     let n = &c.n.m;
-    let r = lanes.each_ref().map(|l| be_words(&l.r));
-    let s = lanes.each_ref().map(|l| be_words(&l.s));
+    let r = lanes.each_ref().map(|l| u256::from_be(&l.r));
+    let s = lanes.each_ref().map(|l| u256::from_be(&l.s));
     let refused: [bool; LANES] =
         std::array::from_fn(|i| is_zero(&r[i]) || is_zero(&s[i]) || !lt(&r[i], n) || !lt(&s[i], n));
     // -e mod n (e below 2^256 < 2n).
     let minus_e = lanes.each_ref().map(|l| {
-        let mut e = be_words(&l.e);
+        let mut e = u256::from_be(&l.e);
         if !lt(&e, n) {
-            e = sub256(&e, n).0;
+            e = u256::sub(&e, n).0;
         }
         sub_mod(&[0; 4], &e, n)
     });
@@ -615,8 +538,8 @@ fn recover8(c: &Constants, lanes: &[Recovery; LANES]) -> [Option<Option<[u8; 65]
             Some(None)
         } else {
             let mut key = [4u8; 65];
-            key[1..33].copy_from_slice(&words_be(&ax[i]));
-            key[33..].copy_from_slice(&words_be(&ay[i]));
+            key[1..33].copy_from_slice(&u256::to_be(&ax[i]));
+            key[33..].copy_from_slice(&u256::to_be(&ay[i]));
             Some(Some(key))
         }
     })

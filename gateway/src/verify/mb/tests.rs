@@ -282,7 +282,7 @@ fn signed_digits_recompose_the_scalar() {
         .collect();
     values.extend([[0u8; 32], [0xff; 32], [0x10; 32], [0x0f; 32]]);
     for v in values {
-        let digits = point::recode(&be_words(&v));
+        let digits = point::recode(&u256::from_be(&v));
         assert!(digits.iter().all(|d| (-16..=16).contains(d)));
         let mut sum = BigNum::new().unwrap();
         let mut ctx = BigNumContext::new().unwrap();
@@ -312,17 +312,17 @@ fn glv_halves_recompose_the_scalar() {
     }
     let c = constants(Curve::Secp256k1);
     let glv = c.glv.as_ref().unwrap();
-    let n = BigNum::from_slice(&words_be(&c.n.m)).unwrap();
+    let n = BigNum::from_slice(&u256::to_be(&c.n.m)).unwrap();
     let lambda = BigNum::from_hex_str(glv::LAMBDA).unwrap();
     let mut ctx = BigNumContext::new().unwrap();
     let mut scalars: Vec<[u64; 4]> = (0..64)
         .map(|_| {
             let mut k = BigNum::new().unwrap();
             n.rand_range(&mut k).unwrap();
-            be_words(&pad(&k))
+            u256::from_be(&pad(&k))
         })
         .collect();
-    scalars.extend([[0; 4], [1, 0, 0, 0], sub256(&c.n.m, &[1, 0, 0, 0]).0]);
+    scalars.extend([[0; 4], [1, 0, 0, 0], u256::sub(&c.n.m, &[1, 0, 0, 0]).0]);
     for chunk in scalars.chunks(8) {
         let k: [[u64; 4]; 8] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
         // SAFETY: `skip_without_ifma` has confirmed AVX-512F and IFMA on this CPU.
@@ -330,14 +330,14 @@ fn glv_halves_recompose_the_scalar() {
         for i in 0..chunk.len() {
             assert!(half(&k1[i], &c.n.m).is_some() && half(&k2[i], &c.n.m).is_some());
             let (a, b) = (
-                BigNum::from_slice(&words_be(&k1[i])).unwrap(),
-                BigNum::from_slice(&words_be(&k2[i])).unwrap(),
+                BigNum::from_slice(&u256::to_be(&k1[i])).unwrap(),
+                BigNum::from_slice(&u256::to_be(&k2[i])).unwrap(),
             );
             let mut bl = BigNum::new().unwrap();
             bl.mod_mul(&b, &lambda, &n, &mut ctx).unwrap();
             let mut sum = BigNum::new().unwrap();
             sum.mod_add(&a, &bl, &n, &mut ctx).unwrap();
-            assert_eq!(sum, BigNum::from_slice(&words_be(&k[i])).unwrap());
+            assert_eq!(sum, BigNum::from_slice(&u256::to_be(&k[i])).unwrap());
         }
     }
 }
