@@ -128,17 +128,25 @@ pub fn canon(a: &Fe, md: &Modulus) -> Fe {
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub fn add(a: &Fe, b: &Fe, md: &Modulus) -> Fe {
-    let t = carry(std::array::from_fn(|k| _mm512_add_epi64(a.0[k], b.0[k])));
-    sub_once(t, &md.m2)
+    // Both candidates from the raw limb sums, carried side by side: two independent
+    // chains instead of one after the other.
+    let raw: [V; 5] = std::array::from_fn(|k| _mm512_add_epi64(a.0[k], b.0[k]));
+    let t = carry(raw);
+    let d = carry(std::array::from_fn(|k| _mm512_sub_epi64(raw[k], md.m2[k])));
+    let negative = _mm512_cmplt_epi64_mask(d[4], _mm512_setzero_si512());
+    Fe(std::array::from_fn(|k| {
+        _mm512_mask_blend_epi64(negative, d[k], t[k])
+    }))
 }
 
 /// (a - b) in [0, 2m), for a, b in [0, 2m).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub fn sub(a: &Fe, b: &Fe, md: &Modulus) -> Fe {
-    let t = carry(std::array::from_fn(|k| _mm512_sub_epi64(a.0[k], b.0[k])));
+    let raw: [V; 5] = std::array::from_fn(|k| _mm512_sub_epi64(a.0[k], b.0[k]));
+    let t = carry(raw);
     let negative = _mm512_cmplt_epi64_mask(t[4], _mm512_setzero_si512());
-    let u = carry(std::array::from_fn(|k| _mm512_add_epi64(t[k], md.m2[k])));
+    let u = carry(std::array::from_fn(|k| _mm512_add_epi64(raw[k], md.m2[k])));
     Fe(std::array::from_fn(|k| {
         _mm512_mask_blend_epi64(negative, t[k], u[k])
     }))

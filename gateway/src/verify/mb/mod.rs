@@ -74,20 +74,27 @@ pub fn verify(curve: Curve, lanes: &[Lane]) -> Vec<Option<bool>> {
         return vec![None; lanes.len()];
     }
     let c = constants(curve);
-    // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
-    // features every function under `verify8` is compiled for.
-    by_sets(lanes, |set| unsafe { verify8(c, set) })
+    let mut out = Vec::with_capacity(lanes.len() + LANES);
+    for group in padded_sets(lanes).chunks(INVERSION_GROUP) {
+        // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
+        // features every function under `verify_group` is compiled for.
+        let answers = unsafe { verify_group(c, group) };
+        out.extend(answers.into_iter().flatten());
+    }
+    out.truncate(lanes.len());
+    out
 }
 
-/// `set` over `lanes` eight at a time; a short last set is padded with copies of its
-/// first lane, whose answers are dropped.
-fn by_sets<L: Copy, A: Copy>(lanes: &[L], set: impl Fn(&[L; LANES]) -> [A; LANES]) -> Vec<A> {
-    let mut out = Vec::with_capacity(lanes.len());
-    for chunk in lanes.chunks(LANES) {
-        let padded: [L; LANES] = std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0]));
-        out.extend_from_slice(&set(&padded)[..chunk.len()]);
-    }
-    out
+/// Register sets whose s^-1 share one exponentiation (Montgomery's trick).
+const INVERSION_GROUP: usize = 8;
+
+/// `lanes` in sets of eight; a short last set is padded with copies of its first lane,
+/// whose answers are dropped.
+fn padded_sets<L: Copy>(lanes: &[L]) -> Vec<[L; LANES]> {
+    lanes
+        .chunks(LANES)
+        .map(|chunk| std::array::from_fn(|i| *chunk.get(i).unwrap_or(&chunk[0])))
+        .collect()
 }
 
 /// One secp256k1 public-key recovery (Ethereum's ecrecover): r, s and e big-endian, `odd`
@@ -109,9 +116,14 @@ pub fn recover(lanes: &[Recovery]) -> Vec<Option<Option<[u8; 65]>>> {
         return vec![None; lanes.len()];
     }
     let c = constants(Curve::Secp256k1);
-    // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
-    // features every function under `recover8` is compiled for.
-    by_sets(lanes, |set| unsafe { recover8(c, set) })
+    let mut out: Vec<_> = padded_sets(lanes)
+        .iter()
+        // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
+        // features every function under `recover8` is compiled for.
+        .flat_map(|set| unsafe { recover8(c, set) })
+        .collect();
+    out.truncate(lanes.len());
+    out
 }
 
 /// A modulus' constants as plain numbers; `Modulus` is built from them inside the
@@ -340,28 +352,77 @@ fn prepare(c: &Constants, lane: &Lane) -> Prepared {
 
 /// Eight lanes through the vector path.
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn verify8(c: &Constants, lanes: &[Lane; LANES]) -> [Option<bool>; LANES] {
+fn verify_group(c: &Constants, sets: &[[Lane; LANES]]) -> Vec<[Option<bool>; LANES]> {
+    let w = (c.curve != Curve::Sm2).then(|| s_inverses(c, sets));
+    sets.iter()
+        .enumerate()
+        .map(|(i, set)| verify8(c, set, w.as_ref().map(|w| &w[i])))
+        .collect()
+}
+
+/// s^-1 mod n for every lane of `sets`, Montgomery form, by one exponentiation for all
+/// of them: prefix products across the sets, one inverse, then back down. A lane whose
+/// s is out of range (refused anyway) counts as s = 1, so it cannot zero the product.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn s_inverses(c: &Constants, sets: &[[Lane; LANES]]) -> Vec<[[u64; 4]; LANES]> {
+    let nm = modulus(&c.n);
+    let n = &c.n.m;
+    let s: Vec<field::Fe> = sets
+        .iter()
+        .map(|set| {
+            let words = set.each_ref().map(|l| {
+                let s = u256::from_be(&l.s);
+                if is_zero(&s) || !lt(&s, n) {
+                    [1, 0, 0, 0]
+                } else {
+                    s
+                }
+            });
+            field::mul(&field::gather(&words), &nm.r2, &nm)
+        })
+        .collect();
+    let mut prefix = Vec::with_capacity(s.len());
+    prefix.push(s[0]);
+    for i in 1..s.len() {
+        prefix.push(field::mul(&prefix[i - 1], &s[i], &nm));
+    }
+    let one = field::splat(&field::limbs52(&c.n.one));
+    let mut inv = field::pow(&prefix[s.len() - 1], &c.n_minus_2, &one, &nm);
+    let mut out = vec![[[0u64; 4]; LANES]; s.len()];
+    for i in (1..s.len()).rev() {
+        out[i] = field::scatter(&field::canon(&field::mul(&inv, &prefix[i - 1], &nm), &nm));
+        inv = field::mul(&inv, &s[i], &nm);
+    }
+    out[0] = field::scatter(&field::canon(&inv, &nm));
+    out
+}
+
+/// One register set; `w`: its lanes' s^-1 (Montgomery form), for ECDSA.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn verify8(
+    c: &Constants,
+    lanes: &[Lane; LANES],
+    w: Option<&[[u64; 4]; LANES]>,
+) -> [Option<bool>; LANES] {
     let prepared: [Prepared; LANES] = std::array::from_fn(|i| prepare(c, &lanes[i]));
     let pm = modulus(&c.p);
-    let (u1, u2) = if c.curve == Curve::Sm2 {
-        (
+    let (u1, u2) = match w {
+        None => (
             prepared.each_ref().map(|p| p.u1),
             prepared.each_ref().map(|p| p.u2),
-        )
-    } else {
-        // w = s^-1 mod n by Fermat; u1 = e·w, u2 = r·w. A Montgomery product of a plain
-        // value and a Montgomery one is plain.
-        let nm = modulus(&c.n);
-        let s = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.s)));
-        let s_mont = field::mul(&s, &nm.r2, &nm);
-        let one = field::splat(&field::limbs52(&c.n.one));
-        let w = field::pow(&s_mont, &c.n_minus_2, &one, &nm);
-        let e = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.e)));
-        let r = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.r)));
-        (
-            field::scatter(&field::canon(&field::mul(&e, &w, &nm), &nm)),
-            field::scatter(&field::canon(&field::mul(&r, &w, &nm), &nm)),
-        )
+        ),
+        // u1 = e·w, u2 = r·w. A Montgomery product of a plain value and a Montgomery
+        // one is plain.
+        Some(w) => {
+            let nm = modulus(&c.n);
+            let w = field::gather(w);
+            let e = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.e)));
+            let r = field::gather(&lanes.each_ref().map(|l| u256::from_be(&l.r)));
+            (
+                field::scatter(&field::canon(&field::mul(&e, &w, &nm), &nm)),
+                field::scatter(&field::canon(&field::mul(&r, &w, &nm), &nm)),
+            )
+        }
     };
     let curve = CurveMb {
         p: pm,

@@ -359,3 +359,36 @@ fn secp256k1_recovery_agrees_with_libsecp256k1() {
     // As made, every one recovers; flipped ones mostly recover some other key.
     assert!(report.valid >= n, "{report:?}");
 }
+
+/// One call of many register sets (their s^-1 share one exponentiation) with refused
+/// lanes (s = 0, s = n) among valid ones: the refused lanes cannot spoil the others.
+#[test]
+fn refused_lanes_do_not_spoil_a_shared_inversion() {
+    if skip_without_ifma("refused_lanes_do_not_spoil_a_shared_inversion") {
+        return;
+    }
+    let group = EcGroup::from_curve_name(nid(Curve::P256)).unwrap();
+    let key = EcKey::generate(&group).unwrap();
+    let (qx, qy) = xy(&group, key.public_key());
+    let n = pad(&order(&group));
+    let mut lanes = Vec::new();
+    let mut want = Vec::new();
+    for i in 0..100u8 {
+        let e = [i; 32];
+        let sig = EcdsaSig::sign(&e, &key).unwrap();
+        let mut lane = Lane {
+            qx,
+            qy,
+            r: pad(sig.r()),
+            s: pad(sig.s()),
+            e,
+        };
+        let refused = i % 7 == 3;
+        if refused {
+            lane.s = if i % 2 == 0 { [0; 32] } else { n };
+        }
+        lanes.push(lane);
+        want.push(Some(!refused));
+    }
+    assert_eq!(verify(Curve::P256, &lanes), want);
+}
