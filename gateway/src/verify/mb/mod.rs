@@ -171,13 +171,8 @@ fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack
     group.order(&mut n, &mut ctx)?;
     let pr = raw(&p, &mut ctx)?;
     let nr = raw(&n, &mut ctx)?;
-    let mut r_mod_p = BigNum::new()?;
-    r_mod_p.mod_exp(
-        &*BigNum::from_u32(2)?,
-        &*BigNum::from_u32(260)?,
-        &p,
-        &mut ctx,
-    )?;
+    // R = 2^260 mod p, to put OpenSSL's plain values in Montgomery form.
+    let r_mod_p = BigNum::from_slice(&u256::to_be(&pr.one))?;
     let mut g = [[[0u64; 5]; 2]; 16];
     for (k, entry) in g.iter_mut().enumerate() {
         let mut pt = EcPoint::new(&group)?;
@@ -201,13 +196,7 @@ fn build(curve: Curve, nid: Nid) -> Result<Constants, openssl::error::ErrorStack
     );
     assert_eq!(a_minus3, curve != Curve::Secp256k1);
     let glv = if curve == Curve::Secp256k1 {
-        let mut r_mod_n = BigNum::new()?;
-        r_mod_n.mod_exp(
-            &*BigNum::from_u32(2)?,
-            &*BigNum::from_u32(260)?,
-            &n,
-            &mut ctx,
-        )?;
+        let r_mod_n = BigNum::from_slice(&u256::to_be(&nr.one))?;
         let mut mont =
             |hex: &str, m: &BigNum, r: &BigNum| -> Result<[u64; 5], openssl::error::ErrorStack> {
                 let mut out = BigNum::new()?;
