@@ -422,55 +422,8 @@ fn verify8(
     let to_mont = |v: &[[u64; 4]; LANES]| field::mul(&field::gather(v), &pm.r2, pm);
     let qx = to_mont(&lanes.each_ref().map(|l| u256::from_be(&l.qx)));
     let qy = to_mont(&lanes.each_ref().map(|l| u256::from_be(&l.qy)));
-    let g: [(field::Fe, field::Fe); 16] =
-        std::array::from_fn(|k| (field::splat(&c.g[k][0]), field::splat(&c.g[k][1])));
     let q = point::lane_table(&qx, &qy, &curve);
-    let mut declined: u8 = 0;
-    let (point, infinity, exceptional) = match &c.glv {
-        None => {
-            let d1 = u1.each_ref().map(point::recode);
-            let d2 = u2.each_ref().map(point::recode);
-            point::lincomb(
-                &[point::Term::Shared(&d1, &g), point::Term::Lanes(&d2, &q)],
-                point::DIGITS,
-                &curve,
-            )
-        }
-        Some(glv) => {
-            let nm = modulus(&c.n);
-            let (a1, b1) = glv::split(&u1, glv, &nm);
-            let (a2, b2) = glv::split(&u2, glv, &nm);
-            let mut digits = |k: &[[u64; 4]; LANES]| -> point::Digits {
-                std::array::from_fn(|i| match half(&k[i], &c.n.m) {
-                    Some(d) => d,
-                    None => {
-                        // Never for a scalar below n; declined rather than trusted.
-                        declined |= 1 << i;
-                        [0; point::DIGITS]
-                    }
-                })
-            };
-            let (da1, db1, da2, db2) = (digits(&a1), digits(&b1), digits(&a2), digits(&b2));
-            let lambda_g: [(field::Fe, field::Fe); 16] = std::array::from_fn(|k| {
-                (
-                    field::splat(&glv.lambda_g[k][0]),
-                    field::splat(&glv.lambda_g[k][1]),
-                )
-            });
-            let lambda_q = glv::lambda_table(&q, &field::splat(&glv.beta), &curve.p);
-            point::lincomb(
-                &[
-                    point::Term::Shared(&da1, &g),
-                    point::Term::Shared(&db1, &lambda_g),
-                    point::Term::Lanes(&da2, &q),
-                    point::Term::Lanes(&db2, &lambda_q),
-                ],
-                glv::WINDOWS,
-                &curve,
-            )
-        }
-    };
-    let exceptional = exceptional | declined;
+    let (point, infinity, exceptional) = combine(c, &u1, &u2, &q, &curve);
     // x(R) = X / Z^2 = c  <=>  X = c·Z^2, both sides in Montgomery form.
     let z2 = field::sqr(&point.z, pm);
     let c1 = to_mont(&prepared.each_ref().map(|p| p.c1));
@@ -538,39 +491,8 @@ fn recover8(c: &Constants, lanes: &[Recovery; LANES]) -> [Option<Option<[u8; 65]
         &field::mul(&field::gather(&s), &r_inv, &nm),
         &nm,
     ));
-    let glv = c.glv.as_ref().expect("secp256k1 has its endomorphism");
     let q = point::lane_table(&x, &y, &curve);
-    let lambda_q = glv::lambda_table(&q, &field::splat(&glv.beta), pm);
-    let g: [(field::Fe, field::Fe); 16] =
-        std::array::from_fn(|k| (field::splat(&c.g[k][0]), field::splat(&c.g[k][1])));
-    let lambda_g: [(field::Fe, field::Fe); 16] = std::array::from_fn(|k| {
-        (
-            field::splat(&glv.lambda_g[k][0]),
-            field::splat(&glv.lambda_g[k][1]),
-        )
-    });
-    let (a1, b1) = glv::split(&u1, glv, &nm);
-    let (a2, b2) = glv::split(&u2, glv, &nm);
-    let mut declined: u8 = 0;
-    let mut digits = |k: &[[u64; 4]; LANES]| -> point::Digits {
-        std::array::from_fn(|i| {
-            half(&k[i], n).unwrap_or_else(|| {
-                declined |= 1 << i;
-                [0; point::DIGITS]
-            })
-        })
-    };
-    let (da1, db1, da2, db2) = (digits(&a1), digits(&b1), digits(&a2), digits(&b2));
-    let (point, infinity, exceptional) = point::lincomb(
-        &[
-            point::Term::Shared(&da1, &g),
-            point::Term::Shared(&db1, &lambda_g),
-            point::Term::Lanes(&da2, &q),
-            point::Term::Lanes(&db2, &lambda_q),
-        ],
-        glv::WINDOWS,
-        &curve,
-    );
+    let (point, infinity, exceptional) = combine(c, &u1, &u2, &q, &curve);
     // Affine: x = X/Z^2, y = Y/Z^3, out of Montgomery form.
     let z_inv = field::pow(&point.z, &c.p_minus_2, &one, pm);
     let z_inv2 = field::sqr(&z_inv, pm);
@@ -582,7 +504,7 @@ fn recover8(c: &Constants, lanes: &[Recovery; LANES]) -> [Option<Option<[u8; 65]
         let bit = 1u8 << i;
         if refused[i] || on_curve & bit == 0 {
             Some(None)
-        } else if (exceptional | declined) & bit != 0 {
+        } else if exceptional & bit != 0 {
             None
         } else if infinity & bit != 0 {
             Some(None)
@@ -593,6 +515,59 @@ fn recover8(c: &Constants, lanes: &[Recovery; LANES]) -> [Option<Option<[u8; 65]
             Some(Some(key))
         }
     })
+}
+
+/// u1·G + u2·Q per lane, `q` being Q's table; on secp256k1 through its endomorphism.
+/// Returns the point, the lanes at infinity, and the lanes that met an exceptional
+/// addition or whose split was not short (declined, never trusted).
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn combine(
+    c: &Constants,
+    u1: &[[u64; 4]; LANES],
+    u2: &[[u64; 4]; LANES],
+    q: &[point::Jac; 16],
+    curve: &CurveMb,
+) -> (point::Jac, u8, u8) {
+    let shared = |t: &[[[u64; 5]; 2]; 16]| -> [(field::Fe, field::Fe); 16] {
+        std::array::from_fn(|k| (field::splat(&t[k][0]), field::splat(&t[k][1])))
+    };
+    let g = shared(&c.g);
+    let Some(glv) = &c.glv else {
+        let d1 = u1.each_ref().map(point::recode);
+        let d2 = u2.each_ref().map(point::recode);
+        return point::lincomb(
+            &[point::Term::Shared(&d1, &g), point::Term::Lanes(&d2, q)],
+            point::DIGITS,
+            curve,
+        );
+    };
+    let nm = modulus(&c.n);
+    let (a1, b1) = glv::split(u1, glv, &nm);
+    let (a2, b2) = glv::split(u2, glv, &nm);
+    let mut declined: u8 = 0;
+    let mut digits = |k: &[[u64; 4]; LANES]| -> point::Digits {
+        std::array::from_fn(|i| {
+            // Never for a scalar below n; declined rather than trusted.
+            half(&k[i], &c.n.m).unwrap_or_else(|| {
+                declined |= 1 << i;
+                [0; point::DIGITS]
+            })
+        })
+    };
+    let (da1, db1, da2, db2) = (digits(&a1), digits(&b1), digits(&a2), digits(&b2));
+    let lambda_g = shared(&glv.lambda_g);
+    let lambda_q = glv::lambda_table(q, &field::splat(&glv.beta), &curve.p);
+    let (point, infinity, exceptional) = point::lincomb(
+        &[
+            point::Term::Shared(&da1, &g),
+            point::Term::Shared(&db1, &lambda_g),
+            point::Term::Lanes(&da2, q),
+            point::Term::Lanes(&db2, &lambda_q),
+        ],
+        glv::WINDOWS,
+        curve,
+    );
+    (point, infinity, exceptional | declined)
 }
 
 #[target_feature(enable = "avx512f,avx512ifma")]
