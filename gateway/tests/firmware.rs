@@ -250,11 +250,7 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
     let (ok, o) = ctx.install(&v5, &fw, &root_pem);
     assert!(ok, "{o}");
     let s = ctx.status(&fw);
-    assert_eq!(
-        (s["trial"].as_str(), s["active"].as_str()),
-        (Some("a"), None),
-        "{s}"
-    );
+    assert_eq!(slots(&s), (None, Some("a")), "{s}");
     assert_eq!(s["min_security_version"], 0);
     let binary = fw.join("slots/a/bsn-gateway");
     let mut trial = Gateway::start_dev_binary(&binary, &t.join("trial-data"), &[]);
@@ -270,11 +266,7 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
     let (ok, o) = ctx.commit(&fw);
     assert!(ok, "{o}");
     let s = ctx.status(&fw);
-    assert_eq!(
-        (s["active"].as_str(), s["trial"].as_str()),
-        (Some("a"), None),
-        "{s}"
-    );
+    assert_eq!(slots(&s), (Some("a"), None), "{s}");
     assert_eq!(s["min_security_version"], 5);
     assert_eq!(s["slots"]["a"]["version"], "1.5.0");
 
@@ -283,11 +275,7 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
         let (ok, o) = ctx.install(file, &fw, &root_pem);
         assert!(!ok && o.contains(want), "{what}: {o}");
         let s = ctx.status(&fw);
-        assert_eq!(
-            (s["active"].as_str(), s["trial"].as_str()),
-            (Some("a"), None),
-            "{what}: {s}"
-        );
+        assert_eq!(slots(&s), (Some("a"), None), "{what}: {s}");
         assert_eq!(
             std::fs::read(&binary).unwrap(),
             active_before,
@@ -350,11 +338,7 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
     let (ok, o) = run(&["firmware", "rollback", "--root", fw.to_str().unwrap()]);
     assert!(ok, "{o}");
     let s = ctx.status(&fw);
-    assert_eq!(
-        (s["active"].as_str(), s["trial"].as_str()),
-        (Some("a"), None),
-        "{s}"
-    );
+    assert_eq!(slots(&s), (Some("a"), None), "{s}");
     assert_eq!(s["min_security_version"], 5);
 
     // Power cut: install killed at several moments; the active slot still runs, and the
@@ -393,6 +377,11 @@ fn a_signed_update_installs_runs_commits_and_nothing_else_gets_in() {
 }
 
 /// Status, polled until `f` holds (the supervisor works in the background).
+/// A status answer's (active, trial) slots.
+fn slots(s: &Value) -> (Option<&str>, Option<&str>) {
+    (s["active"].as_str(), s["trial"].as_str())
+}
+
 fn status_until(ctx_data: &str, fw: &Path, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     let started = std::time::Instant::now();
     loop {
