@@ -292,15 +292,7 @@ fn verify_batch(
         }
     }
     for (curve, group) in lanes.by_curve {
-        let n = group.lanes.len();
-        // Full register sets always; a short tail only when eight lanes' work costs
-        // less than its items one by one.
-        let full = n - n % mb::LANES;
-        let take = if n - full >= mb::min_lanes(curve) {
-            n
-        } else {
-            full
-        };
+        let take = mb::vector_share(curve, group.lanes.len());
         let answers = mb::verify(curve, &group.lanes[..take]);
         let vectored = answers.iter().filter(|a| a.is_some()).count();
         counter!(m::VERIFY_MULTI_BUFFER_LANES_TOTAL, "algorithm" => algorithm_of(curve).as_str())
@@ -341,13 +333,7 @@ fn recover_all(
     recoveries: Vec<Pending<mb::Recovery>>,
     out: &mut [Vec<Outcome>],
 ) {
-    let n = recoveries.len();
-    let full = n - n % mb::LANES;
-    let take = if n - full >= mb::min_lanes(mb::Curve::Secp256k1) {
-        n
-    } else {
-        full
-    };
+    let take = mb::vector_share(mb::Curve::Secp256k1, recoveries.len());
     let lanes: Vec<mb::Recovery> = recoveries[..take].iter().map(|r| r.0).collect();
     let answers = mb::recover(&lanes);
     let vectored = answers.iter().filter(|a| a.is_some()).count();
