@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing bsn-gateway needs on Debian/Ubuntu:
 # SoftHSM2 (the embedded default HSM), OpenSC's pkcs11-tool, OpenSSL headers and CLI,
+# the PKCS#11 header (libp11-kit-dev; the tests' mock SM2 token is built against it),
 # curl, systemd (systemd-analyze checks the shipped unit), swtpm with tpm2-pkcs11 (the
 # second token of the custody suite), prometheus (promtool checks the
 # alert rules and a live scrape), Node.js for the test-only tools
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 # The second PKCS#11 implementation the tests run on: tpm2-pkcs11 over a software TPM
 # (swtpm), through the tpm2-abrmd resource manager on a private D-Bus session bus.
-packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc nodejs npm systemd prometheus
+packages=(softhsm2 opensc libssl-dev pkg-config openssl curl ca-certificates gcc libp11-kit-dev nodejs npm systemd prometheus
   swtpm tpm2-abrmd libtss2-tcti-swtpm0 libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools dbus)
 missing=()
 for p in "${packages[@]}"; do

@@ -125,13 +125,15 @@ fn what_a_profile_expects_and_the_token_lacks_is_named() {
     let tmp = dev_dir();
     let dir = tmp.path();
     let d = dir.to_str().unwrap();
-    // A profile for a stricter device: SM2 keys, a session limit, bare EC points.
+    // A profile for a stricter device: SM2 keys by vendor mechanisms, a session limit,
+    // bare EC points.
     let profile = dir.join("strict.toml");
     std::fs::write(
         &profile,
         format!(
             "name = \"strict\"\nmodule_paths = [{:?}]\ndefault_pool_size = 4\nmax_sessions = 5\n\
-             algorithms = [\"ecdsa-p256\", \"ed25519\", \"sm2\"]\n[quirks]\nec_point = \"raw\"\n",
+             algorithms = [\"ecdsa-p256\", \"ed25519\", \"sm2\"]\n[quirks]\nec_point = \"raw\"\n\
+             [vendor_mechanisms]\nsm2_key_pair_gen = 0x80008001\nsm2_sign = 0x80008000\n",
             module_path()
         ),
     )
@@ -152,9 +154,19 @@ fn what_a_profile_expects_and_the_token_lacks_is_named() {
     missing.sort();
     assert_eq!(
         missing,
-        ["ecdsa-p256 sign", "ed25519 sign", "sm2 mechanisms"],
+        [
+            "ecdsa-p256 sign",
+            "ed25519 sign",
+            "sm2 mechanisms",
+            "sm2 sign"
+        ],
         "{report:#}"
     );
+    // SoftHSM2 has no vendor SM2: named by number and role.
+    assert!(check(&report, "sm2 mechanisms")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("CKM_VENDOR_DEFINED+0x8000 (SM2 signature over e)"));
     assert!(check(&report, "ecdsa-p256 sign")["detail"]
         .as_str()
         .unwrap()

@@ -18,7 +18,9 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::profile::{EcPointEncoding, Ed25519Params, Quirks};
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+
+use super::profile::{EcPointEncoding, Ed25519Params, Quirks, VendorMechanisms};
 pub use super::rv::ReturnCode;
 use crate::algorithm::Algorithm;
 use crate::metrics as m;
@@ -27,6 +29,8 @@ use crate::secret::Secret;
 const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+/// sm2p256v1, 1.2.156.10197.1.301 (GM/T 0006).
+const OID_SM2: &[u8] = &[0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
 const PRINTABLE_EDWARDS25519: &[u8] = b"\x13\x0cedwards25519";
 /// The token object holding the firmware's minimum security version.
 const MIN_SV_LABEL: &str = "bsn-gateway-min-security-version";
@@ -212,6 +216,7 @@ enum Link {
 pub struct Hsm {
     connector: Connector,
     quirks: Quirks,
+    vendor: VendorMechanisms,
     link: RwLock<Link>,
     reconnecting: AtomicBool,
     permits: Arc<Semaphore>,
@@ -238,6 +243,7 @@ impl Hsm {
         slot: Slot,
         connector: Connector,
         quirks: Quirks,
+        vendor: VendorMechanisms,
         pool_size: usize,
         wait: Duration,
     ) -> Result<Arc<Hsm>, HsmError> {
@@ -261,6 +267,7 @@ impl Hsm {
         Ok(Arc::new(Hsm {
             connector,
             quirks,
+            vendor,
             link: RwLock::new(Link::Up(Arc::new(conn))),
             reconnecting: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(pool_size)),
@@ -576,11 +583,12 @@ impl Hsm {
         label: &str,
     ) -> Result<Vec<u8>, HsmError> {
         let (mechanism, params) =
-            keygen_mechanism(alg, &self.quirks).ok_or_else(|| HsmError::Pkcs11 {
+            keygen_mechanism(alg, &self.quirks, &self.vendor).ok_or_else(|| HsmError::Pkcs11 {
                 function: "C_GenerateKeyPair".into(),
                 code: ReturnCode(RvError::MechanismInvalid),
             })?;
-        let (public, private) = keypair_templates(alg, params, &self.quirks, Some((id, label)));
+        let (public, private) =
+            keypair_templates(alg, params, &self.quirks, &self.vendor, Some((id, label)));
         let _objects = self.objects.read().expect("objects lock");
         let (pub_handle, priv_handle) = session
             .generate_key_pair(&mechanism, &public, &private)
@@ -628,7 +636,10 @@ impl Hsm {
         inputs: &[Vec<u8>],
     ) -> Result<Vec<Vec<u8>>, HsmError> {
         let key = self.private_handle(session, id)?;
-        let mechanism = sign_mechanism(alg);
+        let mechanism = sign_mechanism(alg, &self.vendor).ok_or_else(|| HsmError::Pkcs11 {
+            function: "C_SignInit".into(),
+            code: ReturnCode(RvError::MechanismInvalid),
+        })?;
         inputs
             .iter()
             .map(|data| {
@@ -944,11 +955,20 @@ impl Hsm {
     }
 }
 
-/// The key-pair mechanism and CKA_EC_PARAMS for an algorithm; None where PKCS#11 has no
-/// standard mechanism (SM2).
+/// A vendor-defined mechanism without parameters.
+fn vendor_mechanism(code: u64) -> Option<Mechanism<'static>> {
+    let kind = MechanismType::new_vendor_defined(code as _).ok()?;
+    Some(Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(
+        kind, None,
+    )))
+}
+
+/// The key-pair mechanism and CKA_EC_PARAMS for an algorithm; None where the token has
+/// none (SM2 without the profile's vendor mechanisms).
 pub(super) fn keygen_mechanism(
     alg: Algorithm,
     quirks: &Quirks,
+    vendor: &VendorMechanisms,
 ) -> Option<(Mechanism<'static>, &'static [u8])> {
     Some(match alg {
         Algorithm::EcdsaP256 => (Mechanism::EccKeyPairGen, OID_P256),
@@ -960,7 +980,7 @@ pub(super) fn keygen_mechanism(
                 Ed25519Params::Printable => PRINTABLE_EDWARDS25519,
             },
         ),
-        Algorithm::Sm2 => return None,
+        Algorithm::Sm2 => (vendor_mechanism(vendor.sm2()?.0)?, OID_SM2),
     })
 }
 
@@ -971,10 +991,15 @@ pub(super) fn keypair_templates(
     alg: Algorithm,
     params: &[u8],
     quirks: &Quirks,
+    vendor: &VendorMechanisms,
     persistent: Option<(&[u8], &str)>,
 ) -> (Vec<Attribute>, Vec<Attribute>) {
     let sign_mechanism_type = match alg {
         Algorithm::Ed25519 => MechanismType::EDDSA,
+        Algorithm::Sm2 => vendor
+            .sm2()
+            .and_then(|(_, sign)| MechanismType::new_vendor_defined(sign as _).ok())
+            .unwrap_or(MechanismType::ECDSA),
         _ => MechanismType::ECDSA,
     };
     // Every usage is named: a token's defaults differ (tpm2-pkcs11 marks an EC private
@@ -1007,12 +1032,17 @@ pub(super) fn keypair_templates(
     (public, private)
 }
 
-/// Pure EdDSA, or ECDSA over a digest the caller made.
-pub(super) fn sign_mechanism(alg: Algorithm) -> Mechanism<'static> {
-    match alg {
+/// Pure EdDSA, ECDSA over a digest the caller made, or the vendor's SM2 over the e the
+/// caller made (Z and SM3 stay in the gateway, so any ID and a caller's digest work).
+pub(super) fn sign_mechanism(
+    alg: Algorithm,
+    vendor: &VendorMechanisms,
+) -> Option<Mechanism<'static>> {
+    Some(match alg {
         Algorithm::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+        Algorithm::Sm2 => vendor_mechanism(vendor.sm2()?.1)?,
         _ => Mechanism::Ecdsa,
-    }
+    })
 }
 
 fn login(session: &Session, pin: &Secret) -> Result<(), HsmError> {

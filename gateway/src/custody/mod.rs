@@ -148,6 +148,7 @@ impl HsmConfig {
             slot,
             connector,
             profile.quirks.clone(),
+            profile.vendor_mechanisms.clone(),
             pool,
             self.session_wait(),
         )?)
@@ -1321,7 +1322,9 @@ fn encode_signature(
     input: &[u8],
     public: &[u8],
 ) -> Result<Vec<u8>, EcdsaError> {
-    if !alg.is_ecdsa() {
+    // EdDSA's signature is final; SM2's r||s is encoded as ECDSA's (GM/T 0009), without
+    // ECDSA's low-S rule.
+    if alg == Algorithm::Ed25519 {
         return Ok(sig);
     }
     let mut raw: [u8; 64] = sig.try_into().map_err(|_| EcdsaError::Length(64))?;

@@ -15,7 +15,7 @@ use openssl::sign::Verifier;
 use serde::Serialize;
 
 use super::hsm::{self, auth_pin, unwrap_point, HsmError, TokenSelector};
-use super::profile::Profile;
+use super::profile::{Profile, VendorMechanisms};
 use crate::algorithm::Algorithm;
 use crate::crypto::{ecdsa, pubkey};
 use crate::secret::Secret;
@@ -172,7 +172,11 @@ fn run(pkcs11: &Pkcs11, target: &Target<'_>) -> Result<Report, HsmError> {
     };
     let mut slots = Vec::new();
     for slot in pkcs11.get_all_slots().map_err(HsmError::from_ck)? {
-        slots.push(slot_report(pkcs11, slot)?);
+        slots.push(slot_report(
+            pkcs11,
+            slot,
+            &target.profile.vendor_mechanisms,
+        )?);
     }
 
     let profile = target.profile;
@@ -232,12 +236,24 @@ fn run(pkcs11: &Pkcs11, target: &Target<'_>) -> Result<Report, HsmError> {
     })
 }
 
-fn slot_report(pkcs11: &Pkcs11, slot: Slot) -> Result<SlotReport, HsmError> {
+fn slot_report(
+    pkcs11: &Pkcs11,
+    slot: Slot,
+    vendor: &VendorMechanisms,
+) -> Result<SlotReport, HsmError> {
     let info = pkcs11.get_slot_info(slot).map_err(HsmError::from_ck)?;
     let token = if info.token_present() {
         let t = pkcs11.get_token_info(slot).map_err(HsmError::from_ck)?;
         let mut mechanisms = Vec::new();
-        for m in pkcs11.get_mechanism_list(slot).map_err(HsmError::from_ck)? {
+        // cryptoki's list leaves out every number it has no name for, which is every
+        // vendor-defined one: those the profile names are asked for by number.
+        let mut listed = pkcs11.get_mechanism_list(slot).map_err(HsmError::from_ck)?;
+        listed.extend(
+            vendor
+                .codes()
+                .filter_map(|c| MechanismType::new_vendor_defined(c as _).ok()),
+        );
+        for m in listed {
             let Ok(mi) = pkcs11.get_mechanism_info(slot, m) else {
                 continue;
             };
@@ -258,7 +274,7 @@ fn slot_report(pkcs11: &Pkcs11, slot: Slot) -> Result<SlotReport, HsmError> {
             .filter_map(|(set, name)| set.then_some(name))
             .collect();
             mechanisms.push(MechanismReport {
-                name: m.to_string(),
+                name: mechanism_name(m, vendor),
                 min_key_size: mi.min_key_size(),
                 max_key_size: mi.max_key_size(),
                 flags,
@@ -293,8 +309,25 @@ fn limit(l: Limit) -> Option<u64> {
     }
 }
 
+/// A mechanism's PKCS#11 name; a vendor-defined one by its offset and, where the profile
+/// names it, its role.
+fn mechanism_name(m: MechanismType, vendor: &VendorMechanisms) -> String {
+    let code = *m;
+    if code < cryptoki_sys::CKM_VENDOR_DEFINED {
+        return m.to_string();
+    }
+    let offset = code - cryptoki_sys::CKM_VENDOR_DEFINED;
+    match vendor.role(code) {
+        Some(role) => format!("CKM_VENDOR_DEFINED+{offset:#x} ({role})"),
+        None => format!("CKM_VENDOR_DEFINED+{offset:#x}"),
+    }
+}
+
 /// The mechanisms the gateway calls for each algorithm, with the flag each must carry.
-fn required_mechanisms(alg: Algorithm) -> Option<[(MechanismType, &'static str); 2]> {
+fn required_mechanisms(
+    alg: Algorithm,
+    vendor: &VendorMechanisms,
+) -> Option<[(MechanismType, &'static str); 2]> {
     match alg {
         Algorithm::EcdsaP256 | Algorithm::EcdsaSecp256k1 => Some([
             (MechanismType::ECC_KEY_PAIR_GEN, "keypair"),
@@ -305,7 +338,13 @@ fn required_mechanisms(alg: Algorithm) -> Option<[(MechanismType, &'static str);
             (MechanismType::EDDSA, "sign"),
         ]),
         // PKCS#11 3.x names no SM2 mechanism: vendors use their own numbers.
-        Algorithm::Sm2 => None,
+        Algorithm::Sm2 => {
+            let (gen, sign) = vendor.sm2()?;
+            Some([
+                (MechanismType::new_vendor_defined(gen as _).ok()?, "keypair"),
+                (MechanismType::new_vendor_defined(sign as _).ok()?, "sign"),
+            ])
+        }
     }
 }
 
@@ -319,18 +358,19 @@ fn token_checks(token: &TokenReport, profile: &Profile, pool_size: usize, out: &
     });
     for &alg in &profile.algorithms {
         let what = format!("{alg} mechanisms");
-        let Some(required) = required_mechanisms(alg) else {
+        let vendor = &profile.vendor_mechanisms;
+        let Some(required) = required_mechanisms(alg, vendor) else {
             out.push(missing(
                 &what,
-                "PKCS#11 has no standard mechanism for it; leave it out of the profile's \
-                 algorithms (the gateway verifies it in software)"
+                "PKCS#11 has no standard mechanism for it and the profile names no vendor \
+                 mechanisms; leave it out of the profile's algorithms"
                     .into(),
             ));
             continue;
         };
         let mut lacking = Vec::new();
         for (mech, flag) in required {
-            let name = mech.to_string();
+            let name = mechanism_name(mech, vendor);
             match token.mechanisms.iter().find(|m| m.name == name) {
                 Some(m) if m.flags.contains(&flag) => {}
                 Some(_) => lacking.push(format!("{name} without the {flag} flag")),
@@ -342,7 +382,7 @@ fn token_checks(token: &TokenReport, profile: &Profile, pool_size: usize, out: &
                 &what,
                 required
                     .iter()
-                    .map(|(m, _)| m.to_string())
+                    .map(|(m, _)| mechanism_name(*m, vendor))
                     .collect::<Vec<_>>()
                     .join(", "),
             )
@@ -404,7 +444,7 @@ fn signing_checks(
         }
     }
     for &alg in &profile.algorithms {
-        if required_mechanisms(alg).is_none() {
+        if required_mechanisms(alg, &profile.vendor_mechanisms).is_none() {
             continue;
         }
         let what = format!("{alg} sign");
@@ -417,14 +457,16 @@ fn signing_checks(
 }
 
 fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<String, String> {
+    let vendor = &profile.vendor_mechanisms;
     let (gen, params) =
-        hsm::keygen_mechanism(alg, &profile.quirks).ok_or("no standard mechanism")?;
-    let sign = hsm::sign_mechanism(alg);
+        hsm::keygen_mechanism(alg, &profile.quirks, vendor).ok_or("no mechanism for it")?;
+    let sign = hsm::sign_mechanism(alg, vendor).ok_or("no mechanism for it")?;
     // A token that has no session objects gets a token object, destroyed below.
     let probe_id = crate::util::random_bytes(16);
     let persistent =
         (!profile.quirks.session_objects).then_some((&probe_id[..], "bsn-gateway-probe"));
-    let (public, private) = hsm::keypair_templates(alg, params, &profile.quirks, persistent);
+    let (public, private) =
+        hsm::keypair_templates(alg, params, &profile.quirks, vendor, persistent);
     let (pub_h, priv_h) = session
         .generate_key_pair(&gen, &public, &private)
         .map_err(|e| HsmError::from_ck(e).to_string())?;
@@ -448,6 +490,10 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
         let message = b"bsn-gateway hsm probe";
         let input = match alg {
             Algorithm::Ed25519 => message.to_vec(),
+            Algorithm::Sm2 => {
+                let z = crate::verify::keys::sm2_z(&bare);
+                crate::verify::keys::sm2_e(&z, message).to_vec()
+            }
             _ => crate::util::sha256(message).to_vec(),
         };
         let sig = session
@@ -458,6 +504,9 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
             Algorithm::Ed25519 => {
                 Verifier::new_without_digest(&key).and_then(|mut v| v.verify_oneshot(&sig, &input))
             }
+            // OpenSSL 3.0 has no SM2 verification over a bare e: the gateway's own
+            // verifier, itself checked against OpenSSL and GM/T 0003.5, reads it.
+            Algorithm::Sm2 => Ok(sm2_verifies(&bare, &input, &sig)),
             _ => {
                 let der = ecdsa::raw_to_der(&sig).map_err(|e| e.to_string())?;
                 EcdsaSig::from_der(&der).and_then(|s| s.verify(&input, &*key.ec_key()?))
@@ -466,11 +515,16 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
         .map_err(|e| e.to_string())?;
         if valid {
             Ok(format!(
-                "{} key generated, signed, signature verified by OpenSSL ({} byte signature)",
+                "{} key generated, signed, signature verified by {} ({} byte signature)",
                 if persistent.is_some() {
                     "token (then destroyed)"
                 } else {
                     "session"
+                },
+                if alg == Algorithm::Sm2 {
+                    "the gateway's SM2 verifier"
+                } else {
+                    "OpenSSL"
                 },
                 sig.len()
             ))
@@ -482,6 +536,24 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
         let _ = session.destroy_object(h);
     }
     result
+}
+
+/// An SM2 r||s over e, for a point already checked to be on the curve.
+fn sm2_verifies(point: &[u8], e: &[u8], sig: &[u8]) -> bool {
+    let (Ok(x), Ok(y), Ok(e)) = (
+        <&[u8; 32]>::try_from(&point[1..33]),
+        <&[u8; 32]>::try_from(&point[33..]),
+        <&[u8; 32]>::try_from(e),
+    ) else {
+        return false;
+    };
+    let (Ok(r), Ok(s)) = (
+        <&[u8; 32]>::try_from(sig.get(..32).unwrap_or_default()),
+        <&[u8; 32]>::try_from(sig.get(32..).unwrap_or_default()),
+    ) else {
+        return false;
+    };
+    crate::verify::sm2p256::Sm2Key::new(x, y).verify(e, r, s)
 }
 
 fn ok(what: &str, detail: String) -> Check {

@@ -98,6 +98,48 @@ pub struct VendorMechanisms {
     pub sm3: Option<u64>,
 }
 
+impl VendorMechanisms {
+    /// The key-pair and signing mechanisms of in-token SM2, where the device has both.
+    pub fn sm2(&self) -> Option<(u64, u64)> {
+        Some((self.sm2_key_pair_gen?, self.sm2_sign?))
+    }
+
+    /// The role of a vendor mechanism number, for reports (`hsm probe`).
+    pub fn role(&self, code: u64) -> Option<&'static str> {
+        [
+            (self.sm2_key_pair_gen, "SM2 key-pair generation"),
+            (self.sm2_sign, "SM2 signature over e"),
+            (self.sm2_sm3_sign, "SM2 with SM3"),
+            (self.sm3, "SM3"),
+        ]
+        .into_iter()
+        .find_map(|(c, role)| (c == Some(code)).then_some(role))
+    }
+
+    /// Every number the profile names.
+    pub fn codes(&self) -> impl Iterator<Item = u64> {
+        [
+            self.sm2_key_pair_gen,
+            self.sm2_sign,
+            self.sm2_sm3_sign,
+            self.sm3,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for code in self.codes() {
+            if code < cryptoki_sys::CKM_VENDOR_DEFINED {
+                return Err(format!(
+                    "vendor_mechanisms: {code:#x} is below CKM_VENDOR_DEFINED (0x80000000)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quirks {
@@ -226,10 +268,22 @@ impl Profile {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
-        toml::from_str(text).map_err(|e| ProfileError::Parse {
+        let parse_error = |message: String| ProfileError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let profile: Profile = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        profile.vendor_mechanisms.check().map_err(parse_error)?;
+        if profile.supports(Algorithm::Sm2) && profile.vendor_mechanisms.sm2().is_none() {
+            return Err(parse_error(
+                "algorithms names sm2, which needs vendor_mechanisms.sm2_key_pair_gen and \
+                 sm2_sign (a signature over the e the gateway computes, so that any ID and \
+                 a caller's digest work); without them leave sm2 out and SM2 keys are held \
+                 wrapped"
+                    .into(),
+            ));
+        }
+        Ok(profile)
     }
 
     /// The configured module, or the first of the profile's paths that exists.
@@ -301,22 +355,41 @@ mod tests {
                     "{name}: no room for the anchor"
                 );
             }
-            let v = &p.vendor_mechanisms;
-            for code in [v.sm2_key_pair_gen, v.sm2_sign, v.sm2_sm3_sign, v.sm3]
-                .into_iter()
-                .flatten()
-            {
-                assert!(
-                    code >= 0x8000_0000,
-                    "{name}: {code:#x} is not a vendor-defined number"
-                );
-            }
         }
         let cn = Profile::built_in("cn-generic-sm2").unwrap();
-        assert!(cn.vendor_mechanisms.sm2_key_pair_gen.is_some());
+        assert!(cn.supports(Algorithm::Sm2));
+        assert_eq!(cn.vendor_mechanisms.sm2(), Some((0x8000_8001, 0x8000_8000)));
         let tpm = Profile::built_in("tpm2").unwrap();
         assert_eq!(tpm.algorithms, vec![Algorithm::EcdsaP256]);
         assert!(!tpm.quirks.session_objects && tpm.quirks.ec_private_decrypt_fixed);
+    }
+
+    #[test]
+    fn in_token_sm2_needs_both_vendor_mechanisms_and_vendor_numbers() {
+        let base = "name='x'\nmodule_paths=[]\ndefault_pool_size=1\nalgorithms=['sm2']\n";
+        let err = Profile::parse(
+            &format!(
+                "{base}[vendor_mechanisms]\nsm2_key_pair_gen=0x80008001\nsm2_sm3_sign=0x80008100"
+            ),
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sm2_sign"), "{err}");
+        let err = Profile::parse(
+            &format!("{base}[vendor_mechanisms]\nsm2_key_pair_gen=0x1040\nsm2_sign=0x80008000"),
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("0x1040"), "{err}");
+        let p = Profile::parse(
+            &format!("{base}[vendor_mechanisms]\nsm2_key_pair_gen=0x80008001\nsm2_sign=0x80008000"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            p.vendor_mechanisms.role(0x8000_8000),
+            Some("SM2 signature over e")
+        );
     }
 
     #[test]

@@ -138,6 +138,29 @@ impl Token {
         }
     }
 
+    /// The MOCK SM2 token (`tests/sm2-token/sm2_token.c`): a PKCS#11 module that offers
+    /// SM2 through vendor mechanisms, as Chinese HSMs do. A mock because no module with SM2
+    /// installs here; it stands in for such a device under the cn-generic-sm2 profile.
+    pub fn sm2_mock(dir: &Path) -> Token {
+        std::fs::create_dir_all(dir).unwrap();
+        let (label, pin) = ("bsn-sm2".to_string(), random_hex(8));
+        std::fs::write(
+            dir.join("token.conf"),
+            format!("label={label}\npin={pin}\n"),
+        )
+        .unwrap();
+        Token {
+            profile: "cn-generic-sm2",
+            label,
+            pin,
+            module: sm2_mock_module().to_path_buf(),
+            env: vec![("BSN_SM2_TOKEN_DIR".into(), dir.display().to_string())],
+            algorithms: &["ecdsa-p256", "sm2"],
+            dir: dir.to_path_buf(),
+            tpm: None,
+        }
+    }
+
     /// Both tokens, each in its own directory under `dir`.
     pub fn both(dir: &Path) -> Vec<Token> {
         vec![
@@ -220,6 +243,26 @@ impl Token {
             .expect("only the TPM token has a device process")
             .start_swtpm();
     }
+}
+
+/// The mock SM2 module, compiled once per test process from its C source (with the
+/// system's p11-kit PKCS#11 header and OpenSSL's libcrypto).
+fn sm2_mock_module() -> &'static Path {
+    static MODULE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MODULE.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sm2-token/sm2_token.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("libbsn-sm2-mock-{}.so", std::process::id()));
+        let cflags = run(Command::new("pkg-config").args(["--cflags", "p11-kit-1"]));
+        run(Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror"])
+            .args(cflags.split_whitespace())
+            .arg("-o")
+            .arg(&out)
+            .arg(&src)
+            .args(["-lcrypto", "-lpthread"]));
+        out
+    })
 }
 
 /// swtpm, a private D-Bus session bus and tpm2-abrmd on it.

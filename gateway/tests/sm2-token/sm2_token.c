@@ -371,7 +371,9 @@ CK_RV C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info) {
   info->flags = CKF_RNG | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED | CKF_TOKEN_INITIALIZED;
   CK_ULONG open = 0;
   for (int i = 0; i < MAX_SESSIONS; i++) open += sessions[i].open;
-  info->ulMaxSessionCount = info->ulMaxRwSessionCount = MAX_SESSIONS;
+  /* As the profile says of such devices: no session limit of their own (the table
+   * above bounds it at MAX_SESSIONS). */
+  info->ulMaxSessionCount = info->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
   info->ulSessionCount = info->ulRwSessionCount = open;
   info->ulMaxPinLen = sizeof pin - 1;
   info->ulMinPinLen = 4;
