@@ -163,6 +163,34 @@ fn sm2_keys_are_made_and_used_in_a_token_with_vendor_sm2() {
         .unwrap()
         .clone();
     assert_eq!(entry["custody"], "hsm");
+
+    // A CA's SM2 key is a custody key like any other: in the token. A second-level CA
+    // signed by the root verifies with openssl (GM/T 0015: the default ID).
+    let mut pems = Vec::new();
+    for (name, parent) in [("gm-root", None), ("gm-city", Some("gm-root"))] {
+        let r = g.post(
+            "/v1/cas",
+            json!({"name": name, "algorithm": "sm2", "subject": format!("CN={name},O=BSN,C=CN"), "parent": parent, "validity_days": 365}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let key = g.get(&format!("/v1/keys/{}", r.body["key_id"].as_str().unwrap()));
+        assert_eq!(key.body["custody"], "hsm", "{name}: {}", key.body);
+        let pem = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&pem, r.body["certificate_pem"].as_str().unwrap()).unwrap();
+        pems.push(pem);
+    }
+    let out = std::process::Command::new("openssl")
+        .args(["verify", "-vfyopt", "distid:1234567812345678", "-CAfile"])
+        .arg(&pems[0])
+        .arg(&pems[1])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Read through PKCS#11: one private key with the key's CKA_ID, flagged sensitive and not
