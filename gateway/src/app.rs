@@ -63,14 +63,15 @@ pub async fn run(
     let (outbox, pending) = Outbox::open(&data.join("outbox"), &config.outbox).context("outbox")?;
     let forward = Forwarder::start(&config.ledgers, &config.forward, outbox.clone(), pending)
         .map_err(anyhow::Error::msg)?;
+    let cas = crate::ca::Cas::open(custody.clone(), data)?;
     let admission = Admission::new(
         custody.clone(),
+        cas.clone(),
         verify.clone(),
         outbox,
         forward,
         config.limits.max_items,
     );
-    let cas = crate::ca::Cas::open(custody.clone(), data)?;
     let state = Arc::new(AppState {
         readiness: Arc::default(),
         custody: custody.clone(),

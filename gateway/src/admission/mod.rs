@@ -14,11 +14,13 @@ use serde_json::json;
 
 use crate::auth::{Client, Principal};
 use crate::bounds;
+use crate::ca::Cas;
 use crate::custody::{Custody, KeyState};
 use crate::forward::{Forwarder, Ledger, Policy};
 use crate::metrics as m;
 use crate::outbox::{NewTx, Outbox, OutboxError, TxStatus};
-use crate::txn::envelope::{Envelope, EnvelopeError, TrustAnchors};
+use crate::txn::envelope::{Envelope, EnvelopeError};
+use crate::txn::trust::TrustAnchors;
 use crate::txn::{ethereum, TxId};
 use crate::util::hex0x;
 use crate::verify::{Engine, EngineError, KeyInput, Outcome, Reason, Task};
@@ -81,6 +83,8 @@ pub enum AdmissionError {
 
 pub struct Admission {
     custody: Arc<Custody>,
+    /// The gateway's own CAs: a signer certificate they revoked is refused at once.
+    cas: Arc<Cas>,
     verify: Arc<Engine>,
     outbox: Outbox,
     forward: Forwarder,
@@ -115,6 +119,7 @@ fn reject(id: Option<TxId>, code: &'static str, message: impl Into<String>) -> S
 impl Admission {
     pub fn new(
         custody: Arc<Custody>,
+        cas: Arc<Cas>,
         verify: Arc<Engine>,
         outbox: Outbox,
         forward: Forwarder,
@@ -133,6 +138,7 @@ impl Admission {
         }
         Arc::new(Admission {
             custody,
+            cas,
             verify,
             outbox,
             forward,
@@ -366,7 +372,13 @@ impl Admission {
             }
             (None, Some(pem)) => {
                 let trust = trust.ok_or(EnvelopeError::NoTrustAnchors).map_err(fail)?;
-                KeyInput::Pem(trust.verify_chain(pem).map_err(fail)?)
+                let signer = trust.verify(pem).map_err(fail)?;
+                if self.cas.revoked(&signer.issuer_der, &signer.serial) {
+                    return Err(fail(EnvelopeError::Revoked(
+                        "the certificate is revoked by this gateway's CA".into(),
+                    )));
+                }
+                KeyInput::Pem(signer.key_pem)
             }
             _ => {
                 return Err(fail(EnvelopeError::Invalid(
@@ -403,6 +415,8 @@ const REJECT_CODES: &[&str] = &[
     "key_disabled",
     "bad_certificate",
     "untrusted_certificate",
+    "certificate_not_for_signing",
+    "revoked_certificate",
     "quota_exceeded",
     "too_many_items",
     "invalid_request",

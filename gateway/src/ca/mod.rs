@@ -256,6 +256,22 @@ impl Cas {
             .ok_or_else(|| CaError::UnknownCa(name.chars().take(64).collect()))
     }
 
+    /// Whether one of these CAs, the one whose certificate is `issuer_der`, revoked the
+    /// certificate with this serial (big-endian bytes).
+    pub fn revoked(&self, issuer_der: &[u8], serial: &[u8]) -> bool {
+        let state = self.lock();
+        let serial = hex::encode(serial);
+        state.cas.values().any(|ca| {
+            let der = openssl::x509::X509::from_pem(ca.certificate_pem.as_bytes())
+                .and_then(|c| c.to_der());
+            der.is_ok_and(|d| d == issuer_der)
+                && state
+                    .issued
+                    .get(&(ca.name.clone(), serial.clone()))
+                    .is_some_and(|r| r.revoked.is_some())
+        })
+    }
+
     /// The CA's certificate and its issuers' up to the root, PEM, the CA's first.
     pub fn chain(&self, name: &str) -> Result<String, CaError> {
         let state = self.lock();
@@ -721,38 +737,15 @@ fn check_csr(
     Ok((parsed.info.subject, spki))
 }
 
-/// An SM2 CSR's own signature, with the GM/T 0009 default ID (what GM/T 0015 asks) or the
-/// empty ID (what the openssl CLI uses unless given `-sigopt distid:`).
+/// An SM2 CSR's own signature (either ID: `verify::keys::sm2_signed`).
 fn sm2_csr_verifies(req: &x509_cert::request::CertReq) -> bool {
     use x509_cert::der::Encode;
-    let Ok(info) = req.info.to_der() else {
+    let (Ok(info), Some(point), Some(sig)) = (
+        req.info.to_der(),
+        req.info.public_key.subject_public_key.as_bytes(),
+        req.signature.as_bytes(),
+    ) else {
         return false;
     };
-    let Some(point) = req.info.public_key.subject_public_key.as_bytes() else {
-        return false;
-    };
-    let Some(sig) = req.signature.as_bytes() else {
-        return false;
-    };
-    let Ok(sig) = openssl::ecdsa::EcdsaSig::from_der(sig) else {
-        return false;
-    };
-    let (Ok(r), Ok(s)) = (sig.r().to_vec_padded(32), sig.s().to_vec_padded(32)) else {
-        return false;
-    };
-    if point.len() != 65 || point[0] != 4 {
-        return false;
-    }
-    let key = crate::verify::sm2p256::Sm2Key::new(
-        point[1..33].try_into().expect("32 bytes"),
-        point[33..].try_into().expect("32 bytes"),
-    );
-    let (r, s): (&[u8; 32], &[u8; 32]) = (
-        r[..].try_into().expect("32 bytes"),
-        s[..].try_into().expect("32 bytes"),
-    );
-    [crate::verify::keys::SM2_DEFAULT_ID, b""].iter().any(|id| {
-        let z = crate::verify::keys::sm2_z_with_id(id, point);
-        key.verify(&crate::verify::keys::sm2_e(&z, &info), r, s)
-    })
+    crate::verify::keys::sm2_signed(point, &info, sig)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::Uri;
 use serde::Deserialize;
 
-use crate::txn::envelope::TrustAnchors;
+use crate::txn::trust::TrustAnchors;
 
 /// One `[[ledgers]]` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +58,9 @@ pub struct HttpLedger {
     /// PEM roots that envelope certificates must chain to, and intermediates.
     pub trust_roots_file: Option<PathBuf>,
     pub trust_intermediates_file: Option<PathBuf>,
+    /// PEM CRLs of those CAs: a signer they list is refused (`revoked_certificate`). The
+    /// gateway's own CAs' revocations apply without one.
+    pub trust_crls_file: Option<PathBuf>,
     #[serde(default = "default_in_flight")]
     pub max_in_flight_per_node: usize,
     #[serde(default = "default_timeout")]
@@ -202,6 +205,9 @@ impl LedgerConfig {
                 if l.trust_intermediates_file.is_some() && l.trust_roots_file.is_none() {
                     return Err(ctx("trust_intermediates_file needs trust_roots_file".into()));
                 }
+                if l.trust_crls_file.is_some() && l.trust_roots_file.is_none() {
+                    return Err(ctx("trust_crls_file needs trust_roots_file".into()));
+                }
                 for p in [&l.submit_path, &l.health_path] {
                     if !p.starts_with('/') {
                         return Err(ctx(format!("path {p:?} must start with /")));
@@ -243,7 +249,13 @@ impl LedgerConfig {
         };
         l.trust_roots_file
             .as_deref()
-            .map(|r| TrustAnchors::load(r, l.trust_intermediates_file.as_deref()))
+            .map(|r| {
+                TrustAnchors::load(
+                    r,
+                    l.trust_intermediates_file.as_deref(),
+                    l.trust_crls_file.as_deref(),
+                )
+            })
             .transpose()
             .map_err(|e| format!("ledger {:?}: {e}", l.name))
     }

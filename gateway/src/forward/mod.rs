@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::metrics as m;
 use crate::outbox::{Outbox, Pending, State};
-use crate::txn::envelope::TrustAnchors;
+use crate::txn::trust::TrustAnchors;
 use crate::txn::TxId;
 use adapter::{Adapter, Health};
 use client::{HttpClient, Sent};

@@ -1,12 +1,7 @@
 //! Framework-neutral signed payloads for `http` ledgers. The signer is a custody key (an
-//! imported verify-only key too) or an X.509 certificate that must chain, through
-//! OpenSSL's X509 store, to the ledger's trust anchors and be valid now.
+//! imported verify-only key too) or an X.509 certificate that the ledger's trust anchors
+//! accept (`trust`).
 
-use std::path::Path;
-
-use openssl::stack::Stack;
-use openssl::x509::store::{X509Store, X509StoreBuilder};
-use openssl::x509::{X509StoreContext, X509};
 use serde::{Deserialize, Serialize};
 
 use crate::algorithm::Algorithm;
@@ -62,6 +57,12 @@ pub enum EnvelopeError {
     Untrusted(String),
     #[error("this ledger has no trust anchors: use key_id")]
     NoTrustAnchors,
+    /// The certificate is not one that signs envelopes (a CA, no digitalSignature, an
+    /// extended key usage for something else).
+    #[error("certificate: {0}")]
+    NotASigner(String),
+    #[error("{0}")]
+    Revoked(String),
 }
 
 impl EnvelopeError {
@@ -72,63 +73,9 @@ impl EnvelopeError {
             EnvelopeError::KeyNotActive(_) => "key_disabled",
             EnvelopeError::BadCertificate(_) => "bad_certificate",
             EnvelopeError::Untrusted(_) | EnvelopeError::NoTrustAnchors => "untrusted_certificate",
+            EnvelopeError::NotASigner(_) => "certificate_not_for_signing",
+            EnvelopeError::Revoked(_) => "revoked_certificate",
         }
-    }
-}
-
-/// A ledger's trust anchors: roots are trusted, intermediates only help build chains.
-pub struct TrustAnchors {
-    store: X509Store,
-    intermediates: Vec<X509>,
-}
-
-impl TrustAnchors {
-    pub fn load(roots: &Path, intermediates: Option<&Path>) -> Result<TrustAnchors, String> {
-        let read = |p: &Path| -> Result<Vec<X509>, String> {
-            let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let certs = X509::stack_from_pem(&pem).map_err(|e| format!("{}: {e}", p.display()))?;
-            if certs.is_empty() {
-                return Err(format!("{}: no certificates", p.display()));
-            }
-            Ok(certs)
-        };
-        let mut builder = X509StoreBuilder::new().map_err(|e| e.to_string())?;
-        for c in read(roots)? {
-            builder.add_cert(c).map_err(|e| e.to_string())?;
-        }
-        let intermediates = match intermediates {
-            Some(p) => read(p)?,
-            None => Vec::new(),
-        };
-        Ok(TrustAnchors {
-            store: builder.build(),
-            intermediates,
-        })
-    }
-
-    /// The verified leaf's public key (PEM SPKI).
-    pub fn verify_chain(&self, pem: &str) -> Result<String, EnvelopeError> {
-        let bad = |e: openssl::error::ErrorStack| EnvelopeError::BadCertificate(e.to_string());
-        let mut certs = X509::stack_from_pem(pem.as_bytes())
-            .map_err(bad)?
-            .into_iter();
-        let leaf = certs
-            .next()
-            .ok_or_else(|| EnvelopeError::BadCertificate("no certificate in PEM".into()))?;
-        let mut chain = Stack::new().map_err(bad)?;
-        for c in certs.chain(self.intermediates.iter().cloned()) {
-            chain.push(c).map_err(bad)?;
-        }
-        let mut ctx = X509StoreContext::new().map_err(bad)?;
-        let verdict = ctx
-            .init(&self.store, &leaf, &chain, |c| {
-                Ok(c.verify_cert()?.then_some(()).ok_or_else(|| c.error()))
-            })
-            .map_err(bad)?;
-        verdict.map_err(|e| EnvelopeError::Untrusted(e.error_string().to_string()))?;
-        let key = leaf.public_key().map_err(bad)?;
-        let pem = key.public_key_to_pem().map_err(bad)?;
-        String::from_utf8(pem).map_err(|_| EnvelopeError::BadCertificate("key PEM".into()))
     }
 }
 

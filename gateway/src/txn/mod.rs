@@ -7,6 +7,7 @@
 
 pub mod envelope;
 pub mod ethereum;
+pub mod trust;
 
 /// A transaction id: the Ethereum transaction hash, or SHA-256 of an envelope's payload.
 pub type TxId = [u8; 32];

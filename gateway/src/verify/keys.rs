@@ -239,6 +239,34 @@ pub fn sm2_z_with_id(id: &[u8], point: &[u8]) -> [u8; 32] {
     sm3(&input)
 }
 
+/// An SM2 signature (DER) over `data` by the key at `point` (SEC1 uncompressed), with the
+/// GM/T 0009 default ID (what GM/T 0015 certificates use) or the empty ID (what the openssl
+/// CLI uses unless given `distid`). For certificates, CSRs and CRLs, not transactions.
+pub fn sm2_signed(point: &[u8], data: &[u8], sig_der: &[u8]) -> bool {
+    if crate::crypto::pubkey::pkey_from_bytes(Algorithm::Sm2, point).is_err() {
+        return false;
+    }
+    let Ok(sig) = openssl::ecdsa::EcdsaSig::from_der(sig_der) else {
+        return false;
+    };
+    let (Ok(r), Ok(s)) = (sig.r().to_vec_padded(32), sig.s().to_vec_padded(32)) else {
+        return false;
+    };
+    let (Ok(x), Ok(y), Ok(r), Ok(s)) = (
+        <&[u8; 32]>::try_from(&point[1..33]),
+        <&[u8; 32]>::try_from(&point[33..]),
+        <&[u8; 32]>::try_from(&r[..]),
+        <&[u8; 32]>::try_from(&s[..]),
+    ) else {
+        return false;
+    };
+    let key = Sm2Key::new(x, y);
+    [SM2_DEFAULT_ID, b""].iter().any(|id| {
+        let z = sm2_z_with_id(id, point);
+        key.verify(&sm2_e(&z, data), r, s)
+    })
+}
+
 /// e = SM3(Z || M), what an SM2 signature signs (GM/T 0003.2 §6.1 A1-A2).
 pub fn sm2_e(z: &[u8; 32], message: &[u8]) -> [u8; 32] {
     let mut input = Vec::with_capacity(32 + message.len());
