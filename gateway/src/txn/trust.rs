@@ -154,9 +154,8 @@ impl TrustAnchors {
         valid_now(leaf)?;
         let mut current = leaf.clone();
         let mut issuer_of_leaf = None;
-        // Intermediates between the current certificate and the leaf.
-        let mut below = 0usize;
-        for _ in 0..MAX_DEPTH {
+        // `below`: intermediates between the current certificate and the leaf.
+        for below in 0..MAX_DEPTH {
             if let Some(root) = self.roots.iter().find(|r| issues(r, &current)) {
                 valid_now(root)?;
                 return Ok(issuer_of_leaf.unwrap_or_else(|| root.clone()));
@@ -174,7 +173,6 @@ impl TrustAnchors {
                 Some(_) => {}
             }
             issuer_of_leaf.get_or_insert_with(|| next.clone());
-            below += 1;
             current = next.clone();
         }
         Err(untrusted("certificate chain too long"))

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod ledger;
+pub mod pki;
 pub mod sm2;
 pub mod token;
 pub mod wycheproof;
