@@ -158,6 +158,9 @@ impl TrustAnchors {
         for below in 0..MAX_DEPTH {
             if let Some(root) = self.roots.iter().find(|r| issues(r, &current)) {
                 valid_now(root)?;
+                if matches!(ca_path_len(root), Some(Some(limit)) if below > limit as usize) {
+                    return Err(untrusted("path length constraint exceeded"));
+                }
                 return Ok(issuer_of_leaf.unwrap_or_else(|| root.clone()));
             }
             let next = extra
