@@ -170,6 +170,107 @@ fn sigterm_drains_and_exits_cleanly() {
     assert!(!log.contains(&g.token), "no token in logs");
 }
 
+/// `serve` with a TLS config by hand: the harness probes /healthz over plain HTTP.
+fn start_tls(dir: &std::path::Path, config: &str) -> (std::process::Child, String) {
+    std::fs::write(dir.join("tls.toml"), config).unwrap();
+    let _ = std::fs::remove_file(dir.join("gateway.addr"));
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.join("tls.toml"))
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .stderr(std::fs::File::create(dir.join("tls.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = (0..400)
+        .find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::fs::read_to_string(dir.join("gateway.addr")).ok()
+        })
+        .expect("gateway started");
+    (child, addr)
+}
+
+/// The documented flow: the gateway's own CA (its key in the HSM) issues the gateway's TLS
+/// server certificate and a client's mTLS certificate; curl talks mTLS with them.
+#[test]
+fn tls_certificates_from_the_gateways_own_ca() {
+    let mut setup = Gateway::start_dev();
+    let dir = setup.dir.clone();
+    let d = dir.to_str().unwrap();
+    let r = setup.post(
+        "/v1/cas",
+        json!({"name": "ops-root", "algorithm": "ecdsa-p256", "subject": "CN=BSN ops root,O=BSN", "validity_days": 3650, "path_len": 1}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = setup.post(
+        "/v1/cas",
+        json!({"name": "ops-tls", "algorithm": "ecdsa-p256", "subject": "CN=BSN ops TLS,O=BSN", "parent": "ops-root", "validity_days": 365, "path_len": 0}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let root = setup.get("/v1/cas/ops-root").body["certificate_pem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::write(dir.join("root.pem"), &root).unwrap();
+    for (name, profile, san) in [
+        ("srv", "tls-server", json!(["127.0.0.1"])),
+        ("cli", "tls-client", json!([])),
+    ] {
+        let csr = pki::csr(&dir, name, false);
+        let r = setup.post(
+            "/v1/cas/ops-tls/certificates",
+            json!({"csr_pem": csr, "profile": profile, "validity_days": 30, "san": san}),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        // The certificate, then its issuers: what a TLS peer presents.
+        let chain = format!(
+            "{}{}",
+            r.body["certificate_pem"].as_str().unwrap(),
+            r.body["chain_pem"].as_str().unwrap()
+        );
+        std::fs::write(dir.join(format!("{name}.pem")), chain).unwrap();
+    }
+    assert!(setup.terminate().success());
+    let config = dev_token_config(
+        &dir,
+        &format!(
+            "[server.tls]\ncert_file = \"{d}/srv.pem\"\nkey_file = \"{d}/srv.key\"\nclient_ca_file = \"{d}/root.pem\""
+        ),
+        "",
+        "",
+    );
+    let (mut child, addr) = start_tls(&dir, &config);
+    let admin = std::fs::read_to_string(dir.join("admin.token")).unwrap();
+    let curl = |extra: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("curl -s -o /dev/null -w '%{{http_code}} %{{http_version}}' --cacert root.pem {extra} -H 'Authorization: Bearer {}' https://{addr}/v1/keys", admin.trim()))
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(
+        curl("--cert cli.pem --key cli.key --http2"),
+        "200 2",
+        "{}",
+        std::fs::read_to_string(dir.join("tls.log")).unwrap()
+    );
+    assert_ne!(
+        curl("").split(' ').next(),
+        Some("200"),
+        "no client certificate"
+    );
+    // A server certificate is no client's.
+    assert_ne!(
+        curl("--cert srv.pem --key srv.key").split(' ').next(),
+        Some("200"),
+        "a tls-server certificate as a client's"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn tls_with_client_certificates() {
     let mut setup = Gateway::start_dev();
@@ -214,22 +315,7 @@ fn tls_with_client_certificates() {
             hex::encode(fingerprint)
         ),
     );
-    std::fs::write(dir.join("tls.toml"), config).unwrap();
-    // The harness probes /healthz over plain HTTP, so start it by hand here.
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(dir.join("tls.toml"))
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .stderr(std::fs::File::create(dir.join("tls.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let _ = std::fs::remove_file(dir.join("gateway.addr"));
-    let addr = (0..400)
-        .find_map(|_| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            std::fs::read_to_string(dir.join("gateway.addr")).ok()
-        })
-        .expect("gateway started");
+    let (mut child, addr) = start_tls(&dir, &config);
     let curl_as = |token: &str, extra: &str| {
         Command::new("sh")
             .arg("-c")
