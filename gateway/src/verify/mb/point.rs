@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::field::{add, is_zero, mul, select, sqr, sub, Fe, Modulus};
+use super::field::{add, add_lazy, is_zero, mul, select, sqr, sub, Fe, Modulus};
 
 /// A curve's constants in the form the lanes use.
 pub struct CurveMb {
@@ -33,18 +33,17 @@ fn dbl(p: &Jac, c: &CurveMb) -> Jac {
         // dbl-2001-b
         let delta = sqr(&p.z, md);
         let gamma = sqr(&p.y, md);
-        let beta = mul(&p.x, &gamma, md);
-        let t = mul(&sub(&p.x, &delta, md), &add(&p.x, &delta, md), md);
-        let alpha = add(&add(&t, &t, md), &t, md);
-        let beta2 = add(&beta, &beta, md);
-        let beta4 = add(&beta2, &beta2, md);
+        // Sums marked lazy feed only products, which take them below 4m; small multiples
+        // are taken inside products where that saves additions (4β = 2X·2γ, 8γ² = 2(2γ)²).
+        let gamma2 = add_lazy(&gamma, &gamma);
+        let beta4 = mul(&add_lazy(&p.x, &p.x), &gamma2, md);
+        let t = mul(&sub(&p.x, &delta, md), &add_lazy(&p.x, &delta), md);
+        let alpha = add_lazy(&add(&t, &t, md), &t);
         let beta8 = add(&beta4, &beta4, md);
         let x3 = sub(&sqr(&alpha, md), &beta8, md);
-        let yz = add(&p.y, &p.z, md);
+        let yz = add_lazy(&p.y, &p.z);
         let z3 = sub(&sub(&sqr(&yz, md), &gamma, md), &delta, md);
-        let g2 = sqr(&gamma, md);
-        let g2x2 = add(&g2, &g2, md);
-        let g2x4 = add(&g2x2, &g2x2, md);
+        let g2x4 = sqr(&gamma2, md);
         let g2x8 = add(&g2x4, &g2x4, md);
         let y3 = sub(&mul(&alpha, &sub(&beta4, &x3, md), md), &g2x8, md);
         Jac {
@@ -57,18 +56,17 @@ fn dbl(p: &Jac, c: &CurveMb) -> Jac {
         let a = sqr(&p.x, md);
         let b = sqr(&p.y, md);
         let cc = sqr(&b, md);
-        let xb = add(&p.x, &b, md);
+        let xb = add_lazy(&p.x, &b);
         let t = sub(&sub(&sqr(&xb, md), &a, md), &cc, md);
         let d = add(&t, &t, md);
-        let e = add(&add(&a, &a, md), &a, md);
+        let e = add_lazy(&add(&a, &a, md), &a);
         let f = sqr(&e, md);
         let x3 = sub(&sub(&f, &d, md), &d, md);
         let c2 = add(&cc, &cc, md);
         let c4 = add(&c2, &c2, md);
         let c8 = add(&c4, &c4, md);
         let y3 = sub(&mul(&e, &sub(&d, &x3, md), md), &c8, md);
-        let yz = mul(&p.y, &p.z, md);
-        let z3 = add(&yz, &yz, md);
+        let z3 = mul(&add_lazy(&p.y, &p.y), &p.z, md);
         Jac {
             x: x3,
             y: y3,
@@ -88,16 +86,16 @@ fn add_jac(p: &Jac, q: &Jac, md: &Modulus) -> (Jac, __mmask8) {
     let s1 = mul(&mul(&p.y, &q.z, md), &z2z2, md);
     let s2 = mul(&mul(&q.y, &p.z, md), &z1z1, md);
     let h = sub(&u2, &u1, md);
-    let h2 = add(&h, &h, md);
+    let h2 = add_lazy(&h, &h);
     let i = sqr(&h2, md);
     let j = mul(&h, &i, md);
     let rr = sub(&s2, &s1, md);
-    let r = add(&rr, &rr, md);
+    let r = add_lazy(&rr, &rr);
     let v = mul(&u1, &i, md);
     let x3 = sub(&sub(&sub(&sqr(&r, md), &j, md), &v, md), &v, md);
-    let s1j = mul(&s1, &j, md);
-    let y3 = sub(&mul(&r, &sub(&v, &x3, md), md), &add(&s1j, &s1j, md), md);
-    let zz = add(&p.z, &q.z, md);
+    let s1j2 = mul(&add_lazy(&s1, &s1), &j, md);
+    let y3 = sub(&mul(&r, &sub(&v, &x3, md), md), &s1j2, md);
+    let zz = add_lazy(&p.z, &q.z);
     let z3 = mul(&sub(&sub(&sqr(&zz, md), &z1z1, md), &z2z2, md), &h, md);
     (
         Jac {
@@ -119,15 +117,15 @@ fn add_affine(p: &Jac, x2: &Fe, y2: &Fe, md: &Modulus) -> (Jac, __mmask8) {
     let h = sub(&u2, &p.x, md);
     let hh = sqr(&h, md);
     let hh2 = add(&hh, &hh, md);
-    let i = add(&hh2, &hh2, md);
+    let i = add_lazy(&hh2, &hh2);
     let j = mul(&h, &i, md);
     let rr = sub(&s2, &p.y, md);
-    let r = add(&rr, &rr, md);
+    let r = add_lazy(&rr, &rr);
     let v = mul(&p.x, &i, md);
     let x3 = sub(&sub(&sub(&sqr(&r, md), &j, md), &v, md), &v, md);
-    let yj = mul(&p.y, &j, md);
-    let y3 = sub(&mul(&r, &sub(&v, &x3, md), md), &add(&yj, &yj, md), md);
-    let zh = add(&p.z, &h, md);
+    let yj2 = mul(&add_lazy(&p.y, &p.y), &j, md);
+    let y3 = sub(&mul(&r, &sub(&v, &x3, md), md), &yj2, md);
+    let zh = add_lazy(&p.z, &h);
     let z3 = sub(&sub(&sqr(&zh, md), &z1z1, md), &hh, md);
     (
         Jac {
