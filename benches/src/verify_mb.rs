@@ -1,7 +1,9 @@
 //! The multi-buffer (AVX-512 IFMA) verification path on one core beside its peer on the
 //! same core, measured in the same run: `openssl speed` for P-256 and SM2, libsecp256k1
 //! (with the same SHA-256 per item) for secp256k1. Every signature is from a different
-//! signer, made by OpenSSL or libsecp256k1. Usage:
+//! signer, made by OpenSSL or libsecp256k1. Ed25519 has no vector path: its row is today's
+//! batch path (ed25519-dalek `verify_batch`, strict checks) on one core beside `openssl
+//! speed ed25519`, the baseline any IFMA Ed25519 would have to beat. Usage:
 //!   cargo build --release --workspace && target/release/verify-mb [SECONDS]
 //!   target/release/verify-mb diff N     # N random signatures per curve, x5 altered forms,
 //!                                       # every answer compared with the reference
@@ -26,7 +28,11 @@ fn main() -> anyhow::Result<()> {
     if !mb::available() {
         bail!("this CPU has no AVX-512 IFMA: the multi-buffer path does not run here");
     }
-    let speed = openssl_speed(seconds as u32, 1, &[Algorithm::EcdsaP256, Algorithm::Sm2])?;
+    let speed = openssl_speed(
+        seconds as u32,
+        1,
+        &[Algorithm::EcdsaP256, Algorithm::Sm2, Algorithm::Ed25519],
+    )?;
     let peer = |a| speed.iter().find(|(x, _)| *x == a).map_or(0.0, |(_, v)| *v);
     let k1 = libsecp256k1_speed(1, seconds)?;
     println!("verify-mb: one core, {LANES} signatures from {LANES} signers, {seconds} s each");
@@ -66,7 +72,46 @@ fn main() -> anyhow::Result<()> {
             rate / peer_rate
         );
     }
+    let peer_rate = peer(Algorithm::Ed25519);
+    let rate = ed25519_rate(seconds)?;
+    println!(
+        "{:<16} {rate:>14.0} {:>22} {peer_rate:>12.0} {:>7.2} {:>6.1}",
+        "ed25519 (batch)",
+        "openssl speed",
+        rate / peer_rate,
+        6.0
+    );
     Ok(())
+}
+
+/// Verifies/s of the engine's Ed25519 batch path on this thread, in micro-batches of the
+/// engine's default size, signatures parsed (strict checks) every round as the engine does.
+fn ed25519_rate(seconds: u64) -> anyhow::Result<f64> {
+    use bsn_gateway::verify::ed25519;
+    let fx = fixtures(Algorithm::Ed25519, LANES);
+    let keys: Vec<ed25519_dalek::VerifyingKey> = fx
+        .iter()
+        .map(|f| Ok(ed25519_dalek::VerifyingKey::from_bytes(f.key[..].try_into()?)?))
+        .collect::<anyhow::Result<_>>()?;
+    let batch = bsn_gateway::verify::VerifyConfig::default().max_batch;
+    let started = Instant::now();
+    let mut done = 0usize;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        for (i, chunk) in fx.chunks(batch).enumerate() {
+            let sigs = chunk
+                .iter()
+                .map(|f| ed25519::parse_signature(&f.sig))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|r| anyhow::anyhow!("{}", r.as_str()))?;
+            let msgs: Vec<&[u8]> = chunk.iter().map(|f| &f.msg[..]).collect();
+            let keys = &keys[i * batch..i * batch + chunk.len()];
+            if !ed25519::verify_all(keys, &msgs, &sigs).iter().all(|v| *v) {
+                bail!("ed25519: a valid signature not answered valid");
+            }
+            done += chunk.len();
+        }
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Verifies/s of the vector path on this thread, every answer required valid. Each round
