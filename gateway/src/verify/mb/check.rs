@@ -362,3 +362,109 @@ pub fn run_recovery(signatures: usize) -> Report {
     }
     report
 }
+
+/// The Ed25519 lane of a signature, or None where the engine's strict checks refuse it
+/// before any curve arithmetic (non-canonical or small-order R or A, s ≥ L). `point`:
+/// A's affine coordinates from `ed25519_decompress`.
+pub fn ed25519_lane(
+    key: &[u8; 32],
+    point: &([u8; 32], [u8; 32]),
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Option<super::EdLane> {
+    crate::verify::ed25519::parse_signature(signature).ok()?;
+    let r: [u8; 32] = signature[..32].try_into().expect("32 bytes");
+    let s: [u8; 32] = signature[32..].try_into().expect("32 bytes");
+    let mut h = openssl::sha::Sha512::new();
+    h.update(&r);
+    h.update(key);
+    h.update(message);
+    let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&h.finish()).to_bytes();
+    Some(super::EdLane {
+        ax: point.0,
+        ay: point.1,
+        r,
+        s,
+        k,
+    })
+}
+
+/// Ed25519 against ed25519-dalek's `verify_strict`: each signature as made, with one bit
+/// flipped in R, in s or in the message, and under another key. A form the strict checks
+/// refuse before the curve arithmetic (`ed25519_lane` gives None) must be one that
+/// `verify_strict` refuses too; every other answer of the vector path must equal it.
+pub fn run_ed25519(signatures: usize) -> Report {
+    use ed25519_dalek::{Signer as _, SigningKey};
+    let signers: Vec<SigningKey> = (0..KEYS).map(|_| SigningKey::from_bytes(&rand32())).collect();
+    let keys: Vec<[u8; 32]> = signers.iter().map(|k| k.verifying_key().to_bytes()).collect();
+    let points: Vec<([u8; 32], [u8; 32])> = keys
+        .iter()
+        .map(|k| super::ed25519_decompress(k).expect("a real key decompresses"))
+        .collect();
+    let mut report = Report::default();
+    let mut done = 0;
+    while done < signatures {
+        let n = CHUNK.min(signatures - done);
+        let mut lanes = Vec::with_capacity(n * 5);
+        let mut expected = Vec::with_capacity(n * 5);
+        for i in 0..n {
+            let k = (done + i) % KEYS;
+            let other = (k + 1) % KEYS;
+            let message = rand32();
+            let sig = signers[k].sign(&message).to_bytes();
+            let bit = (rand32()[0] as usize) % 256;
+            let mut flipped_r = sig;
+            flipped_r[bit / 8] ^= 1 << (bit % 8);
+            let mut flipped_s = sig;
+            flipped_s[32 + bit / 8] ^= 1 << (bit % 8);
+            let mut flipped_m = message;
+            flipped_m[bit / 8] ^= 1 << (bit % 8);
+            for (key, msg, s) in [
+                (k, message, sig),
+                (k, message, flipped_r),
+                (k, message, flipped_s),
+                (k, flipped_m, sig),
+                (other, message, sig),
+            ] {
+                let reference = signers[key]
+                    .verifying_key()
+                    .verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&s))
+                    .is_ok();
+                report.lanes += 1;
+                report.valid += reference as usize;
+                match ed25519_lane(&keys[key], &points[key], &msg, &s) {
+                    Some(lane) => {
+                        lanes.push(lane);
+                        expected.push((reference, key, bit));
+                    }
+                    None if reference => {
+                        report.mismatch_count += 1;
+                        report
+                            .mismatches
+                            .push(format!("strict checks refused a valid signature of key {key}"));
+                    }
+                    None => {}
+                }
+            }
+        }
+        let started = std::time::Instant::now();
+        let answers = super::verify_ed25519(&lanes);
+        report.vector_seconds += started.elapsed().as_secs_f64();
+        for (answer, (reference, key, bit)) in answers.iter().zip(&expected) {
+            match answer {
+                None => report.declined += 1,
+                Some(a) if a != reference => {
+                    report.mismatch_count += 1;
+                    if report.mismatches.len() < 8 {
+                        report.mismatches.push(format!(
+                            "key {key}, bit {bit}: vector {a}, verify_strict {reference}"
+                        ));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        done += n;
+    }
+    report
+}

@@ -10,6 +10,7 @@
 //! `target_feature` functions after the CPU check (`verify`).
 
 pub mod check;
+mod edwards;
 mod field;
 mod glv;
 mod point;
@@ -21,6 +22,7 @@ use openssl::ec::{EcGroup, EcPoint};
 use openssl::nid::Nid;
 
 use super::u256::{self, add_mod, is_zero, lt, sub_mod};
+pub use edwards::{decompress as ed25519_decompress, EdLane};
 use field::Modulus;
 use point::CurveMb;
 
@@ -93,6 +95,22 @@ pub fn verify(curve: Curve, lanes: &[Lane]) -> Vec<Option<bool>> {
         let answers = unsafe { verify_group(c, group) };
         out.extend(answers.into_iter().flatten());
     }
+    out.truncate(lanes.len());
+    out
+}
+
+/// Each Ed25519 lane's verdict, as `verify_strict` would give it for encodings the caller
+/// checked (`verify::ed25519`); `None` only without IFMA. The Edwards addition is
+/// complete, so no lane is ever declined.
+pub fn verify_ed25519(lanes: &[EdLane]) -> Vec<Option<bool>> {
+    if !available() || lanes.is_empty() {
+        return vec![None; lanes.len()];
+    }
+    let sets = padded_sets(lanes);
+    // SAFETY: `available()` has confirmed AVX-512F and AVX-512 IFMA on this CPU, the
+    // features every function under `verify_sets` is compiled for.
+    let answers = unsafe { edwards::verify_sets(&sets) };
+    let mut out: Vec<Option<bool>> = answers.into_iter().flatten().map(Some).collect();
     out.truncate(lanes.len());
     out
 }

@@ -392,3 +392,57 @@ fn refused_lanes_do_not_spoil_a_shared_inversion() {
     }
     assert_eq!(verify(Curve::P256, &lanes), want);
 }
+
+#[test]
+fn ed25519_agrees_with_verify_strict() {
+    if !available() {
+        eprintln!("ed25519: this CPU has no AVX-512 IFMA; the multi-buffer path is skipped");
+        let lane = EdLane {
+            ax: [0; 32],
+            ay: [1; 32],
+            r: [2; 32],
+            s: [3; 32],
+            k: [4; 32],
+        };
+        assert_eq!(verify_ed25519(&[lane]), vec![None], "declines without IFMA");
+        return;
+    }
+    let n = cases();
+    let report = check::run_ed25519(n);
+    eprintln!(
+        "ed25519: {} forms ({n} signatures x 5), {} valid, vector path {:.2} s",
+        report.lanes, report.valid, report.vector_seconds
+    );
+    assert_eq!(
+        report.mismatch_count, 0,
+        "{} disagreements, first: {:#?}",
+        report.mismatch_count, report.mismatches
+    );
+    assert_eq!(report.lanes, 5 * n);
+    assert_eq!(report.declined, 0, "the Edwards path declines nothing");
+    assert!(report.valid >= n && report.valid < n + n / 100, "{report:?}");
+}
+
+/// Decompression matches ed25519-dalek's, and refuses a y with no x.
+#[test]
+fn ed25519_points_decompress_as_dalek_does() {
+    use curve25519_dalek::edwards::CompressedEdwardsY;
+    let mut refused = 0;
+    for i in 0..2000u32 {
+        let mut enc = [0u8; 32];
+        openssl::rand::rand_bytes(&mut enc).unwrap();
+        enc[0] = i as u8;
+        let ours = ed25519_decompress(&enc);
+        let theirs = CompressedEdwardsY(enc).decompress();
+        assert_eq!(ours.is_some(), theirs.is_some(), "{}", hex::encode(enc));
+        refused += ours.is_none() as usize;
+        if let (Some((x, _)), Some(p)) = (ours, theirs) {
+            // dalek exposes no affine x. Given y, x is one of two roots of opposite
+            // parity: the encoding's top bit must pick ours (the differential test
+            // checks the value through every signature).
+            assert_eq!(x[0] & 1, enc[31] >> 7, "{}", hex::encode(enc));
+            assert_eq!(p.compress().to_bytes(), enc);
+        }
+    }
+    assert!(refused > 500, "about half of all y have no x: {refused}");
+}

@@ -1,0 +1,415 @@
+//! Ed25519 verification on eight lanes, with the same field arithmetic as the ECDSA
+//! curves (Montgomery form, R = 2^260, p = 2^255 - 19). Per lane it computes
+//! R' = s·B + k·(-A) and answers whether R' encodes to the signature's R, which is what
+//! ed25519-dalek's `verify_strict` does after its checks of the encodings (made by the
+//! caller, `verify::ed25519`); the tests hold the two to the same answers.
+//!
+//! Points are extended twisted Edwards coordinates (X:Y:Z:T) on -x² + y² = 1 + d·x²·y²
+//! (Hisil-Wong-Carter-Dawson 2008). With a = -1 a square and d not, the addition is
+//! complete: no input is exceptional, the identity (0:1:1:0) adds like any point, so a
+//! digit 0 picks the identity from the table and no lane ever needs the scalar path.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use openssl::bn::{BigNum, BigNumContext, BigNumRef};
+
+use super::field::{self, add, add_lazy, mul, select, sqr, sub, Fe, Modulus};
+use super::point::{recode, Digits, DIGITS};
+use super::{Raw, LANES};
+
+/// One signature, its encodings already checked: A decompressed (affine, little-endian,
+/// canonical), R as encoded in the signature, s < L and k = SHA-512(R || A || M) mod L,
+/// little-endian.
+#[derive(Debug, Clone, Copy)]
+pub struct EdLane {
+    pub ax: [u8; 32],
+    pub ay: [u8; 32],
+    pub r: [u8; 32],
+    pub s: [u8; 32],
+    pub k: [u8; 32],
+}
+
+/// A's affine coordinates (little-endian) from its encoding, or None if it is no point.
+/// Done once per key (the engine caches parsed keys): x² = (y² - 1)/(d·y² + 1), the root
+/// whose parity the encoding's top bit names.
+pub fn decompress(a: &[u8; 32]) -> Option<([u8; 32], [u8; 32])> {
+    let mut ctx = BigNumContext::new().ok()?;
+    let p = &ed_p().ok()?;
+    let c = constants();
+    let mut y_le = *a;
+    let odd = y_le[31] >> 7 == 1;
+    y_le[31] &= 0x7f;
+    let mut be = y_le;
+    be.reverse();
+    let y = BigNum::from_slice(&be).ok()?;
+    if y >= *p {
+        return None;
+    }
+    let d = BigNum::from_slice(&c.d_be).ok()?;
+    let mut y2 = BigNum::new().ok()?;
+    y2.mod_sqr(&y, p, &mut ctx).ok()?;
+    let mut num = BigNum::new().ok()?;
+    num.mod_sub(&y2, &*BigNum::from_u32(1).ok()?, p, &mut ctx).ok()?;
+    let mut den = BigNum::new().ok()?;
+    den.mod_mul(&d, &y2, p, &mut ctx).ok()?;
+    let mut den1 = BigNum::new().ok()?;
+    den1.mod_add(&den, &*BigNum::from_u32(1).ok()?, p, &mut ctx).ok()?;
+    let mut inv = BigNum::new().ok()?;
+    inv.mod_inverse(&den1, p, &mut ctx).ok()?;
+    let mut x2 = BigNum::new().ok()?;
+    x2.mod_mul(&num, &inv, p, &mut ctx).ok()?;
+    let mut x = BigNum::new().ok()?;
+    if x2.num_bits() == 0 {
+        if odd {
+            return None;
+        }
+    } else {
+        x.mod_sqrt(&x2, p, &mut ctx).ok()?;
+        let mut check = BigNum::new().ok()?;
+        check.mod_sqr(&x, p, &mut ctx).ok()?;
+        if check != x2 {
+            return None;
+        }
+        if x.is_bit_set(0) != odd {
+            let mut neg = BigNum::new().ok()?;
+            neg.checked_sub(p, &x).ok()?;
+            x = neg;
+        }
+    }
+    let le = |v: &BigNumRef| -> Option<[u8; 32]> {
+        let mut b = v.to_vec_padded(32).ok()?;
+        b.reverse();
+        b.try_into().ok()
+    };
+    Some((le(&x)?, y_le))
+}
+
+fn ed_p() -> Result<BigNum, openssl::error::ErrorStack> {
+    let mut p = BigNum::new()?;
+    p.lshift(&*BigNum::from_u32(1)?, 255)?;
+    p.sub_word(19)?;
+    Ok(p)
+}
+
+pub(super) struct EdConstants {
+    /// d, big-endian plain (for `decompress`).
+    pub d_be: [u8; 32],
+    pub p: Raw,
+    pub p_minus_2: [u64; 4],
+    /// 2d, Montgomery form.
+    pub d2: [u64; 5],
+    /// j·B for j in 0..=16 as (y - x, y + x, 2d·x·y), Montgomery form; entry 0 is the
+    /// identity.
+    pub b: [[[u64; 5]; 3]; 17],
+}
+
+/// An extended point.
+#[derive(Clone, Copy)]
+struct Ext {
+    x: Fe,
+    y: Fe,
+    z: Fe,
+    t: Fe,
+}
+
+/// A point ready to be added: (Y - X, Y + X, 2Z, 2d·T).
+#[derive(Clone, Copy)]
+struct Cached {
+    ymx: Fe,
+    ypx: Fe,
+    z2: Fe,
+    t2d: Fe,
+}
+
+pub(super) fn constants() -> &'static EdConstants {
+    static C: OnceLock<EdConstants> = OnceLock::new();
+    C.get_or_init(|| build().expect("Ed25519 constants"))
+}
+
+fn le_words(v: &BigNumRef) -> [u64; 4] {
+    let mut be = v.to_vec_padded(32).expect("below 2^256");
+    be.reverse();
+    std::array::from_fn(|i| u64::from_le_bytes(be[8 * i..8 * i + 8].try_into().expect("8")))
+}
+
+fn build() -> Result<EdConstants, openssl::error::ErrorStack> {
+    let mut ctx = BigNumContext::new()?;
+    let p = ed_p()?;
+    let pr = super::raw(&p, &mut ctx)?;
+    let modp = |v: &BigNumRef, ctx: &mut BigNumContext| -> Result<BigNum, _> {
+        let mut out = BigNum::new()?;
+        out.nnmod(v, &p, ctx)?;
+        Ok::<_, openssl::error::ErrorStack>(out)
+    };
+    let inv = |v: &BigNumRef, ctx: &mut BigNumContext| -> Result<BigNum, _> {
+        let mut out = BigNum::new()?;
+        out.mod_inverse(v, &p, ctx)?;
+        Ok::<_, openssl::error::ErrorStack>(out)
+    };
+    let mulm = |a: &BigNumRef, b: &BigNumRef, ctx: &mut BigNumContext| -> Result<BigNum, _> {
+        let mut out = BigNum::new()?;
+        out.mod_mul(a, b, &p, ctx)?;
+        Ok::<_, openssl::error::ErrorStack>(out)
+    };
+    let addm = |a: &BigNumRef, b: &BigNumRef, ctx: &mut BigNumContext| -> Result<BigNum, _> {
+        let mut out = BigNum::new()?;
+        out.mod_add(a, b, &p, ctx)?;
+        Ok::<_, openssl::error::ErrorStack>(out)
+    };
+    let subm = |a: &BigNumRef, b: &BigNumRef, ctx: &mut BigNumContext| -> Result<BigNum, _> {
+        let mut out = BigNum::new()?;
+        out.mod_sub(a, b, &p, ctx)?;
+        Ok::<_, openssl::error::ErrorStack>(out)
+    };
+    // d = -121665 / 121666 (RFC 8032).
+    let mut minus = BigNum::new()?;
+    minus.checked_sub(&p, &*BigNum::from_u32(121_665)?)?;
+    let d = mulm(&minus, &*inv(&*BigNum::from_u32(121_666)?, &mut ctx)?, &mut ctx)?;
+    // B: y = 4/5, x the even root (RFC 8032 §5.1).
+    let by = mulm(
+        &*BigNum::from_u32(4)?,
+        &*inv(&*BigNum::from_u32(5)?, &mut ctx)?,
+        &mut ctx,
+    )?;
+    let bx = BigNum::from_dec_str(
+        "15112221349535400772501151409588531511454012693041857206046113283949847762202",
+    )?;
+    let one = BigNum::from_u32(1)?;
+    // Affine addition: x3 = (x1y2 + y1x2)/(1 + d·x1x2y1y2), y3 = (y1y2 + x1x2)/(1 - ...).
+    let mut multiples: Vec<(BigNum, BigNum)> = vec![(BigNum::new()?, one.to_owned()?)];
+    for _ in 0..16 {
+        let (x1, y1) = multiples.last().expect("one entry");
+        let dxy = mulm(
+            &*mulm(&d, &*mulm(x1, &bx, &mut ctx)?, &mut ctx)?,
+            &*mulm(y1, &by, &mut ctx)?,
+            &mut ctx,
+        )?;
+        let xn = addm(
+            &*mulm(x1, &by, &mut ctx)?,
+            &*mulm(y1, &bx, &mut ctx)?,
+            &mut ctx,
+        )?;
+        let yn = addm(
+            &*mulm(y1, &by, &mut ctx)?,
+            &*mulm(x1, &bx, &mut ctx)?,
+            &mut ctx,
+        )?;
+        let x3 = mulm(&xn, &*inv(&*addm(&one, &dxy, &mut ctx)?, &mut ctx)?, &mut ctx)?;
+        let y3 = mulm(&yn, &*inv(&*subm(&one, &dxy, &mut ctx)?, &mut ctx)?, &mut ctx)?;
+        multiples.push((x3, y3));
+    }
+    let r = BigNum::from_slice(&super::u256::to_be(&pr.one))?;
+    let mont = |v: &BigNumRef, ctx: &mut BigNumContext| -> Result<[u64; 5], _> {
+        let m = mulm(&*modp(v, ctx)?, &r, ctx)?;
+        Ok::<_, openssl::error::ErrorStack>(field::limbs52(&le_words(&m)))
+    };
+    let d2 = addm(&d, &d, &mut ctx)?;
+    let mut b = [[[0u64; 5]; 3]; 17];
+    for (entry, (x, y)) in b.iter_mut().zip(&multiples) {
+        let xy2d = mulm(&*mulm(x, y, &mut ctx)?, &d2, &mut ctx)?;
+        *entry = [
+            mont(&*subm(y, x, &mut ctx)?, &mut ctx)?,
+            mont(&*addm(y, x, &mut ctx)?, &mut ctx)?,
+            mont(&xy2d, &mut ctx)?,
+        ];
+    }
+    Ok(EdConstants {
+        d_be: d.to_vec_padded(32)?.try_into().expect("32 bytes"),
+        p_minus_2: super::u256::sub(&pr.m, &[2, 0, 0, 0]).0,
+        d2: mont(&d2, &mut ctx)?,
+        p: pr,
+        b,
+    })
+}
+
+/// dbl-2008-hwcd with a = -1. T is made only when `with_t` (the last doubling before an
+/// addition): the doublings in between never read it.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dbl(p: &Ext, md: &Modulus, with_t: bool) -> Ext {
+    let a = sqr(&p.x, md);
+    let b = sqr(&p.y, md);
+    let zz = sqr(&p.z, md);
+    let c = add(&zz, &zz, md);
+    let xy = sqr(&add_lazy(&p.x, &p.y), md);
+    let ab = add(&a, &b, md);
+    // E = (X+Y)² - A - B, G = B - A, F = G - C, H = -(A + B).
+    let e = sub(&xy, &ab, md);
+    let g = sub(&b, &a, md);
+    let f = sub(&g, &c, md);
+    let h = sub(&field::zero(), &ab, md);
+    Ext {
+        x: mul(&e, &f, md),
+        y: mul(&g, &h, md),
+        z: mul(&f, &g, md),
+        t: if with_t { mul(&e, &h, md) } else { p.t },
+    }
+}
+
+/// add-2008-hwcd-3 with a = -1 and k = 2d, complete.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn add_cached(p: &Ext, q: &Cached, md: &Modulus) -> Ext {
+    let a = mul(&sub(&p.y, &p.x, md), &q.ymx, md);
+    let b = mul(&add_lazy(&p.y, &p.x), &q.ypx, md);
+    let c = mul(&p.t, &q.t2d, md);
+    let d = mul(&p.z, &q.z2, md);
+    let e = sub(&b, &a, md);
+    let f = sub(&d, &c, md);
+    let g = add(&d, &c, md);
+    let h = add(&b, &a, md);
+    Ext {
+        x: mul(&e, &f, md),
+        y: mul(&g, &h, md),
+        z: mul(&f, &g, md),
+        t: mul(&e, &h, md),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn cached(p: &Ext, d2: &Fe, md: &Modulus) -> Cached {
+    Cached {
+        ymx: sub(&p.y, &p.x, md),
+        ypx: add(&p.y, &p.x, md),
+        z2: add(&p.z, &p.z, md),
+        t2d: mul(&p.t, d2, md),
+    }
+}
+
+/// Per lane, the entry of `table` (0..=16) that the digit's magnitude names, negated
+/// where the digit is negative: -(x, y) = (-x, y) swaps Y - X with Y + X and negates T.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn pick(table: &[Cached; 17], digits: &Digits, w: usize, md: &Modulus) -> Cached {
+    let d = _mm512_set_epi64(
+        digits[7][w] as i64,
+        digits[6][w] as i64,
+        digits[5][w] as i64,
+        digits[4][w] as i64,
+        digits[3][w] as i64,
+        digits[2][w] as i64,
+        digits[1][w] as i64,
+        digits[0][w] as i64,
+    );
+    let negative = _mm512_cmplt_epi64_mask(d, _mm512_setzero_si512());
+    let magnitude = _mm512_abs_epi64(d);
+    let mut t = table[0];
+    for (k, entry) in table.iter().enumerate().skip(1) {
+        let m = _mm512_cmpeq_epi64_mask(magnitude, _mm512_set1_epi64(k as i64));
+        t = Cached {
+            ymx: select(m, &t.ymx, &entry.ymx),
+            ypx: select(m, &t.ypx, &entry.ypx),
+            z2: select(m, &t.z2, &entry.z2),
+            t2d: select(m, &t.t2d, &entry.t2d),
+        };
+    }
+    Cached {
+        ymx: select(negative, &t.ymx, &t.ypx),
+        ypx: select(negative, &t.ypx, &t.ymx),
+        z2: t.z2,
+        t2d: select(negative, &t.t2d, &sub(&field::zero(), &t.t2d, md)),
+    }
+}
+
+/// s·B + k·(-A) per lane, projective.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn combine(c: &EdConstants, lanes: &[EdLane; LANES], md: &Modulus) -> Ext {
+    let words = |b: &[u8; 32]| -> [u64; 4] {
+        std::array::from_fn(|i| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8")))
+    };
+    let to_mont = |v: [[u64; 4]; LANES]| mul(&field::gather(&v), &md.r2, md);
+    let one = field::splat(&field::limbs52(&c.p.one));
+    let zero = field::zero();
+    let d2 = field::splat(&c.d2);
+    // -A, extended: (-x, y, 1, -x·y).
+    let ax = to_mont(lanes.each_ref().map(|l| words(&l.ax)));
+    let ay = to_mont(lanes.each_ref().map(|l| words(&l.ay)));
+    let nx = sub(&zero, &ax, md);
+    let minus_a = Ext {
+        x: nx,
+        y: ay,
+        z: one,
+        t: mul(&nx, &ay, md),
+    };
+    let identity = Ext {
+        x: zero,
+        y: one,
+        z: one,
+        t: zero,
+    };
+    let mut multiples = [identity; 17];
+    multiples[1] = minus_a;
+    let first = cached(&minus_a, &d2, md);
+    for j in 2..17 {
+        multiples[j] = if j % 2 == 0 {
+            dbl(&multiples[j / 2], md, true)
+        } else {
+            add_cached(&multiples[j - 1], &first, md)
+        };
+    }
+    let a_table: [Cached; 17] = std::array::from_fn(|j| cached(&multiples[j], &d2, md));
+    let b_table: [Cached; 17] = std::array::from_fn(|j| Cached {
+        ymx: field::splat(&c.b[j][0]),
+        ypx: field::splat(&c.b[j][1]),
+        z2: add(&one, &one, md),
+        t2d: field::splat(&c.b[j][2]),
+    });
+    let ds: Digits = lanes.each_ref().map(|l| recode(&words(&l.s)));
+    let dk: Digits = lanes.each_ref().map(|l| recode(&words(&l.k)));
+    let mut acc = identity;
+    for w in (0..DIGITS).rev() {
+        if w != DIGITS - 1 {
+            for i in 0..5 {
+                acc = dbl(&acc, md, i == 4);
+            }
+        }
+        acc = add_cached(&acc, &pick(&b_table, &ds, w, md), md);
+        acc = add_cached(&acc, &pick(&a_table, &dk, w, md), md);
+    }
+    acc
+}
+
+/// Register sets of eight whose Z^-1 share one exponentiation.
+const INVERSION_GROUP: usize = 8;
+
+/// Each lane's verdict (the path has no exceptional cases).
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub(super) fn verify_sets(sets: &[[EdLane; LANES]]) -> Vec<[bool; LANES]> {
+    let c = constants();
+    let md = super::modulus(&c.p);
+    let one = field::splat(&field::limbs52(&c.p.one));
+    let plain_one = field::gather(&[[1, 0, 0, 0]; LANES]);
+    let mut out = Vec::with_capacity(sets.len());
+    for group in sets.chunks(INVERSION_GROUP) {
+        let points: Vec<Ext> = group.iter().map(|set| combine(c, set, &md)).collect();
+        // Z ≠ 0 for every point of the curve (Z = 0 is no point), so the product of all
+        // Z has an inverse: prefix products, one exponentiation, back down.
+        let mut prefix = Vec::with_capacity(points.len());
+        prefix.push(points[0].z);
+        for i in 1..points.len() {
+            prefix.push(mul(&prefix[i - 1], &points[i].z, &md));
+        }
+        let mut inv = field::pow(&prefix[points.len() - 1], &c.p_minus_2, &one, &md);
+        let mut z_inv = vec![inv; points.len()];
+        for i in (1..points.len()).rev() {
+            z_inv[i] = mul(&inv, &prefix[i - 1], &md);
+            inv = mul(&inv, &points[i].z, &md);
+        }
+        z_inv[0] = inv;
+        for ((set, point), zi) in group.iter().zip(&points).zip(&z_inv) {
+            // Out of Montgomery form: a product with plain 1 is plain.
+            let plain = |v: &Fe| field::scatter(&field::canon(&mul(&mul(v, zi, &md), &plain_one, &md), &md));
+            let (x, y) = (plain(&point.x), plain(&point.y));
+            out.push(std::array::from_fn(|i| {
+                let mut enc = [0u8; 32];
+                for (k, word) in y[i].iter().enumerate() {
+                    enc[8 * k..8 * k + 8].copy_from_slice(&word.to_le_bytes());
+                }
+                enc[31] |= ((x[i][0] & 1) as u8) << 7;
+                enc == set[i].r
+            }));
+        }
+    }
+    out
+}
