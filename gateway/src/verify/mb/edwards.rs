@@ -1,5 +1,4 @@
-//! Ed25519 verification on eight lanes, with the same field arithmetic as the ECDSA
-//! curves (Montgomery form, R = 2^260, p = 2^255 - 19). Per lane it computes
+//! Ed25519 verification on eight lanes (field arithmetic: `f25519`). Per lane it computes
 //! R' = s·B + k·(-A) and answers whether R' encodes to the signature's R, which is what
 //! ed25519-dalek's `verify_strict` does after its checks of the encodings (made by the
 //! caller, `verify::ed25519`); the tests hold the two to the same answers.
@@ -14,9 +13,10 @@ use std::sync::OnceLock;
 
 use openssl::bn::{BigNum, BigNumContext, BigNumRef};
 
-use super::field::{self, add, add_lazy, mul, select, sqr, sub, Fe, Modulus};
+use super::f25519::{add, add_lazy, canon, from_u64, mul, pow, sqr, sub};
+use super::field::{self, select, Fe};
 use super::point::{recode, Digits, DIGITS};
-use super::{Raw, LANES};
+use super::LANES;
 
 /// One signature, its encodings already checked: A decompressed (affine, little-endian,
 /// canonical), R as encoded in the signature, s < L and k = SHA-512(R || A || M) mod L,
@@ -93,14 +93,12 @@ fn ed_p() -> Result<BigNum, openssl::error::ErrorStack> {
 }
 
 pub(super) struct EdConstants {
-    /// d, big-endian plain (for `decompress`).
+    /// d, big-endian (for `decompress`).
     pub d_be: [u8; 32],
-    pub p: Raw,
     pub p_minus_2: [u64; 4],
-    /// 2d, Montgomery form.
+    /// 2d, in limbs.
     pub d2: [u64; 5],
-    /// j·B for j in 0..=16 as (y - x, y + x, 2d·x·y), Montgomery form; entry 0 is the
-    /// identity.
+    /// j·B for j in 0..=16 as (y - x, y + x, 2d·x·y), in limbs; entry 0 is the identity.
     pub b: [[[u64; 5]; 3]; 17],
 }
 
@@ -136,7 +134,6 @@ fn le_words(v: &BigNumRef) -> [u64; 4] {
 fn build() -> Result<EdConstants, openssl::error::ErrorStack> {
     let mut ctx = BigNumContext::new()?;
     let p = ed_p()?;
-    let pr = super::raw(&p, &mut ctx)?;
     let modp = |v: &BigNumRef, ctx: &mut BigNumContext| -> Result<BigNum, _> {
         let mut out = BigNum::new()?;
         out.nnmod(v, &p, ctx)?;
@@ -199,10 +196,8 @@ fn build() -> Result<EdConstants, openssl::error::ErrorStack> {
         let y3 = mulm(&yn, &*inv(&*subm(&one, &dxy, &mut ctx)?, &mut ctx)?, &mut ctx)?;
         multiples.push((x3, y3));
     }
-    let r = BigNum::from_slice(&super::u256::to_be(&pr.one))?;
     let mont = |v: &BigNumRef, ctx: &mut BigNumContext| -> Result<[u64; 5], _> {
-        let m = mulm(&*modp(v, ctx)?, &r, ctx)?;
-        Ok::<_, openssl::error::ErrorStack>(field::limbs52(&le_words(&m)))
+        Ok::<_, openssl::error::ErrorStack>(field::limbs52(&le_words(&*modp(v, ctx)?)))
     };
     let d2 = addm(&d, &d, &mut ctx)?;
     let mut b = [[[0u64; 5]; 3]; 17];
@@ -216,9 +211,8 @@ fn build() -> Result<EdConstants, openssl::error::ErrorStack> {
     }
     Ok(EdConstants {
         d_be: d.to_vec_padded(32)?.try_into().expect("32 bytes"),
-        p_minus_2: super::u256::sub(&pr.m, &[2, 0, 0, 0]).0,
+        p_minus_2: super::u256::sub(&le_words(&p), &[2, 0, 0, 0]).0,
         d2: mont(&d2, &mut ctx)?,
-        p: pr,
         b,
     })
 }
@@ -227,53 +221,53 @@ fn build() -> Result<EdConstants, openssl::error::ErrorStack> {
 /// addition): the doublings in between never read it.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn dbl(p: &Ext, md: &Modulus, with_t: bool) -> Ext {
-    let a = sqr(&p.x, md);
-    let b = sqr(&p.y, md);
-    let zz = sqr(&p.z, md);
-    let c = add(&zz, &zz, md);
-    let xy = sqr(&add_lazy(&p.x, &p.y), md);
-    let ab = add(&a, &b, md);
+fn dbl(p: &Ext, with_t: bool) -> Ext {
+    let a = sqr(&p.x);
+    let b = sqr(&p.y);
+    let zz = sqr(&p.z);
+    let c = add(&zz, &zz);
+    let xy = sqr(&add_lazy(&p.x, &p.y));
+    let ab = add(&a, &b);
     // E = (X+Y)² - A - B, G = B - A, F = G - C, H = -(A + B).
-    let e = sub(&xy, &ab, md);
-    let g = sub(&b, &a, md);
-    let f = sub(&g, &c, md);
-    let h = sub(&field::zero(), &ab, md);
+    let e = sub(&xy, &ab);
+    let g = sub(&b, &a);
+    let f = sub(&g, &c);
+    let h = sub(&field::zero(), &ab);
     Ext {
-        x: mul(&e, &f, md),
-        y: mul(&g, &h, md),
-        z: mul(&f, &g, md),
-        t: if with_t { mul(&e, &h, md) } else { p.t },
+        x: mul(&e, &f),
+        y: mul(&g, &h),
+        z: mul(&f, &g),
+        t: if with_t { mul(&e, &h) } else { p.t },
     }
 }
 
 /// add-2008-hwcd-3 with a = -1 and k = 2d, complete.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn add_cached(p: &Ext, q: &Cached, md: &Modulus) -> Ext {
-    let a = mul(&sub(&p.y, &p.x, md), &q.ymx, md);
-    let b = mul(&add_lazy(&p.y, &p.x), &q.ypx, md);
-    let c = mul(&p.t, &q.t2d, md);
-    let d = mul(&p.z, &q.z2, md);
-    let e = sub(&b, &a, md);
-    let f = sub(&d, &c, md);
-    let g = add(&d, &c, md);
-    let h = add(&b, &a, md);
+fn add_cached(p: &Ext, q: &Cached) -> Ext {
+    let a = mul(&sub(&p.y, &p.x), &q.ymx);
+    let b = mul(&add_lazy(&p.y, &p.x), &q.ypx);
+    let c = mul(&p.t, &q.t2d);
+    let d = mul(&p.z, &q.z2);
+    let e = sub(&b, &a);
+    let f = sub(&d, &c);
+    let g = add(&d, &c);
+    let h = add(&b, &a);
     Ext {
-        x: mul(&e, &f, md),
-        y: mul(&g, &h, md),
-        z: mul(&f, &g, md),
-        t: mul(&e, &h, md),
+        x: mul(&e, &f),
+        y: mul(&g, &h),
+        z: mul(&f, &g),
+        t: mul(&e, &h),
     }
 }
 
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn cached(p: &Ext, d2: &Fe, md: &Modulus) -> Cached {
+fn cached(p: &Ext, d2: &Fe) -> Cached {
     Cached {
-        ymx: sub(&p.y, &p.x, md),
-        ypx: add(&p.y, &p.x, md),
-        z2: add(&p.z, &p.z, md),
-        t2d: mul(&p.t, d2, md),
+        ymx: sub(&p.y, &p.x),
+        ypx: add(&p.y, &p.x),
+        z2: add(&p.z, &p.z),
+        t2d: mul(&p.t, d2),
     }
 }
 
@@ -281,7 +275,7 @@ fn cached(p: &Ext, d2: &Fe, md: &Modulus) -> Cached {
 /// where the digit is negative: -(x, y) = (-x, y) swaps Y - X with Y + X and negates T.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn pick(table: &[Cached; 17], digits: &Digits, w: usize, md: &Modulus) -> Cached {
+fn pick(table: &[Cached; 17], digits: &Digits, w: usize) -> Cached {
     let d = _mm512_set_epi64(
         digits[7][w] as i64,
         digits[6][w] as i64,
@@ -308,29 +302,28 @@ fn pick(table: &[Cached; 17], digits: &Digits, w: usize, md: &Modulus) -> Cached
         ymx: select(negative, &t.ymx, &t.ypx),
         ypx: select(negative, &t.ypx, &t.ymx),
         z2: t.z2,
-        t2d: select(negative, &t.t2d, &sub(&field::zero(), &t.t2d, md)),
+        t2d: select(negative, &t.t2d, &sub(&field::zero(), &t.t2d)),
     }
 }
 
 /// s·B + k·(-A) per lane, projective.
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn combine(c: &EdConstants, lanes: &[EdLane; LANES], md: &Modulus) -> Ext {
+fn combine(c: &EdConstants, lanes: &[EdLane; LANES]) -> Ext {
     let words = |b: &[u8; 32]| -> [u64; 4] {
         std::array::from_fn(|i| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8")))
     };
-    let to_mont = |v: [[u64; 4]; LANES]| mul(&field::gather(&v), &md.r2, md);
-    let one = field::splat(&field::limbs52(&c.p.one));
+    let one = from_u64(1);
     let zero = field::zero();
     let d2 = field::splat(&c.d2);
     // -A, extended: (-x, y, 1, -x·y).
-    let ax = to_mont(lanes.each_ref().map(|l| words(&l.ax)));
-    let ay = to_mont(lanes.each_ref().map(|l| words(&l.ay)));
-    let nx = sub(&zero, &ax, md);
+    let ax = field::gather(&lanes.each_ref().map(|l| words(&l.ax)));
+    let ay = field::gather(&lanes.each_ref().map(|l| words(&l.ay)));
+    let nx = sub(&zero, &ax);
     let minus_a = Ext {
         x: nx,
         y: ay,
         z: one,
-        t: mul(&nx, &ay, md),
+        t: mul(&nx, &ay),
     };
     let identity = Ext {
         x: zero,
@@ -340,19 +333,19 @@ fn combine(c: &EdConstants, lanes: &[EdLane; LANES], md: &Modulus) -> Ext {
     };
     let mut multiples = [identity; 17];
     multiples[1] = minus_a;
-    let first = cached(&minus_a, &d2, md);
+    let first = cached(&minus_a, &d2);
     for j in 2..17 {
         multiples[j] = if j % 2 == 0 {
-            dbl(&multiples[j / 2], md, true)
+            dbl(&multiples[j / 2], true)
         } else {
-            add_cached(&multiples[j - 1], &first, md)
+            add_cached(&multiples[j - 1], &first)
         };
     }
-    let a_table: [Cached; 17] = std::array::from_fn(|j| cached(&multiples[j], &d2, md));
+    let a_table: [Cached; 17] = std::array::from_fn(|j| cached(&multiples[j], &d2));
     let b_table: [Cached; 17] = std::array::from_fn(|j| Cached {
         ymx: field::splat(&c.b[j][0]),
         ypx: field::splat(&c.b[j][1]),
-        z2: add(&one, &one, md),
+        z2: from_u64(2),
         t2d: field::splat(&c.b[j][2]),
     });
     let ds: Digits = lanes.each_ref().map(|l| recode(&words(&l.s)));
@@ -361,11 +354,11 @@ fn combine(c: &EdConstants, lanes: &[EdLane; LANES], md: &Modulus) -> Ext {
     for w in (0..DIGITS).rev() {
         if w != DIGITS - 1 {
             for i in 0..5 {
-                acc = dbl(&acc, md, i == 4);
+                acc = dbl(&acc, i == 4);
             }
         }
-        acc = add_cached(&acc, &pick(&b_table, &ds, w, md), md);
-        acc = add_cached(&acc, &pick(&a_table, &dk, w, md), md);
+        acc = add_cached(&acc, &pick(&b_table, &ds, w));
+        acc = add_cached(&acc, &pick(&a_table, &dk, w));
     }
     acc
 }
@@ -377,29 +370,25 @@ const INVERSION_GROUP: usize = 8;
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub(super) fn verify_sets(sets: &[[EdLane; LANES]]) -> Vec<[bool; LANES]> {
     let c = constants();
-    let md = super::modulus(&c.p);
-    let one = field::splat(&field::limbs52(&c.p.one));
-    let plain_one = field::gather(&[[1, 0, 0, 0]; LANES]);
     let mut out = Vec::with_capacity(sets.len());
     for group in sets.chunks(INVERSION_GROUP) {
-        let points: Vec<Ext> = group.iter().map(|set| combine(c, set, &md)).collect();
+        let points: Vec<Ext> = group.iter().map(|set| combine(c, set)).collect();
         // Z ≠ 0 for every point of the curve (Z = 0 is no point), so the product of all
         // Z has an inverse: prefix products, one exponentiation, back down.
         let mut prefix = Vec::with_capacity(points.len());
         prefix.push(points[0].z);
         for i in 1..points.len() {
-            prefix.push(mul(&prefix[i - 1], &points[i].z, &md));
+            prefix.push(mul(&prefix[i - 1], &points[i].z));
         }
-        let mut inv = field::pow(&prefix[points.len() - 1], &c.p_minus_2, &one, &md);
+        let mut inv = pow(&prefix[points.len() - 1], &c.p_minus_2);
         let mut z_inv = vec![inv; points.len()];
         for i in (1..points.len()).rev() {
-            z_inv[i] = mul(&inv, &prefix[i - 1], &md);
-            inv = mul(&inv, &points[i].z, &md);
+            z_inv[i] = mul(&inv, &prefix[i - 1]);
+            inv = mul(&inv, &points[i].z);
         }
         z_inv[0] = inv;
         for ((set, point), zi) in group.iter().zip(&points).zip(&z_inv) {
-            // Out of Montgomery form: a product with plain 1 is plain.
-            let plain = |v: &Fe| field::scatter(&field::canon(&mul(&mul(v, zi, &md), &plain_one, &md), &md));
+            let plain = |v: &Fe| field::scatter(&canon(&mul(v, zi)));
             let (x, y) = (plain(&point.x), plain(&point.y));
             out.push(std::array::from_fn(|i| {
                 let mut enc = [0u8; 32];

@@ -11,6 +11,7 @@
 
 pub mod check;
 mod edwards;
+mod f25519;
 mod field;
 mod glv;
 mod point;

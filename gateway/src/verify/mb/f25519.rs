@@ -1,0 +1,179 @@
+//! Arithmetic modulo p = 2^255 - 19 on eight lanes, for Ed25519: the same five 52-bit
+//! limbs as `field`, but p's shape replaces Montgomery's reduction: 2^260 ≡ 608 and
+//! 2^255 ≡ 19 (mod p), so a product's upper half folds back with a few multiply-adds.
+//! Values are plain (no Montgomery form). Every result has limbs 0..3 below 2^52 and
+//! limb 4 below 2^48 (the value below 2^255 + 2^20 < 2p); `add_lazy`'s sum, for a
+//! product's input only, may reach 2^257. Public data only: nothing is constant-time.
+
+use std::arch::x86_64::*;
+
+use super::field::{Fe, V};
+
+const MASK52: i64 = (1 << 52) - 1;
+const MASK47: i64 = (1 << 47) - 1;
+
+/// 4p, limb by limb, added before a subtraction so the difference stays positive.
+const FOUR_P: [i64; 5] = [
+    ((1 << 52) - 19) * 4,
+    MASK52 * 4,
+    MASK52 * 4,
+    MASK52 * 4,
+    MASK47 * 4,
+];
+const P: [i64; 5] = [(1 << 52) - 19, MASK52, MASK52, MASK52, MASK47];
+
+/// Signed carries from limb 0 up; limb 4 keeps what is above.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn carry(mut t: [V; 5]) -> [V; 5] {
+    let mask = _mm512_set1_epi64(MASK52);
+    for k in 0..4 {
+        t[k + 1] = _mm512_add_epi64(t[k + 1], _mm512_srai_epi64::<52>(t[k]));
+        t[k] = _mm512_and_si512(t[k], mask);
+    }
+    t
+}
+
+/// Carried limbs (limb 4 below 2^62) to the invariant: bits from 255 up fold back as 19
+/// times their value, then one more carry.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn fold(mut t: [V; 5]) -> Fe {
+    let top = _mm512_srli_epi64::<47>(t[4]);
+    t[4] = _mm512_and_si512(t[4], _mm512_set1_epi64(MASK47));
+    t[0] = _mm512_madd52lo_epu64(t[0], top, _mm512_set1_epi64(19));
+    Fe(carry(t))
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn from_u64(v: u64) -> Fe {
+    let z = _mm512_setzero_si512();
+    Fe([_mm512_set1_epi64(v as i64), z, z, z, z])
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn add(a: &Fe, b: &Fe) -> Fe {
+    fold(carry(std::array::from_fn(|k| {
+        _mm512_add_epi64(a.0[k], b.0[k])
+    })))
+}
+
+/// a + b with carried limbs but not folded (below 2^257): only for a product's input.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn add_lazy(a: &Fe, b: &Fe) -> Fe {
+    Fe(carry(std::array::from_fn(|k| {
+        _mm512_add_epi64(a.0[k], b.0[k])
+    })))
+}
+
+/// a - b + 4p, which is positive for a, b below 2^256.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn sub(a: &Fe, b: &Fe) -> Fe {
+    fold(carry(std::array::from_fn(|k| {
+        _mm512_add_epi64(
+            _mm512_sub_epi64(a.0[k], b.0[k]),
+            _mm512_set1_epi64(FOUR_P[k]),
+        )
+    })))
+}
+
+/// A ten-limb product (limbs below 2^57) modulo p, to the invariant.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn reduce(mut t: [V; 10]) -> Fe {
+    let mask = _mm512_set1_epi64(MASK52);
+    // The upper half in 52-bit limbs; what leaves limb 9 is a multiple of 2^520.
+    for k in 5..9 {
+        t[k + 1] = _mm512_add_epi64(t[k + 1], _mm512_srli_epi64::<52>(t[k]));
+        t[k] = _mm512_and_si512(t[k], mask);
+    }
+    let c10 = _mm512_srli_epi64::<52>(t[9]);
+    t[9] = _mm512_and_si512(t[9], mask);
+    // 2^260 ≡ 608: limb 5 + j lands on limb j, its product's high part on limb j + 1.
+    let k608 = _mm512_set1_epi64(608);
+    let z = _mm512_setzero_si512();
+    let mut over = z;
+    for j in 0..5 {
+        t[j] = _mm512_madd52lo_epu64(t[j], t[j + 5], k608);
+        if j < 4 {
+            t[j + 1] = _mm512_madd52hi_epu64(t[j + 1], t[j + 5], k608);
+        } else {
+            over = _mm512_madd52hi_epu64(z, t[9], k608);
+        }
+    }
+    // Limb 9's high part is another multiple of 2^260; c10 one of 2^520 ≡ 608².
+    t[0] = _mm512_madd52lo_epu64(t[0], over, k608);
+    t[0] = _mm512_madd52lo_epu64(t[0], c10, _mm512_set1_epi64(608 * 608));
+    fold(carry([t[0], t[1], t[2], t[3], t[4]]))
+}
+
+/// a·b mod p; every limb of a and b below 2^52.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn mul(a: &Fe, b: &Fe) -> Fe {
+    let mut t = [_mm512_setzero_si512(); 10];
+    for i in 0..5 {
+        for j in 0..5 {
+            t[i + j] = _mm512_madd52lo_epu64(t[i + j], a.0[i], b.0[j]);
+            t[i + j + 1] = _mm512_madd52hi_epu64(t[i + j + 1], a.0[i], b.0[j]);
+        }
+    }
+    reduce(t)
+}
+
+/// a²: the cross products once, doubled, and the squares.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn sqr(a: &Fe) -> Fe {
+    let z = _mm512_setzero_si512();
+    let mut cross = [z; 10];
+    for i in 0..5 {
+        for j in i + 1..5 {
+            cross[i + j] = _mm512_madd52lo_epu64(cross[i + j], a.0[i], a.0[j]);
+            cross[i + j + 1] = _mm512_madd52hi_epu64(cross[i + j + 1], a.0[i], a.0[j]);
+        }
+    }
+    let mut t: [V; 10] = std::array::from_fn(|k| _mm512_add_epi64(cross[k], cross[k]));
+    for i in 0..5 {
+        t[2 * i] = _mm512_madd52lo_epu64(t[2 * i], a.0[i], a.0[i]);
+        t[2 * i + 1] = _mm512_madd52hi_epu64(t[2 * i + 1], a.0[i], a.0[i]);
+    }
+    reduce(t)
+}
+
+/// The value in [0, p): one conditional subtraction, as every result is below 2p.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn canon(a: &Fe) -> Fe {
+    let d = carry(std::array::from_fn(|k| {
+        _mm512_sub_epi64(a.0[k], _mm512_set1_epi64(P[k]))
+    }));
+    let negative = _mm512_cmplt_epi64_mask(d[4], _mm512_setzero_si512());
+    Fe(std::array::from_fn(|k| {
+        _mm512_mask_blend_epi64(negative, d[k], a.0[k])
+    }))
+}
+
+/// x^e for one exponent shared by all lanes (little-endian words). Fixed 4-bit windows.
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn pow(x: &Fe, e: &[u64; 4]) -> Fe {
+    let one = from_u64(1);
+    let mut table = [one; 16];
+    for i in 1..16 {
+        table[i] = mul(&table[i - 1], x);
+    }
+    let mut acc = one;
+    for i in (0..64).rev() {
+        for _ in 0..4 {
+            acc = sqr(&acc);
+        }
+        let digit = (e[i / 16] >> ((i % 16) * 4)) & 0xf;
+        if digit != 0 {
+            acc = mul(&acc, &table[digit as usize]);
+        }
+    }
+    acc
+}
