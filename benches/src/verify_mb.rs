@@ -126,7 +126,11 @@ fn ed25519_rate(seconds: u64) -> anyhow::Result<f64> {
     let fx = fixtures(Algorithm::Ed25519, LANES);
     let keys: Vec<ed25519_dalek::VerifyingKey> = fx
         .iter()
-        .map(|f| Ok(ed25519_dalek::VerifyingKey::from_bytes(f.key[..].try_into()?)?))
+        .map(|f| {
+            Ok(ed25519_dalek::VerifyingKey::from_bytes(
+                f.key[..].try_into()?,
+            )?)
+        })
         .collect::<anyhow::Result<_>>()?;
     let batch = bsn_gateway::verify::VerifyConfig::default().max_batch;
     let started = Instant::now();

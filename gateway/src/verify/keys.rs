@@ -22,7 +22,11 @@ pub enum ParsedKey {
         point: [u8; 64],
     },
     Secp256k1(secp256k1::PublicKey),
-    Ed25519(VerifyingKey),
+    /// `point`: the affine x, y (little-endian) for the multi-buffer path, where it runs.
+    Ed25519 {
+        key: VerifyingKey,
+        point: Option<([u8; 32], [u8; 32])>,
+    },
     /// `z` is SM3(ENTL || ID || a || b || xG || yG || xA || yA) for the default ID, so
     /// each verification hashes only Z || M.
     Sm2 {
@@ -186,7 +190,12 @@ fn ed25519_key(raw: &[u8; 32]) -> Result<ParsedKey, Reason> {
     if key.is_weak() {
         return Err(Reason::BadPublicKey);
     }
-    Ok(ParsedKey::Ed25519(key))
+    let point = if super::mb::available() {
+        Some(super::mb::ed25519_decompress(raw).ok_or(Reason::BadPublicKey)?)
+    } else {
+        None
+    };
+    Ok(ParsedKey::Ed25519 { key, point })
 }
 
 /// The affine x || y of a key's point (uncompressed SEC1 without its tag).

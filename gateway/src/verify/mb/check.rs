@@ -373,20 +373,7 @@ pub fn ed25519_lane(
     signature: &[u8; 64],
 ) -> Option<super::EdLane> {
     crate::verify::ed25519::parse_signature(signature).ok()?;
-    let r: [u8; 32] = signature[..32].try_into().expect("32 bytes");
-    let s: [u8; 32] = signature[32..].try_into().expect("32 bytes");
-    let mut h = openssl::sha::Sha512::new();
-    h.update(&r);
-    h.update(key);
-    h.update(message);
-    let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&h.finish()).to_bytes();
-    Some(super::EdLane {
-        ax: point.0,
-        ay: point.1,
-        r,
-        s,
-        k,
-    })
+    Some(super::ed25519_lane(key, point, message, signature))
 }
 
 /// Ed25519 against ed25519-dalek's `verify_strict`: each signature as made, with one bit
@@ -395,8 +382,13 @@ pub fn ed25519_lane(
 /// `verify_strict` refuses too; every other answer of the vector path must equal it.
 pub fn run_ed25519(signatures: usize) -> Report {
     use ed25519_dalek::{Signer as _, SigningKey};
-    let signers: Vec<SigningKey> = (0..KEYS).map(|_| SigningKey::from_bytes(&rand32())).collect();
-    let keys: Vec<[u8; 32]> = signers.iter().map(|k| k.verifying_key().to_bytes()).collect();
+    let signers: Vec<SigningKey> = (0..KEYS)
+        .map(|_| SigningKey::from_bytes(&rand32()))
+        .collect();
+    let keys: Vec<[u8; 32]> = signers
+        .iter()
+        .map(|k| k.verifying_key().to_bytes())
+        .collect();
     let points: Vec<([u8; 32], [u8; 32])> = keys
         .iter()
         .map(|k| super::ed25519_decompress(k).expect("a real key decompresses"))
@@ -439,9 +431,9 @@ pub fn run_ed25519(signatures: usize) -> Report {
                     }
                     None if reference => {
                         report.mismatch_count += 1;
-                        report
-                            .mismatches
-                            .push(format!("strict checks refused a valid signature of key {key}"));
+                        report.mismatches.push(format!(
+                            "strict checks refused a valid signature of key {key}"
+                        ));
                     }
                     None => {}
                 }

@@ -50,11 +50,13 @@ pub fn decompress(a: &[u8; 32]) -> Option<([u8; 32], [u8; 32])> {
     let mut y2 = BigNum::new().ok()?;
     y2.mod_sqr(&y, p, &mut ctx).ok()?;
     let mut num = BigNum::new().ok()?;
-    num.mod_sub(&y2, &*BigNum::from_u32(1).ok()?, p, &mut ctx).ok()?;
+    num.mod_sub(&y2, &*BigNum::from_u32(1).ok()?, p, &mut ctx)
+        .ok()?;
     let mut den = BigNum::new().ok()?;
     den.mod_mul(&d, &y2, p, &mut ctx).ok()?;
     let mut den1 = BigNum::new().ok()?;
-    den1.mod_add(&den, &*BigNum::from_u32(1).ok()?, p, &mut ctx).ok()?;
+    den1.mod_add(&den, &*BigNum::from_u32(1).ok()?, p, &mut ctx)
+        .ok()?;
     let mut inv = BigNum::new().ok()?;
     inv.mod_inverse(&den1, p, &mut ctx).ok()?;
     let mut x2 = BigNum::new().ok()?;
@@ -90,6 +92,31 @@ fn ed_p() -> Result<BigNum, openssl::error::ErrorStack> {
     p.lshift(&*BigNum::from_u32(1)?, 255)?;
     p.sub_word(19)?;
     Ok(p)
+}
+
+/// The lane of a signature whose encodings the strict checks accepted
+/// (`verify::ed25519::parse_signature`, the key's own checks): k = SHA-512(R || A || M)
+/// mod L. `point`: A's affine coordinates from `decompress`.
+pub fn lane(
+    key: &[u8; 32],
+    point: &([u8; 32], [u8; 32]),
+    message: &[u8],
+    signature: &[u8; 64],
+) -> EdLane {
+    let r: [u8; 32] = signature[..32].try_into().expect("32 bytes");
+    let s: [u8; 32] = signature[32..].try_into().expect("32 bytes");
+    let mut h = openssl::sha::Sha512::new();
+    h.update(&r);
+    h.update(key);
+    h.update(message);
+    let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&h.finish()).to_bytes();
+    EdLane {
+        ax: point.0,
+        ay: point.1,
+        r,
+        s,
+        k,
+    }
 }
 
 pub(super) struct EdConstants {
@@ -162,7 +189,11 @@ fn build() -> Result<EdConstants, openssl::error::ErrorStack> {
     // d = -121665 / 121666 (RFC 8032).
     let mut minus = BigNum::new()?;
     minus.checked_sub(&p, &*BigNum::from_u32(121_665)?)?;
-    let d = mulm(&minus, &*inv(&*BigNum::from_u32(121_666)?, &mut ctx)?, &mut ctx)?;
+    let d = mulm(
+        &minus,
+        &*inv(&*BigNum::from_u32(121_666)?, &mut ctx)?,
+        &mut ctx,
+    )?;
     // B: y = 4/5, x the even root (RFC 8032 §5.1).
     let by = mulm(
         &*BigNum::from_u32(4)?,
@@ -192,8 +223,16 @@ fn build() -> Result<EdConstants, openssl::error::ErrorStack> {
             &*mulm(x1, &bx, &mut ctx)?,
             &mut ctx,
         )?;
-        let x3 = mulm(&xn, &*inv(&*addm(&one, &dxy, &mut ctx)?, &mut ctx)?, &mut ctx)?;
-        let y3 = mulm(&yn, &*inv(&*subm(&one, &dxy, &mut ctx)?, &mut ctx)?, &mut ctx)?;
+        let x3 = mulm(
+            &xn,
+            &*inv(&*addm(&one, &dxy, &mut ctx)?, &mut ctx)?,
+            &mut ctx,
+        )?;
+        let y3 = mulm(
+            &yn,
+            &*inv(&*subm(&one, &dxy, &mut ctx)?, &mut ctx)?,
+            &mut ctx,
+        )?;
         multiples.push((x3, y3));
     }
     let mont = |v: &BigNumRef, ctx: &mut BigNumContext| -> Result<[u64; 5], _> {

@@ -420,7 +420,10 @@ fn ed25519_agrees_with_verify_strict() {
     );
     assert_eq!(report.lanes, 5 * n);
     assert_eq!(report.declined, 0, "the Edwards path declines nothing");
-    assert!(report.valid >= n && report.valid < n + n / 100, "{report:?}");
+    assert!(
+        report.valid >= n && report.valid < n + n / 100,
+        "{report:?}"
+    );
 }
 
 /// Decompression matches ed25519-dalek's, and refuses a y with no x.
