@@ -69,6 +69,7 @@ impl Engine {
             Algorithm::EcdsaP256,
             Algorithm::EcdsaSecp256k1,
             Algorithm::Sm2,
+            Algorithm::Ed25519,
         ] {
             counter!(m::VERIFY_MULTI_BUFFER_LANES_TOTAL, "algorithm" => alg.as_str()).absolute(0);
         }
