@@ -1,4 +1,4 @@
-//! Multi-buffer verification: eight ECDSA (P-256, secp256k1) or SM2 signatures at once on
+//! Multi-buffer verification: eight ECDSA (P-256, secp256k1), SM2 or Ed25519 signatures at once on
 //! AVX-512 IFMA, the design of Intel's crypto_mb (52-bit limbs, one register per limb of
 //! eight lanes) written anew here. Chosen at run time: `available()` says whether this
 //! CPU has IFMA; without it, and for every lane that meets an exceptional addition, the
