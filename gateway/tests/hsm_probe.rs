@@ -34,15 +34,6 @@ fn probe(dir: &Path, args: &[&str]) -> (bool, Value) {
     (out.status.success(), report)
 }
 
-fn check<'a>(report: &'a Value, what: &str) -> &'a Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["what"] == what)
-        .unwrap_or_else(|| panic!("no check {what:?} in {report:#}"))
-}
-
 fn failed(report: &Value) -> Vec<String> {
     report["checks"]
         .as_array()
@@ -96,7 +87,7 @@ fn the_embedded_token_meets_the_softhsm2_profile() {
         .contains(&"keypair".into()));
     // Each algorithm was proven end to end on session keys.
     for alg in ["ecdsa-p256", "ecdsa-secp256k1", "ed25519"] {
-        let c = check(&report, &format!("{alg} sign"));
+        let c = probe_check(&report, &format!("{alg} sign"));
         assert!(c["detail"].as_str().unwrap().contains("verified"), "{c:#}");
     }
     // ...and left nothing on the token beside the gateway's own audit key.
@@ -114,7 +105,7 @@ fn the_embedded_token_meets_the_softhsm2_profile() {
     // Without a login it lists and checks mechanisms, and tries no signing.
     let (ok, report) = probe(tmp.path(), &["--dev", "--data-dir", d, "--no-login"]);
     assert!(ok, "{report:#}");
-    assert!(check(&report, "signing")["detail"]
+    assert!(probe_check(&report, "signing")["detail"]
         .as_str()
         .unwrap()
         .contains("not tried"));
@@ -163,17 +154,17 @@ fn what_a_profile_expects_and_the_token_lacks_is_named() {
         "{report:#}"
     );
     // SoftHSM2 has no vendor SM2: named by number and role.
-    assert!(check(&report, "sm2 mechanisms")["detail"]
+    assert!(probe_check(&report, "sm2 mechanisms")["detail"]
         .as_str()
         .unwrap()
         .contains("CKM_VENDOR_DEFINED+0x8000 (SM2 signature over e)"));
-    assert!(check(&report, "ecdsa-p256 sign")["detail"]
+    assert!(probe_check(&report, "ecdsa-p256 sign")["detail"]
         .as_str()
         .unwrap()
         .contains("quirks.ec_point"));
     // SoftHSM2 sets no session limit, so any pool fits (the unit tests cover a token
     // with one).
-    assert_eq!(check(&report, "sessions")["ok"], true);
+    assert_eq!(probe_check(&report, "sessions")["ok"], true);
 
     // A config naming a token that is not there, and one whose PIN is wrong.
     let config = dir.join("other.toml");
@@ -201,7 +192,7 @@ fn what_a_profile_expects_and_the_token_lacks_is_named() {
     let (ok, report) = probe(dir, &["--config", wrong.to_str().unwrap()]);
     assert!(!ok);
     assert_eq!(failed(&report), ["login"]);
-    assert!(check(&report, "login")["detail"]
+    assert!(probe_check(&report, "login")["detail"]
         .as_str()
         .unwrap()
         .contains("PIN_INCORRECT"));

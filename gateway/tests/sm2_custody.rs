@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::sm2::{b64, openssl_sm2, raw_to_der};
+use common::sm2::{b64, openssl_sm2};
 use common::token::Token;
 use common::{error_code, pkcs11_tool, unhex, Gateway};
 use serde_json::json;
@@ -32,80 +32,9 @@ fn sm2_keys_are_held_wrapped_and_sign_per_gmt_0003() {
         .clone();
     assert_eq!(entry["custody"], "wrapped");
     assert!(entry.get("wrapped").is_none());
+    common::sm2::signs_per_gmt_0003(&g, &key);
     let sign = format!("/v1/keys/{id}/sign");
-
-    // A message, hashed with Z of the default ID: DER, then raw r||s.
     let message = b"a BSN transaction on a CITA chain".to_vec();
-    let r = g.post(&sign, json!({"message_b64": b64(&message)}));
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["format"], "der");
-    let der = unhex(r.body["signature"].as_str().unwrap());
-    assert!(openssl_sm2(&pem, &message, &der, "1234567812345678"));
-    assert!(!openssl_sm2(
-        &pem,
-        b"another message",
-        &der,
-        "1234567812345678"
-    ));
-    let r = g.post(
-        &sign,
-        json!({"message_b64": b64(&message), "format": "raw"}),
-    );
-    let raw = unhex(r.body["signature"].as_str().unwrap());
-    assert_eq!(raw.len(), 64);
-    assert!(openssl_sm2(
-        &pem,
-        &message,
-        &raw_to_der(&raw),
-        "1234567812345678"
-    ));
-    // The gateway's own verifier agrees.
-    let r = g.post(
-        "/v1/verify",
-        json!({"items": [{"algorithm": "sm2", "key_id": id, "message_b64": b64(&message), "signature": format!("0x{}", hex::encode(&der))}]}),
-    );
-    assert_eq!(r.body["results"][0]["valid"], true, "{}", r.body);
-
-    // Another distinguishing ID changes Z: openssl agrees with that ID only.
-    let r = g.post(
-        &sign,
-        json!({"message_b64": b64(&message), "sm2_id": "ALICE123@YAHOO.COM"}),
-    );
-    let der_alice = unhex(r.body["signature"].as_str().unwrap());
-    assert!(openssl_sm2(
-        &pem,
-        &message,
-        &der_alice,
-        "ALICE123@YAHOO.COM"
-    ));
-    assert!(!openssl_sm2(&pem, &message, &der_alice, "1234567812345678"));
-
-    // A digest is taken as e: SM3(Z || M) made here signs the same as the message.
-    let point = unhex(key["public_key"].as_str().unwrap());
-    let z = bsn_gateway::verify::keys::sm2_z_with_id(b"1234567812345678", &point);
-    let mut zm = z.to_vec();
-    zm.extend_from_slice(&message);
-    let e = bsn_gateway::verify::keys::sm3(&zm);
-    let r = g.post(&sign, json!({"digest": format!("0x{}", hex::encode(e))}));
-    let der_e = unhex(r.body["signature"].as_str().unwrap());
-    assert!(openssl_sm2(&pem, &message, &der_e, "1234567812345678"));
-
-    // A batch, one unwrap.
-    let items: Vec<_> = (0..3u8)
-        .map(|i| json!({"message_b64": b64(&[i; 9])}))
-        .collect();
-    let r = g.post(
-        &format!("/v1/keys/{id}/sign-batch"),
-        json!({"items": items}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    for (i, s) in r.body["signatures"].as_array().unwrap().iter().enumerate() {
-        let der = unhex(s.as_str().unwrap());
-        assert!(
-            openssl_sm2(&pem, &[i as u8; 9], &der, "1234567812345678"),
-            "item {i}"
-        );
-    }
     // Formats and hashes that SM2 has no use for are refused, typed.
     let r = g.post(
         &sign,

@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::sm2::{b64, openssl_sm2, raw_to_der};
+use common::sm2::{b64, openssl_sm2};
 use common::token::Token;
-use common::unhex;
+use common::{probe_check, unhex};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
@@ -30,15 +30,6 @@ fn probe(token: &Token, config: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&json[..end]).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-fn check<'a>(report: &'a serde_json::Value, what: &str) -> &'a serde_json::Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["what"] == what)
-        .unwrap_or_else(|| panic!("no check {what:?} in {report:#}"))
-}
-
 /// A token whose vendor mechanisms do SM2 (the cn-generic-sm2 profile; a mock module, as
 /// no PKCS#11 module with SM2 installs here): the key is generated and used in the token,
 /// never seen by the gateway, and signs per GM/T 0003.2 with Z and e made by the gateway.
@@ -53,59 +44,9 @@ fn sm2_keys_are_made_and_used_in_a_token_with_vendor_sm2() {
     assert!(key.get("wrapped").is_none(), "{key}");
     let id = key["id"].as_str().unwrap().to_string();
     let pem = key["public_key_pem"].as_str().unwrap().to_string();
+    common::sm2::signs_per_gmt_0003(&g, &key);
     let sign = format!("/v1/keys/{id}/sign");
     let message = b"a XuperChain transaction".to_vec();
-
-    let r = g.post(&sign, json!({"message_b64": b64(&message)}));
-    assert_eq!(r.status, 200, "{}", r.body);
-    let der = unhex(r.body["signature"].as_str().unwrap());
-    assert!(openssl_sm2(&pem, &message, &der, "1234567812345678"));
-    assert!(!openssl_sm2(&pem, b"another", &der, "1234567812345678"));
-    let r = g.post(
-        &sign,
-        json!({"message_b64": b64(&message), "format": "raw", "sm2_id": "ALICE123@YAHOO.COM"}),
-    );
-    let raw = unhex(r.body["signature"].as_str().unwrap());
-    assert_eq!(raw.len(), 64);
-    assert!(openssl_sm2(
-        &pem,
-        &message,
-        &raw_to_der(&raw),
-        "ALICE123@YAHOO.COM"
-    ));
-    assert!(!openssl_sm2(
-        &pem,
-        &message,
-        &raw_to_der(&raw),
-        "1234567812345678"
-    ));
-    // A digest is the final e.
-    let point = unhex(key["public_key"].as_str().unwrap());
-    let z = bsn_gateway::verify::keys::sm2_z_with_id(b"1234567812345678", &point);
-    let e = bsn_gateway::verify::keys::sm2_e(&z, &message);
-    let r = g.post(&sign, json!({"digest": format!("0x{}", hex::encode(e))}));
-    let der_e = unhex(r.body["signature"].as_str().unwrap());
-    assert!(openssl_sm2(&pem, &message, &der_e, "1234567812345678"));
-    let items: Vec<_> = (0..3u8)
-        .map(|i| json!({"message_b64": b64(&[i; 5])}))
-        .collect();
-    let r = g.post(
-        &format!("/v1/keys/{id}/sign-batch"),
-        json!({"items": items}),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    for (i, s) in r.body["signatures"].as_array().unwrap().iter().enumerate() {
-        let der = unhex(s.as_str().unwrap());
-        assert!(
-            openssl_sm2(&pem, &[i as u8; 5], &der, "1234567812345678"),
-            "item {i}"
-        );
-    }
-    let r = g.post(
-        "/v1/verify",
-        json!({"items": [{"algorithm": "sm2", "key_id": id, "message_b64": b64(&message), "signature": format!("0x{}", hex::encode(&der))}]}),
-    );
-    assert_eq!(r.body["results"][0]["valid"], true, "{}", r.body);
 
     // The private key is a token object: sensitive, never extractable, its value not
     // readable; nothing of it is in the journal, and the audit says "hsm".
@@ -134,7 +75,7 @@ fn sm2_keys_are_made_and_used_in_a_token_with_vendor_sm2() {
     // The probe names the vendor mechanisms by their role and signs with them.
     assert!(g.terminate().success());
     let report = probe(&token, &data.join("gateway.toml"));
-    let mechs = check(&report, "sm2 mechanisms");
+    let mechs = probe_check(&report, "sm2 mechanisms");
     assert_eq!(mechs["ok"], true, "{report:#}");
     assert!(
         mechs["detail"]
@@ -143,10 +84,14 @@ fn sm2_keys_are_made_and_used_in_a_token_with_vendor_sm2() {
             .contains("CKM_VENDOR_DEFINED+0x8001 (SM2 key-pair generation)"),
         "{mechs}"
     );
-    let signed = check(&report, "sm2 sign");
+    let signed = probe_check(&report, "sm2 sign");
     assert_eq!(signed["ok"], true, "{report:#}");
     assert!(signed["detail"].as_str().unwrap().contains("SM2 verifier"));
-    assert_eq!(check(&report, "ecdsa-p256 sign")["ok"], true, "{report:#}");
+    assert_eq!(
+        probe_check(&report, "ecdsa-p256 sign")["ok"],
+        true,
+        "{report:#}"
+    );
 
     // A restart finds the key in the token and signs with it.
     let g = token.start_gateway(&data, "");

@@ -265,43 +265,54 @@ fn issues(issuer: &X509, child: &X509) -> bool {
     if issuer.issued(child) != X509VerifyResult::OK {
         return false;
     }
-    let (Ok(der), Ok(key)) = (child.to_der(), issuer.public_key()) else {
+    let Ok(der) = child.to_der() else {
         return false;
     };
     let Ok(cert) = x509_cert::Certificate::from_der(&der) else {
         return false;
     };
-    if cert.signature_algorithm.oid != SM2_SM3 {
-        return child.verify(&key).unwrap_or(false);
-    }
-    let (Ok(tbs), Some(sig), Ok(point)) = (
+    signed_by(
+        issuer,
+        cert.signature_algorithm.oid,
         cert.tbs_certificate.to_der(),
         cert.signature.as_bytes(),
-        sm2_point(issuer),
-    ) else {
-        return false;
-    };
-    crate::verify::keys::sm2_signed(&point, &tbs, sig)
+        |key| child.verify(key),
+    )
 }
 
 fn crl_signed_by(crl: &X509Crl, issuer: &X509) -> bool {
-    let Ok(key) = issuer.public_key() else {
-        return false;
-    };
     let Ok(der) = crl.to_der() else {
         return false;
     };
     let Ok(list) = x509_cert::crl::CertificateList::from_der(&der) else {
         return false;
     };
-    if list.signature_algorithm.oid != SM2_SM3 {
-        return crl.verify(&key).unwrap_or(false);
-    }
-    let (Ok(tbs), Some(sig), Ok(point)) = (
+    signed_by(
+        issuer,
+        list.signature_algorithm.oid,
         list.tbs_cert_list.to_der(),
         list.signature.as_bytes(),
-        sm2_point(issuer),
-    ) else {
+        |key| crl.verify(key),
+    )
+}
+
+/// A signature by `issuer`'s key over `tbs`: SM2 with SM3 by the gateway's own check
+/// (either ID), anything else by OpenSSL (`openssl_verify`).
+fn signed_by(
+    issuer: &X509,
+    algorithm: ObjectIdentifier,
+    tbs: Result<Vec<u8>, x509_cert::der::Error>,
+    signature: Option<&[u8]>,
+    openssl_verify: impl FnOnce(
+        &openssl::pkey::PKeyRef<openssl::pkey::Public>,
+    ) -> Result<bool, openssl::error::ErrorStack>,
+) -> bool {
+    if algorithm != SM2_SM3 {
+        return issuer
+            .public_key()
+            .is_ok_and(|key| openssl_verify(&key).unwrap_or(false));
+    }
+    let (Ok(tbs), Some(sig), Ok(point)) = (tbs, signature, sm2_point(issuer)) else {
         return false;
     };
     crate::verify::keys::sm2_signed(&point, &tbs, sig)

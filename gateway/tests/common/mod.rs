@@ -402,3 +402,13 @@ pub fn dev_token_config(dir: &Path, server_extra: &str, hsm_extra: &str, tail: &
         d = dir.display()
     )
 }
+
+/// One check of an `hsm probe --json` report, by its name.
+pub fn probe_check<'a>(report: &'a Value, what: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == what)
+        .unwrap_or_else(|| panic!("no check {what:?} in {report:#}"))
+}

@@ -15,7 +15,7 @@ use openssl::bn::{BigNum, BigNumContext, BigNumRef};
 
 use super::f25519::{add, add_lazy, canon, from_u64, mul, pow, sqr, sub};
 use super::field::{self, select, Fe};
-use super::point::{recode, Digits, DIGITS};
+use super::point::{digit_vector, recode, Digits, DIGITS};
 use super::LANES;
 
 /// One signature, its encodings already checked: A decompressed (affine, little-endian,
@@ -315,16 +315,7 @@ fn cached(p: &Ext, d2: &Fe) -> Cached {
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn pick(table: &[Cached; 17], digits: &Digits, w: usize) -> Cached {
-    let d = _mm512_set_epi64(
-        digits[7][w] as i64,
-        digits[6][w] as i64,
-        digits[5][w] as i64,
-        digits[4][w] as i64,
-        digits[3][w] as i64,
-        digits[2][w] as i64,
-        digits[1][w] as i64,
-        digits[0][w] as i64,
-    );
+    let d = digit_vector(digits, w);
     let negative = _mm512_cmplt_epi64_mask(d, _mm512_setzero_si512());
     let magnitude = _mm512_abs_epi64(d);
     let mut t = table[0];

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::field::{Fe, V};
+use super::field::{carry, sub_once, Fe, V};
 
 const MASK52: i64 = (1 << 52) - 1;
 const MASK47: i64 = (1 << 47) - 1;
@@ -21,18 +21,6 @@ const FOUR_P: [i64; 5] = [
     MASK47 * 4,
 ];
 const P: [i64; 5] = [(1 << 52) - 19, MASK52, MASK52, MASK52, MASK47];
-
-/// Signed carries from limb 0 up; limb 4 keeps what is above.
-#[inline]
-#[target_feature(enable = "avx512f,avx512ifma")]
-fn carry(mut t: [V; 5]) -> [V; 5] {
-    let mask = _mm512_set1_epi64(MASK52);
-    for k in 0..4 {
-        t[k + 1] = _mm512_add_epi64(t[k + 1], _mm512_srai_epi64::<52>(t[k]));
-        t[k] = _mm512_and_si512(t[k], mask);
-    }
-    t
-}
 
 /// Carried limbs (limb 4 below 2^62) to the invariant: bits from 255 up fold back as 19
 /// times their value, then one more carry.
@@ -148,13 +136,7 @@ pub fn sqr(a: &Fe) -> Fe {
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub fn canon(a: &Fe) -> Fe {
-    let d = carry(std::array::from_fn(|k| {
-        _mm512_sub_epi64(a.0[k], _mm512_set1_epi64(P[k]))
-    }));
-    let negative = _mm512_cmplt_epi64_mask(d[4], _mm512_setzero_si512());
-    Fe(std::array::from_fn(|k| {
-        _mm512_mask_blend_epi64(negative, d[k], a.0[k])
-    }))
+    sub_once(a.0, &P.map(|l| _mm512_set1_epi64(l)))
 }
 
 /// x^e for one exponent shared by all lanes (little-endian words). Fixed 4-bit windows.

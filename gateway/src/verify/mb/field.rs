@@ -97,7 +97,7 @@ pub fn zero() -> Fe {
 /// Carries every limb's excess (signed) into the next; the top limb keeps the sign.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn carry(mut t: [V; 5]) -> [V; 5] {
+pub(super) fn carry(mut t: [V; 5]) -> [V; 5] {
     let mask = _mm512_set1_epi64(MASK52);
     for k in 0..4 {
         t[k + 1] = _mm512_add_epi64(t[k + 1], _mm512_srai_epi64::<52>(t[k]));
@@ -109,7 +109,7 @@ fn carry(mut t: [V; 5]) -> [V; 5] {
 /// t with carried limbs, t < 2b -> t mod b, for b = m or 2m.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn sub_once(t: [V; 5], b: &[V; 5]) -> Fe {
+pub(super) fn sub_once(t: [V; 5], b: &[V; 5]) -> Fe {
     let d = carry(std::array::from_fn(|k| _mm512_sub_epi64(t[k], b[k])));
     let negative = _mm512_cmplt_epi64_mask(d[4], _mm512_setzero_si512());
     Fe(std::array::from_fn(|k| {

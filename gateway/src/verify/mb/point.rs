@@ -170,6 +170,22 @@ pub fn recode(u: &[u64; 4]) -> [i8; DIGITS] {
     out
 }
 
+/// Digit `w` of each lane's scalar, one lane each.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn digit_vector(digits: &Digits, w: usize) -> __m512i {
+    _mm512_set_epi64(
+        digits[7][w] as i64,
+        digits[6][w] as i64,
+        digits[5][w] as i64,
+        digits[4][w] as i64,
+        digits[3][w] as i64,
+        digits[2][w] as i64,
+        digits[1][w] as i64,
+        digits[0][w] as i64,
+    )
+}
+
 /// One term of a linear combination: per-lane digits and the multiples 1..16 of the
 /// point, either each lane's own (Jacobian) or one point shared by all lanes (affine).
 pub enum Term<'a> {
@@ -220,16 +236,7 @@ pub fn lincomb(terms: &[Term], windows: usize, c: &CurveMb) -> (Jac, __mmask8, _
             let digits = match term {
                 Term::Lanes(d, _) | Term::Shared(d, _) => d,
             };
-            let d = _mm512_set_epi64(
-                digits[7][w] as i64,
-                digits[6][w] as i64,
-                digits[5][w] as i64,
-                digits[4][w] as i64,
-                digits[3][w] as i64,
-                digits[2][w] as i64,
-                digits[1][w] as i64,
-                digits[0][w] as i64,
-            );
+            let d = digit_vector(digits, w);
             let nonzero = _mm512_cmpneq_epi64_mask(d, _mm512_setzero_si512());
             if nonzero == 0 {
                 continue;
