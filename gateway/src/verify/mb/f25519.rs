@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::field::{carry, sub_once, Fe, V};
+use super::field::{carry, product, square, sub_once, Fe, V};
 
 const MASK52: i64 = (1 << 52) - 1;
 const MASK47: i64 = (1 << 47) - 1;
@@ -102,34 +102,13 @@ fn reduce(mut t: [V; 10]) -> Fe {
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub fn mul(a: &Fe, b: &Fe) -> Fe {
-    let mut t = [_mm512_setzero_si512(); 10];
-    for i in 0..5 {
-        for j in 0..5 {
-            t[i + j] = _mm512_madd52lo_epu64(t[i + j], a.0[i], b.0[j]);
-            t[i + j + 1] = _mm512_madd52hi_epu64(t[i + j + 1], a.0[i], b.0[j]);
-        }
-    }
-    reduce(t)
+    reduce(product(a, b))
 }
 
-/// a²: the cross products once, doubled, and the squares.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub fn sqr(a: &Fe) -> Fe {
-    let z = _mm512_setzero_si512();
-    let mut cross = [z; 10];
-    for i in 0..5 {
-        for j in i + 1..5 {
-            cross[i + j] = _mm512_madd52lo_epu64(cross[i + j], a.0[i], a.0[j]);
-            cross[i + j + 1] = _mm512_madd52hi_epu64(cross[i + j + 1], a.0[i], a.0[j]);
-        }
-    }
-    let mut t: [V; 10] = std::array::from_fn(|k| _mm512_add_epi64(cross[k], cross[k]));
-    for i in 0..5 {
-        t[2 * i] = _mm512_madd52lo_epu64(t[2 * i], a.0[i], a.0[i]);
-        t[2 * i + 1] = _mm512_madd52hi_epu64(t[2 * i + 1], a.0[i], a.0[i]);
-    }
-    reduce(t)
+    reduce(square(a))
 }
 
 /// The value in [0, p): one conditional subtraction, as every result is below 2p.

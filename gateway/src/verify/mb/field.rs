@@ -208,6 +208,20 @@ fn reduce_as<const K0_ONE: bool>(mut t: [V; 10], md: &Modulus) -> Fe {
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub fn mul(a: &Fe, b: &Fe, md: &Modulus) -> Fe {
+    reduce(product(a, b), md)
+}
+
+/// a²·2^-260 mod m, as `mul`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub fn sqr(a: &Fe, md: &Modulus) -> Fe {
+    reduce(square(a), md)
+}
+
+/// The ten-limb product a·b (limbs below 2^56), not reduced.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+pub(super) fn product(a: &Fe, b: &Fe) -> [V; 10] {
     let mut t = [_mm512_setzero_si512(); 10];
     for i in 0..5 {
         for j in 0..5 {
@@ -215,13 +229,13 @@ pub fn mul(a: &Fe, b: &Fe, md: &Modulus) -> Fe {
             t[i + j + 1] = _mm512_madd52hi_epu64(t[i + j + 1], a.0[i], b.0[j]);
         }
     }
-    reduce(t, md)
+    t
 }
 
-/// a²: the ten cross products once, doubled, and the five squares.
+/// a², as `product`: the ten cross products once, doubled, and the five squares.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-pub fn sqr(a: &Fe, md: &Modulus) -> Fe {
+pub(super) fn square(a: &Fe) -> [V; 10] {
     let z = _mm512_setzero_si512();
     let mut cross = [z; 10];
     for i in 0..5 {
@@ -235,7 +249,7 @@ pub fn sqr(a: &Fe, md: &Modulus) -> Fe {
         t[2 * i] = _mm512_madd52lo_epu64(t[2 * i], a.0[i], a.0[i]);
         t[2 * i + 1] = _mm512_madd52hi_epu64(t[2 * i + 1], a.0[i], a.0[i]);
     }
-    reduce(t, md)
+    t
 }
 
 /// Lanes where a ≡ b (mod m).
