@@ -1,9 +1,9 @@
-//! Multi-buffer verification: eight ECDSA (P-256, secp256k1), SM2 or Ed25519 signatures at once on
-//! AVX-512 IFMA, the design of Intel's crypto_mb (52-bit limbs, one register per limb of
-//! eight lanes) written anew here. Chosen at run time: `available()` says whether this
-//! CPU has IFMA; without it, and for every lane that meets an exceptional addition, the
-//! callers use the scalar path (OpenSSL, libsecp256k1, `sm2p256`), which the tests hold
-//! this path to, answer for answer.
+//! Multi-buffer verification: eight ECDSA (P-256, secp256k1), SM2 or Ed25519 signatures
+//! at once on AVX-512 IFMA, the design of Intel's crypto_mb (52-bit limbs, one register
+//! per limb of eight lanes) written anew here. Chosen at run time: `available()` says
+//! whether this CPU has IFMA; without it, and for every lane that meets an exceptional
+//! addition, the callers use the scalar path (OpenSSL, libsecp256k1, `sm2p256`,
+//! ed25519-dalek), which the tests hold this path to, answer for answer.
 //!
 //! This is the one module of the workspace that may use `unsafe`: converting registers
 //! to and from arrays (`field::lanes`, `field::from_lanes`) and entering the
