@@ -261,14 +261,16 @@ impl Cas {
     pub fn revoked(&self, issuer_der: &[u8], serial: &[u8]) -> bool {
         let state = self.lock();
         let serial = hex::encode(serial);
+        // The register is looked up first: a CA's certificate is parsed only for a serial
+        // it revoked, not for every envelope.
         state.cas.values().any(|ca| {
-            let der = openssl::x509::X509::from_pem(ca.certificate_pem.as_bytes())
-                .and_then(|c| c.to_der());
-            der.is_ok_and(|d| d == issuer_der)
-                && state
-                    .issued
-                    .get(&(ca.name.clone(), serial.clone()))
-                    .is_some_and(|r| r.revoked.is_some())
+            state
+                .issued
+                .get(&(ca.name.clone(), serial.clone()))
+                .is_some_and(|r| r.revoked.is_some())
+                && openssl::x509::X509::from_pem(ca.certificate_pem.as_bytes())
+                    .and_then(|c| c.to_der())
+                    .is_ok_and(|d| d == issuer_der)
         })
     }
 

@@ -7,6 +7,9 @@
 
 use std::arch::x86_64::*;
 
+// `add_lazy` is field's: the limb sums carried, not folded (below 2^257 here), only for
+// a product's input.
+pub use super::field::add_lazy;
 use super::field::{carry, product, square, sub_once, Fe, V};
 
 const MASK52: i64 = (1 << 52) - 1;
@@ -42,18 +45,7 @@ pub fn from_u64(v: u64) -> Fe {
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 pub fn add(a: &Fe, b: &Fe) -> Fe {
-    fold(carry(std::array::from_fn(|k| {
-        _mm512_add_epi64(a.0[k], b.0[k])
-    })))
-}
-
-/// a + b with carried limbs but not folded (below 2^257): only for a product's input.
-#[inline]
-#[target_feature(enable = "avx512f,avx512ifma")]
-pub fn add_lazy(a: &Fe, b: &Fe) -> Fe {
-    Fe(carry(std::array::from_fn(|k| {
-        _mm512_add_epi64(a.0[k], b.0[k])
-    })))
+    fold(add_lazy(a, b).0)
 }
 
 /// a - b + 4p, which is positive for a, b below 2^256.
