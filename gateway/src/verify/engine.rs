@@ -315,25 +315,26 @@ fn verify_batch(
     recover_all(verifier, jobs, recoveries, &mut out);
     // Ed25519: eight at a time on the multi-buffer path where every item of the set has
     // its point (the path runs), the rest in one batch.
-    let vectored: Vec<usize> = (0..ed_at.len())
-        .filter(|&i| ed_points[i].is_some())
+    let mut vectored: Vec<_> = ed_points
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
         .collect();
-    let vectored = &vectored[..mb::ed25519_share(vectored.len())];
+    vectored.truncate(mb::ed25519_share(vectored.len()));
     let lanes: Vec<mb::EdLane> = vectored
         .iter()
-        .filter_map(|&i| {
-            let point = ed_points[i].as_ref()?;
-            Some(mb::ed25519_lane(
+        .map(|&(i, point)| {
+            mb::ed25519_lane(
                 &ed_keys[i].to_bytes(),
                 point,
                 ed_msgs[i],
                 &ed_sigs[i].to_bytes(),
-            ))
+            )
         })
         .collect();
     let answers = mb::verify_ed25519(&lanes);
     let mut answered = vec![None; ed_at.len()];
-    for (&i, answer) in vectored.iter().zip(&answers) {
+    for (&(i, _), answer) in vectored.iter().zip(&answers) {
         answered[i] = *answer;
     }
     counter!(m::VERIFY_MULTI_BUFFER_LANES_TOTAL, "algorithm" => Algorithm::Ed25519.as_str())
