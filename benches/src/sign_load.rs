@@ -1,6 +1,7 @@
 //! Sign throughput: the gateway over HTTP beside a raw cryptoki C_Sign loop on the same
 //! SoftHSM2 token, in the same run, with the ratio. Usage:
 //!   cargo build --release --workspace && target/release/sign-load [SECONDS] [HTTP_CLIENTS]
+//! `BSN_BENCH_ALGORITHMS=ecdsa-p256,ed25519` runs only those.
 //! The load generator shares the machine's cores with the gateway; the raw loop does not
 //! pay for HTTP, JSON, policy or the fsynced audit log, which is what the ratio measures.
 
@@ -35,8 +36,10 @@ fn main() -> anyhow::Result<()> {
     std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
 
     let agent = agent();
+    let only = std::env::var("BSN_BENCH_ALGORITHMS").unwrap_or_default();
     let keys: Vec<(String, String)> = ALGORITHMS
         .iter()
+        .filter(|a| only.is_empty() || only.split(',').any(|o| o == **a))
         .map(|alg| {
             let r = post(
                 &agent,

@@ -8,6 +8,7 @@ use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 
 use super::*;
+use crate::verify::mb::{check, ed25519_decompress};
 
 /// Random signatures per curve, each also checked in four altered forms.
 /// `BSN_MB_CASES` changes it (`verify-mb diff N` is the long run).
