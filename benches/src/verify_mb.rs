@@ -5,9 +5,10 @@
 //! batch path it replaces (ed25519-dalek `verify_batch`), each with the strict checks and
 //! SHA-512 per item every round, beside `openssl speed ed25519`. Usage:
 //!   cargo build --release --workspace && target/release/verify-mb [SECONDS]
-//!   target/release/verify-mb diff N     # N random signatures per curve, x5 altered forms,
-//!                                       # every answer compared with the reference
-//!                                       # (Ed25519: ed25519-dalek's verify_strict)
+//!   target/release/verify-mb diff N [ALGORITHMS]
+//!       N random signatures per curve (ALGORITHMS: `ecdsa-p256,sm2`, default all), x5
+//!       altered forms, every answer compared with the reference (Ed25519: ed25519-dalek's
+//!       verify_strict), on every core
 //! Three runs give a median and a range: `for i in 1 2 3; do target/release/verify-mb; done`.
 
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("diff") {
         let n: usize = args.get(2).context("diff N")?.parse()?;
-        return diff(n);
+        return diff(n, args.get(3).map(String::as_str));
     }
     let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
     if !mb::available() {
@@ -215,49 +216,70 @@ fn lane(f: &Fixture) -> anyhow::Result<Lane> {
     })
 }
 
-/// N signatures per curve through both paths, in steps so progress shows.
-fn diff(n: usize) -> anyhow::Result<()> {
+/// N signatures per curve through both paths, in steps so progress shows, each step
+/// split over every core. `only`: algorithm names (`ecdsa-p256,ed25519`), or all.
+fn diff(n: usize, only: Option<&str>) -> anyhow::Result<()> {
     if !mb::available() {
         bail!("this CPU has no AVX-512 IFMA: nothing to compare");
     }
     const STEP: usize = 100_000;
-    for curve in [Curve::P256, Curve::Secp256k1, Curve::Sm2] {
+    let wanted = |alg: Algorithm| only.is_none_or(|o| o.split(',').any(|a| a == alg.as_str()));
+    for (alg, curve) in [
+        (Algorithm::EcdsaP256, Some(Curve::P256)),
+        (Algorithm::EcdsaSecp256k1, Some(Curve::Secp256k1)),
+        (Algorithm::Sm2, Some(Curve::Sm2)),
+        (Algorithm::Ed25519, None),
+    ] {
+        if !wanted(alg) {
+            continue;
+        }
         let (mut lanes, mut valid, mut declined) = (0, 0, 0);
         let mut done = 0;
         while done < n {
             let step = STEP.min(n - done);
-            let report = mb::check::run(curve, step);
-            if report.mismatch_count > 0 {
-                bail!(
-                    "{curve:?}: {} disagreements: {:#?}",
-                    report.mismatch_count,
-                    report.mismatches
-                );
+            let report = on_every_core(step, |k| match curve {
+                Some(c) => mb::check::run(c, k),
+                None => mb::check::run_ed25519(k),
+            });
+            // Ed25519's addition is complete: a declined lane there is a fault too.
+            if report.mismatch_count > 0 || (curve.is_none() && report.declined > 0) {
+                bail!("{alg}: {report:#?}");
             }
             lanes += report.lanes;
             valid += report.valid;
             declined += report.declined;
             done += step;
-            eprintln!("{curve:?}: {done}/{n} signatures, {lanes} lanes agree");
+            eprintln!("{alg}: {done}/{n} signatures, {lanes} lanes agree");
         }
-        println!("{curve:?}: {n} signatures, {lanes} lanes ({valid} valid), 0 disagreements, {declined} declined to the scalar path");
+        println!("{alg}: {n} signatures, {lanes} lanes ({valid} valid), 0 disagreements, {declined} declined to the scalar path");
     }
-    let mut done = 0;
-    while done < n {
-        let step = STEP.min(n - done);
-        let report = mb::check::run_ed25519(step);
-        if report.mismatch_count > 0 || report.declined > 0 {
-            bail!("Ed25519: {report:#?}");
-        }
-        done += step;
-        eprintln!(
-            "Ed25519: {done}/{n} signatures, {} forms agree with verify_strict",
-            5 * done
-        );
-    }
-    println!(
-        "Ed25519: {n} signatures, {} forms, 0 disagreements with verify_strict",
-        5 * n
-    );
     Ok(())
+}
+
+/// `run(k)` on every core at once, `n` signatures split between them, reports summed.
+fn on_every_core(n: usize, run: impl Fn(usize) -> mb::check::Report + Sync) -> mb::check::Report {
+    let cores = bsn_benches::cores().min(n.max(1));
+    let reports: Vec<mb::check::Report> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..cores)
+            .map(|i| {
+                let k = n / cores + usize::from(i < n % cores);
+                let run = &run;
+                s.spawn(move || run(k))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("diff thread"))
+            .collect()
+    });
+    let mut total = mb::check::Report::default();
+    for r in reports {
+        total.lanes += r.lanes;
+        total.valid += r.valid;
+        total.declined += r.declined;
+        total.mismatch_count += r.mismatch_count;
+        total.mismatches.extend(r.mismatches);
+        total.vector_seconds += r.vector_seconds;
+    }
+    total
 }
