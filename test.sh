@@ -15,8 +15,8 @@ cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 # fallback ran.
 no_ifma=$(mktemp)
 trap 'rm -f "$log" "$no_ifma"' EXIT
-BSN_NO_IFMA=1 cargo test --locked -p bsn-gateway --lib -- verify:: --nocapture 2>&1 | tee "$no_ifma"
-BSN_NO_IFMA=1 cargo test --locked -p bsn-gateway --test verify_engine --test verify_http -- --nocapture 2>&1 | tee -a "$no_ifma"
+BSN_NO_IFMA=1 cargo test --workspace --locked --lib -- verify:: --nocapture 2>&1 | tee "$no_ifma"
+BSN_NO_IFMA=1 cargo test --workspace --locked --test verify_engine --test verify_http -- --nocapture 2>&1 | tee -a "$no_ifma"
 grep -q "this CPU has no AVX-512 IFMA" "$no_ifma" || { echo "the BSN_NO_IFMA run did not take the scalar path" >&2; exit 1; }
 cat "$no_ifma" >> "$log"
 # The Debian package: built, installed with dpkg, the installed binary run.
