@@ -132,6 +132,14 @@ pub async fn run(
         ),
     );
 
+    // Key operations and admissions whose clients left are still the process's to finish:
+    // a key made in the token must get its record and audit line before the HSM closes.
+    if !crate::owned::drained(grace).await {
+        tracing::warn!(
+            running = crate::owned::running(),
+            "owned operations still running after the grace period; stopping anyway"
+        );
+    }
     // A clean stop ends the log with a signed head, so a cut tail shows even without
     // an exported checkpoint.
     match anchor.checkpoint().await {

@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod owned;
 pub mod secret;
 pub mod txn;
 pub mod util;

@@ -163,7 +163,7 @@ impl Admission {
         txs: Vec<TxInput>,
     ) -> Result<Submission, AdmissionError> {
         let this = self.clone();
-        tokio::spawn(async move { this.submit_owned(&client, &ledger, txs).await })
+        crate::owned::spawn(async move { this.submit_owned(&client, &ledger, txs).await })
             .await
             .map_err(|_| AdmissionError::Stopped)?
     }

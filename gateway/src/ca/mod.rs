@@ -353,7 +353,7 @@ impl Cas {
         new: NewCa,
     ) -> Result<CaRecord, CaError> {
         let (this, who) = (self.clone(), who.clone());
-        tokio::spawn(async move {
+        crate::owned::spawn(async move {
             let detail = format!("ca={}", new.name);
             let result = this.create_inner(new).await;
             let code = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
@@ -474,7 +474,7 @@ impl Cas {
         new: NewCertificate,
     ) -> Result<IssuedRecord, CaError> {
         let (this, who, ca) = (self.clone(), who.clone(), ca.to_string());
-        tokio::spawn(async move {
+        crate::owned::spawn(async move {
             let result = this.issue_inner(&ca, new).await;
             let detail = match &result {
                 Ok(r) => format!("ca={} serial={} profile={}", r.ca, r.serial, r.profile),
@@ -549,7 +549,7 @@ impl Cas {
     ) -> Result<IssuedRecord, CaError> {
         let (this, who) = (self.clone(), who.clone());
         let (ca, serial) = (ca.to_string(), serial.to_ascii_lowercase());
-        tokio::spawn(async move {
+        crate::owned::spawn(async move {
             let detail = format!(
                 "ca={} serial={}",
                 ca.chars().take(64).collect::<String>(),
@@ -620,7 +620,7 @@ impl Cas {
     pub async fn crl(self: &Arc<Self>, ca: &str) -> Result<String, CaError> {
         let this = self.clone();
         let ca = ca.to_string();
-        tokio::spawn(async move {
+        crate::owned::spawn(async move {
             this.get(&ca)?;
             let _one = this.op_lock.lock().await;
             this.crl_locked(&ca).await

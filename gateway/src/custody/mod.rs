@@ -615,7 +615,7 @@ impl Custody {
         F: FnOnce(Arc<Custody>) -> Fut,
         Fut: Future<Output = Result<T, CustodyError>> + Send + 'static,
     {
-        tokio::spawn(f(self.clone()))
+        crate::owned::spawn(f(self.clone()))
             .await
             .map_err(|_| CustodyError::Stopped)?
     }
