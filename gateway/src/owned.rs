@@ -1,5 +1,5 @@
 //! Work the process owns rather than a request: key operations (token objects, record,
-//! audit line) and transaction admission. They run in tasks of their own so a client that
+//! audit line), CA operations and transaction admission. They run in tasks of their own so a client that
 //! goes away loses only the answer; they are counted, so that shutdown, after the
 //! connections drain, waits for them too instead of dropping them with the runtime
 //! (a key pair made in the token and never recorded).
