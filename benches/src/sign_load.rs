@@ -4,6 +4,8 @@
 //! `BSN_BENCH_ALGORITHMS=ecdsa-p256,ed25519` runs only those.
 //! The load generator shares the machine's cores with the gateway; the raw loop does not
 //! pay for HTTP, JSON, policy or the fsynced audit log, which is what the ratio measures.
+//! Two raw loops: on the token object (as a plain cryptoki program signs), and on a
+//! session copy of it (the HSM work the gateway does under SoftHSM2's profile).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -63,28 +65,43 @@ fn main() -> anyhow::Result<()> {
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
     let pin = std::fs::read_to_string(dir.path().join("user.pin"))?;
     let (slot, anchor) = token(&p11, pin.trim())?;
-    let handles: Vec<(String, ObjectHandle)> = keys
+    // Each key twice: the token object, and a session copy made in the token as the
+    // gateway signs with under SoftHSM2's profile (`sign_with_session_copy`).
+    let handles: Vec<(String, ObjectHandle, ObjectHandle)> = keys
         .iter()
-        .map(|(alg, id)| Ok((alg.clone(), private_key(&anchor, id)?)))
+        .map(|(alg, id)| {
+            let token = private_key(&anchor, id)?;
+            let copy = anchor.copy_object(token, &[Attribute::Token(false)])?;
+            Ok((alg.clone(), token, copy))
+        })
         .collect::<anyhow::Result<_>>()?;
-    let bare = bare_signer(&p11, slot, handles.clone(), cores)?;
+    let bare = bare_signer(
+        &p11,
+        slot,
+        handles.iter().map(|(a, _, c)| (a.clone(), *c)).collect(),
+        cores,
+    )?;
 
-    println!("sign-load: {cores} cores, {seconds} s per run, raw loop {cores} threads (one session each), HTTP {clients} keep-alive connections on {cores} client threads");
-    println!("bare HTTP signer: hyper on {cores} threads calling C_Sign inline, nothing else (no token check, policy, JSON parsing or audit): the floor of any HTTP signer here");
+    println!("sign-load: {cores} cores, {seconds} s per run, raw loops {cores} threads (one session each), HTTP {clients} keep-alive connections on {cores} client threads");
+    println!("raw token: C_Sign on the token object; raw copy: on a session copy of it (what the gateway signs with on SoftHSM2)");
+    println!("bare HTTP: hyper on {cores} threads calling C_Sign inline on the copy, nothing else (no token check, policy, JSON parsing or audit): the floor of any HTTP signer here");
     println!(
-        "{:<16} {:>14} {:>13} {:>7} {:>13} {:>7} {:>7} {:>16} {:>7}",
+        "{:<16} {:>11} {:>10} {:>7} {:>7} {:>10} {:>7} {:>7} {:>7} {:>14} {:>7}",
         "algorithm",
-        "raw cryptoki/s",
-        "bare HTTP/s",
-        "/raw",
+        "raw token/s",
+        "raw copy/s",
+        "bare/s",
+        "/copy",
         "gateway/s",
-        "/raw",
+        "/token",
+        "/copy",
         "/bare",
         "sign-batch64/s",
-        "/raw"
+        "/copy"
     );
-    for (i, ((alg, id), (_, key))) in keys.iter().zip(&handles).enumerate() {
-        let raw = raw_loop(&p11, slot, *key, alg, cores, seconds)?;
+    for (i, ((alg, id), (_, token, copy))) in keys.iter().zip(&handles).enumerate() {
+        let raw_token = raw_loop(&p11, slot, *token, alg, cores, seconds)?;
+        let raw_copy = raw_loop(&p11, slot, *copy, alg, cores, seconds)?;
         let floor = LoadRequest {
             method: hyper::Method::POST,
             path: format!("/{i}"),
@@ -97,17 +114,18 @@ fn main() -> anyhow::Result<()> {
         let single = http_loop(&gw.endpoint, id, alg, clients, seconds, 1)?;
         let batch = http_loop(&gw.endpoint, id, alg, clients, seconds, 64)?;
         println!(
-            "{alg:<16} {raw:>14.0} {bare_rate:>13.0} {:>7.2} {single:>13.0} {:>7.2} {:>7.2} {batch:>16.0} {:>7.2}",
-            bare_rate / raw,
-            single / raw,
+            "{alg:<16} {raw_token:>11.0} {raw_copy:>10.0} {bare_rate:>7.0} {:>7.2} {single:>10.0} {:>7.2} {:>7.2} {:>7.2} {batch:>14.0} {:>7.2}",
+            bare_rate / raw_copy,
+            single / raw_token,
+            single / raw_copy,
             single / bare_rate,
-            batch / raw
+            batch / raw_copy
         );
     }
     drop(anchor);
     let floor = healthz_rate(&gw.endpoint.addr, clients, cores, seconds)?;
     println!("HTTP floor of this client (GET /healthz, no crypto, same connections): {floor:.0} requests/s");
-    println!("goal: gateway/raw >= 0.9");
+    println!("goal: gateway / raw token >= 0.9 (the raw loop as the issue ran it); /copy is against the same HSM work the gateway does");
     Ok(())
 }
 
@@ -170,6 +188,7 @@ fn token(p11: &Pkcs11, pin: &str) -> anyhow::Result<(Slot, Session)> {
 
 fn private_key(session: &Session, id: &str) -> anyhow::Result<ObjectHandle> {
     let key = session.find_objects(&[
+        Attribute::Token(true),
         Attribute::Class(ObjectClass::PRIVATE_KEY),
         Attribute::Id(hex::decode(id)?),
     ])?;

@@ -197,6 +197,9 @@ fn custody_suite(token: &Token) {
         token.pkcs11_tool(&["--delete-object", "--type", kind, "--id", victim_id]);
     }
     let newcomer = g2.create_key("suite-newcomer", "ecdsa-p256");
+    // SoftHSM2 signs with a session copy of the key, whose token object is looked at
+    // again every 100 ms: past that, the deletion is seen.
+    std::thread::sleep(std::time::Duration::from_millis(150));
     let digest = [0x22u8; 32];
     let r = g2.post(
         &format!("/v1/keys/{victim_id}/sign"),

@@ -3,7 +3,7 @@
 //! operation owns one for its duration, on a blocking thread, never on the async runtime.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,11 @@ const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 const OID_SM2: &[u8] = &[0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
 const PRINTABLE_EDWARDS25519: &[u8] = b"\x13\x0cedwards25519";
 /// The token object holding the firmware's minimum security version.
+/// Session copies kept for signing (`sign_with_session_copy`); keys past it sign with the
+/// token object. Each copy holds a key in the module's memory.
+const MAX_SESSION_COPIES: usize = 4096;
+/// How long a session copy signs before its token object is looked at again.
+const COPY_CHECK: Duration = Duration::from_millis(100);
 const MIN_SV_LABEL: &str = "bsn-gateway-min-security-version";
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +166,20 @@ struct Conn {
     /// session logs the token out for every other session.
     anchor: Mutex<Option<Session>>,
     idle: Mutex<Vec<Session>>,
+    /// CKA_ID -> the key's session copy (`sign_with_session_copy`). The copies were made
+    /// by the anchor session and die with it, or with the module: so they live here.
+    /// Lock order: `anchor`, then `copies`.
+    copies: RwLock<HashMap<Vec<u8>, SessionCopy>>,
+    /// The origin of `SessionCopy::checked`.
+    born: Instant,
+}
+
+/// A key's session copy, and when its token object was last seen.
+struct SessionCopy {
+    copy: ObjectHandle,
+    token: ObjectHandle,
+    /// Nanoseconds after `Conn::born`.
+    checked: AtomicU64,
 }
 
 impl Conn {
@@ -190,6 +209,8 @@ impl Conn {
             slot,
             anchor: Mutex::new(Some(anchor)),
             idle: Mutex::new(Vec::new()),
+            copies: RwLock::new(HashMap::new()),
+            born: Instant::now(),
         })
     }
 
@@ -551,11 +572,14 @@ impl Hsm {
     /// the token refuses stops all further logins.
     fn relogin(self: &Arc<Self>, conn: &Arc<Conn>) {
         let mut anchor = conn.anchor.lock().expect("anchor lock");
-        let fresh = anchor
-            .take()
-            .filter(|s| s.get_session_info().is_ok())
-            .map(Ok)
-            .unwrap_or_else(|| conn.pkcs11.open_rw_session(conn.slot));
+        let fresh = match anchor.take() {
+            Some(s) if s.get_session_info().is_ok() => Ok(s),
+            _ => {
+                // The old anchor is closed, and the session copies it made are gone.
+                conn.copies.write().expect("copies lock").clear();
+                conn.pkcs11.open_rw_session(conn.slot)
+            }
+        };
         match fresh.map_err(HsmError::from_ck).and_then(|s| {
             login(&s, &self.connector.pin)?;
             Ok(s)
@@ -635,32 +659,55 @@ impl Hsm {
         id: &[u8],
         inputs: &[Vec<u8>],
     ) -> Result<Vec<Vec<u8>>, HsmError> {
-        let key = self.private_handle(session, id)?;
         let mechanism = sign_mechanism(alg, &self.vendor).ok_or_else(|| HsmError::Pkcs11 {
             function: "C_SignInit".into(),
             code: ReturnCode(RvError::MechanismInvalid),
         })?;
-        inputs
+        let conn = self.conn()?;
+        let key = if self.quirks.sign_with_session_copy {
+            self.session_copy(&conn, session, id)?
+        } else {
+            self.private_handle(session, id)?
+        };
+        let signed = inputs
             .iter()
             .map(|data| {
                 session
                     .sign(&mechanism, key, data)
                     .map_err(HsmError::from_ck)
             })
-            .collect()
+            .collect();
+        if let Err(HsmError::Pkcs11 { code, .. }) = &signed {
+            if code.stale_handle() {
+                // Made again from the token object on the retry, if it is still there.
+                conn.copies.write().expect("copies lock").remove(id);
+            }
+        }
+        signed
     }
 
     /// Destroys every object (private and public) with this CKA_ID.
     pub fn destroy(&self, session: &Session, id: &[u8]) -> Result<usize, HsmError> {
         let _objects = self.objects.read().expect("objects lock");
         self.handles.write().expect("handles lock").remove(id);
-        let objects = session
-            .find_objects(&[Attribute::Id(id.to_vec())])
-            .map_err(HsmError::from_ck)?;
-        for o in &objects {
-            session.destroy_object(*o).map_err(HsmError::from_ck)?;
+        if let Ok(conn) = self.conn() {
+            conn.copies.write().expect("copies lock").remove(id);
         }
-        Ok(objects.len())
+        // A session copy made for signing carries the same CKA_ID: it goes first, and is
+        // not counted (it was never on the token).
+        let mut destroyed = 0;
+        for token in [false, true] {
+            let objects = session
+                .find_objects(&[Attribute::Token(token), Attribute::Id(id.to_vec())])
+                .map_err(HsmError::from_ck)?;
+            for o in &objects {
+                session.destroy_object(*o).map_err(HsmError::from_ck)?;
+            }
+            if token {
+                destroyed = objects.len();
+            }
+        }
+        Ok(destroyed)
     }
 
     /// The public point of the key pair with this CKA_ID, or None when the token has no
@@ -883,7 +930,10 @@ impl Hsm {
     pub fn warm_handles(&self, session: &Session) -> Result<usize, HsmError> {
         let _objects = self.objects.write().expect("objects lock");
         let found = session
-            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+            .find_objects(&[
+                Attribute::Token(true),
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+            ])
             .map_err(HsmError::from_ck)?;
         let mut by_id: HashMap<Vec<u8>, Option<ObjectHandle>> = HashMap::new();
         for handle in found {
@@ -912,6 +962,79 @@ impl Hsm {
         Ok(cached)
     }
 
+    /// The key's session copy (`sign_with_session_copy`), made on first use by the anchor
+    /// session (a pooled session may be dropped after a fault, and its objects with it).
+    /// The token object is looked at again at most every `COPY_CHECK`: a key deleted from
+    /// the token by another application stops signing within that, as with a token
+    /// handle. Where the module will not copy the key, or the copies are at their bound,
+    /// the token object signs.
+    fn session_copy(
+        &self,
+        conn: &Conn,
+        session: &Session,
+        id: &[u8],
+    ) -> Result<ObjectHandle, HsmError> {
+        let now = conn.born.elapsed().as_nanos() as u64;
+        let known = conn
+            .copies
+            .read()
+            .expect("copies lock")
+            .get(id)
+            .map(|c| (c.copy, c.token, c.checked.load(Ordering::Relaxed)));
+        if let Some((copy, token, checked)) = known {
+            if now.saturating_sub(checked) < COPY_CHECK.as_nanos() as u64 {
+                return Ok(copy);
+            }
+            return match session.get_attributes(token, &[AttributeType::Class]) {
+                Ok(_) => {
+                    if let Some(c) = conn.copies.read().expect("copies lock").get(id) {
+                        c.checked.store(now, Ordering::Relaxed);
+                    }
+                    Ok(copy)
+                }
+                Err(e) => {
+                    let e = HsmError::from_ck(e);
+                    if matches!(&e, HsmError::Pkcs11 { code, .. } if code.stale_handle()) {
+                        conn.copies.write().expect("copies lock").remove(id);
+                        if copy != token {
+                            let _ = session.destroy_object(copy);
+                        }
+                    }
+                    Err(e)
+                }
+            };
+        }
+        let token = self.private_handle(session, id)?;
+        if conn.copies.read().expect("copies lock").len() >= MAX_SESSION_COPIES {
+            return Ok(token);
+        }
+        let anchor = conn.anchor.lock().expect("anchor lock");
+        let Some(anchor) = anchor.as_ref() else {
+            // No anchor (its login failed): the token object, until it is back.
+            return Ok(token);
+        };
+        if let Some(c) = conn.copies.read().expect("copies lock").get(id) {
+            return Ok(c.copy);
+        }
+        let copy = match anchor.copy_object(token, &[Attribute::Token(false)]) {
+            Ok(copy) => copy,
+            Err(e) => {
+                // Remembered as its own copy, so it is not tried (and logged) each time.
+                tracing::warn!(key = %hex::encode(id), error = %e, "the token will not copy this key; signing with the token object");
+                token
+            }
+        };
+        conn.copies.write().expect("copies lock").insert(
+            id.to_vec(),
+            SessionCopy {
+                copy,
+                token,
+                checked: AtomicU64::new(now),
+            },
+        );
+        Ok(copy)
+    }
+
     fn private_handle(&self, session: &Session, id: &[u8]) -> Result<ObjectHandle, HsmError> {
         self.object_handle(session, id, ObjectClass::PRIVATE_KEY)
     }
@@ -928,7 +1051,11 @@ impl Hsm {
             return Ok(*h);
         }
         let found = session
-            .find_objects(&[Attribute::Class(class), Attribute::Id(id.to_vec())])
+            .find_objects(&[
+                Attribute::Token(true),
+                Attribute::Class(class),
+                Attribute::Id(id.to_vec()),
+            ])
             .map_err(HsmError::from_ck)?;
         match found.as_slice() {
             [one] => {

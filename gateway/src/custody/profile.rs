@@ -168,6 +168,14 @@ pub struct Quirks {
     /// Never for a device behind a bus or a network: a slow call would stall the runtime.
     #[serde(default)]
     pub inline_sign: bool,
+    /// The module reads a token object from its store again on every use (SoftHSM2's
+    /// file store opens, locks and stats the object's file for each attribute: a third
+    /// of a P-256 signature): the gateway signs with a session copy of each key, made
+    /// inside the token (C_CopyObject with CKA_TOKEN false; still sensitive, never
+    /// extractable) and gone with the module. Never for a device with scarce object
+    /// memory, nor one that caches keys itself (there is nothing to gain).
+    #[serde(default)]
+    pub sign_with_session_copy: bool,
 }
 
 impl Default for Quirks {
@@ -180,6 +188,7 @@ impl Default for Quirks {
             session_objects: true,
             ec_private_decrypt_fixed: false,
             inline_sign: false,
+            sign_with_session_copy: false,
         }
     }
 }
