@@ -89,6 +89,11 @@ fn the_embedded_token_meets_the_softhsm2_profile() {
     for alg in ["ecdsa-p256", "ecdsa-secp256k1", "ed25519"] {
         let c = probe_check(&report, &format!("{alg} sign"));
         assert!(c["detail"].as_str().unwrap().contains("verified"), "{c:#}");
+        // SoftHSM2's profile signs with session copies: the probe proves that path.
+        assert!(
+            c["detail"].as_str().unwrap().contains("with a session copy"),
+            "{c:#}"
+        );
     }
     // ...and left nothing on the token beside the gateway's own audit key.
     let objects = pkcs11_tool(tmp.path(), &["--list-objects"]);

@@ -470,7 +470,22 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
     let (pub_h, priv_h) = session
         .generate_key_pair(&gen, &public, &private)
         .map_err(|e| HsmError::from_ck(e).to_string())?;
+    // Under `sign_with_session_copy` the gateway signs with a session copy: so does the probe.
+    let mut copy = None;
     let result = (|| {
+        let signer = if profile.quirks.sign_with_session_copy {
+            let c = session
+                .copy_object(priv_h, &[Attribute::Token(false)])
+                .map_err(|e| {
+                    format!(
+                        "C_CopyObject (sign_with_session_copy): {}",
+                        HsmError::from_ck(e)
+                    )
+                })?;
+            *copy.insert(c)
+        } else {
+            priv_h
+        };
         let point = session
             .get_attributes(pub_h, &[AttributeType::EcPoint])
             .map_err(|e| HsmError::from_ck(e).to_string())?
@@ -497,7 +512,7 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
             _ => crate::util::sha256(message).to_vec(),
         };
         let sig = session
-            .sign(&sign, priv_h, &input)
+            .sign(&sign, signer, &input)
             .map_err(|e| HsmError::from_ck(e).to_string())?;
         let key = pubkey::pkey_from_bytes(alg, &bare).map_err(|e| e.to_string())?;
         let valid = match alg {
@@ -515,11 +530,16 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
         .map_err(|e| e.to_string())?;
         if valid {
             Ok(format!(
-                "{} key generated, signed, signature verified by {} ({} byte signature)",
+                "{} key generated, signed{}, signature verified by {} ({} byte signature)",
                 if persistent.is_some() {
                     "token (then destroyed)"
                 } else {
                     "session"
+                },
+                if copy.is_some() {
+                    " with a session copy"
+                } else {
+                    ""
                 },
                 if alg == Algorithm::Sm2 {
                     "the gateway's SM2 verifier"
@@ -532,7 +552,7 @@ fn sign_once(session: &Session, alg: Algorithm, profile: &Profile) -> Result<Str
             Err("the token's signature does not verify".to_string())
         }
     })();
-    for h in [priv_h, pub_h] {
+    for h in copy.into_iter().chain([priv_h, pub_h]) {
         let _ = session.destroy_object(h);
     }
     result
