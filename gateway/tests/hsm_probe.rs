@@ -91,7 +91,10 @@ fn the_embedded_token_meets_the_softhsm2_profile() {
         assert!(c["detail"].as_str().unwrap().contains("verified"), "{c:#}");
         // SoftHSM2's profile signs with session copies: the probe proves that path.
         assert!(
-            c["detail"].as_str().unwrap().contains("with a session copy"),
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .contains("with a session copy"),
             "{c:#}"
         );
     }
