@@ -32,12 +32,12 @@ const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// sm2p256v1, 1.2.156.10197.1.301 (GM/T 0006).
 const OID_SM2: &[u8] = &[0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
 const PRINTABLE_EDWARDS25519: &[u8] = b"\x13\x0cedwards25519";
-/// The token object holding the firmware's minimum security version.
 /// Session copies kept for signing (`sign_with_session_copy`); keys past it sign with the
 /// token object. Each copy holds a key in the module's memory.
 const MAX_SESSION_COPIES: usize = 4096;
 /// How long a session copy signs before its token object is looked at again.
 const COPY_CHECK: Duration = Duration::from_millis(100);
+/// The token object holding the firmware's minimum security version.
 const MIN_SV_LABEL: &str = "bsn-gateway-min-security-version";
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,11 @@ impl HsmError {
                 RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired | RvError::PinInvalid
             )
         )
+    }
+
+    /// A handle the module no longer knows (its object was destroyed, or its session).
+    pub fn is_stale_handle(&self) -> bool {
+        matches!(self, HsmError::Pkcs11 { code, .. } if code.stale_handle())
     }
 
     pub(crate) fn from_ck(e: CkError) -> Self {
@@ -669,7 +674,7 @@ impl Hsm {
         } else {
             self.private_handle(session, id)?
         };
-        let signed = inputs
+        let signed: Result<Vec<Vec<u8>>, HsmError> = inputs
             .iter()
             .map(|data| {
                 session
@@ -677,11 +682,9 @@ impl Hsm {
                     .map_err(HsmError::from_ck)
             })
             .collect();
-        if let Err(HsmError::Pkcs11 { code, .. }) = &signed {
-            if code.stale_handle() {
-                // Made again from the token object on the retry, if it is still there.
-                conn.copies.write().expect("copies lock").remove(id);
-            }
+        if signed.as_ref().is_err_and(HsmError::is_stale_handle) {
+            // Made again from the token object on the retry, if it is still there.
+            conn.copies.write().expect("copies lock").remove(id);
         }
         signed
     }
@@ -994,7 +997,7 @@ impl Hsm {
                 }
                 Err(e) => {
                     let e = HsmError::from_ck(e);
-                    if matches!(&e, HsmError::Pkcs11 { code, .. } if code.stale_handle()) {
+                    if e.is_stale_handle() {
                         conn.copies.write().expect("copies lock").remove(id);
                         if copy != token {
                             let _ = session.destroy_object(copy);
@@ -1019,6 +1022,11 @@ impl Hsm {
         let copy = match anchor.copy_object(token, &[Attribute::Token(false)]) {
             Ok(copy) => copy,
             Err(e) => {
+                let e = HsmError::from_ck(e);
+                if e.is_stale_handle() {
+                    // A cached handle gone stale: looked up again on the retry.
+                    return Err(e);
+                }
                 // Remembered as its own copy, so it is not tried (and logged) each time.
                 tracing::warn!(key = %hex::encode(id), error = %e, "the token will not copy this key; signing with the token object");
                 token
