@@ -668,20 +668,21 @@ impl Hsm {
             function: "C_SignInit".into(),
             code: ReturnCode(RvError::MechanismInvalid),
         })?;
-        let conn = self.conn()?;
-        let key = if self.quirks.sign_with_session_copy {
-            self.session_copy(&conn, session, id)?
-        } else {
-            self.private_handle(session, id)?
+        let sign_each = |key| {
+            inputs
+                .iter()
+                .map(|data| {
+                    session
+                        .sign(&mechanism, key, data)
+                        .map_err(HsmError::from_ck)
+                })
+                .collect::<Result<Vec<_>, _>>()
         };
-        let signed: Result<Vec<Vec<u8>>, HsmError> = inputs
-            .iter()
-            .map(|data| {
-                session
-                    .sign(&mechanism, key, data)
-                    .map_err(HsmError::from_ck)
-            })
-            .collect();
+        if !self.quirks.sign_with_session_copy {
+            return sign_each(self.private_handle(session, id)?);
+        }
+        let conn = self.conn()?;
+        let signed = sign_each(self.session_copy(&conn, session, id)?);
         if signed.as_ref().is_err_and(HsmError::is_stale_handle) {
             // Made again from the token object on the retry, if it is still there.
             conn.copies.write().expect("copies lock").remove(id);
@@ -696,21 +697,19 @@ impl Hsm {
         if let Ok(conn) = self.conn() {
             conn.copies.write().expect("copies lock").remove(id);
         }
-        // A session copy made for signing carries the same CKA_ID: it goes first, and is
-        // not counted (it was never on the token).
-        let mut destroyed = 0;
-        for token in [false, true] {
+        let destroy_all = |token: bool| -> Result<usize, HsmError> {
             let objects = session
                 .find_objects(&[Attribute::Token(token), Attribute::Id(id.to_vec())])
                 .map_err(HsmError::from_ck)?;
             for o in &objects {
                 session.destroy_object(*o).map_err(HsmError::from_ck)?;
             }
-            if token {
-                destroyed = objects.len();
-            }
-        }
-        Ok(destroyed)
+            Ok(objects.len())
+        };
+        // A session copy made for signing carries the same CKA_ID: it goes first, and is
+        // not counted (it was never on the token).
+        destroy_all(false)?;
+        destroy_all(true)
     }
 
     /// The public point of the key pair with this CKA_ID, or None when the token has no
