@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use crate::cpu;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
@@ -58,32 +60,84 @@ pub fn http_load<C>(
 where
     C: Fn(u16, &[u8]) -> bool + Send + Sync + 'static,
 {
+    Ok(http_load_metered(addr, req, conns, threads, seconds, None, check)?.rate)
+}
+
+/// A load run's rate and the CPU its two sides used over the same timed stretch.
+pub struct Metered {
+    pub rate: f64,
+    pub seconds: f64,
+    /// CPU seconds of this client's threads.
+    pub client_cpu: f64,
+    /// CPU seconds of the server party named to `http_load_metered`.
+    pub server_cpu: f64,
+}
+
+impl Metered {
+    /// CPU microseconds per answer: (client, server).
+    pub fn per_answer_us(&self, items: f64) -> (f64, f64) {
+        let n = self.rate * self.seconds * items;
+        (1e6 * self.client_cpu / n, 1e6 * self.server_cpu / n)
+    }
+}
+
+/// `http_load`, also counting the CPU of the client's threads and of `server` (a process,
+/// or the threads of one whose names start with a prefix) over the timed stretch.
+pub fn http_load_metered<C>(
+    addr: &str,
+    req: &LoadRequest,
+    conns: usize,
+    threads: usize,
+    seconds: u64,
+    server: Option<(u32, Option<&str>)>,
+    check: C,
+) -> anyhow::Result<Metered>
+where
+    C: Fn(u16, &[u8]) -> bool + Send + Sync + 'static,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
+        .thread_name(CLIENT_THREADS)
         .enable_all()
         .build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let check = Arc::new(check);
     let addr: Arc<str> = addr.into();
-    let (elapsed, results) = rt.block_on(async {
+    let mut parties = vec![(std::process::id(), Some(CLIENT_THREADS))];
+    parties.extend(server);
+    let (measured, results) = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..conns {
             let (stop, count, check) = (stop.clone(), count.clone(), check.clone());
             let (addr, req) = (addr.clone(), req.clone());
             tasks.spawn(async move { connection(&addr, &req, &stop, &count, &*check).await });
         }
-        let started = Instant::now();
+        let meter = cpu::Meter::start(&parties);
+        let (started, from) = (Instant::now(), count.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_secs(seconds)).await;
-        stop.store(true, Ordering::Relaxed);
+        let answers = count.load(Ordering::Relaxed) - from;
+        let used = meter.and_then(|m| m.read());
         let elapsed = started.elapsed();
-        (elapsed, tasks.join_all().await)
+        stop.store(true, Ordering::Relaxed);
+        ((answers, elapsed, used), tasks.join_all().await)
     });
     for r in results {
         r?;
     }
-    Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+    let (answers, elapsed, used) = measured;
+    let used = used?;
+    Ok(Metered {
+        rate: answers as f64 / elapsed.as_secs_f64(),
+        seconds: elapsed.as_secs_f64(),
+        client_cpu: used[0],
+        server_cpu: used.get(1).copied().unwrap_or(0.0),
+    })
 }
+
+/// The name of the load client's threads, by which their CPU is told from a server's
+/// running in the same process.
+const CLIENT_THREADS: &str = "load-client";
 
 async fn connection(
     addr: &str,

@@ -2,6 +2,7 @@
 //! it, running client threads for a fixed time, signed fixtures per algorithm, and the
 //! `openssl speed` figures every result is printed beside.
 
+pub mod cpu;
 pub mod hload;
 
 use std::path::Path;
@@ -27,6 +28,13 @@ pub struct Endpoint {
 pub struct Gateway {
     child: Child,
     pub endpoint: Endpoint,
+}
+
+impl Gateway {
+    /// The gateway's process id, for counting its CPU.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Gateway {

@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use bsn_benches::hload::{healthz_rate, http_load, LoadRequest};
-use bsn_benches::{agent, cores, post, run_threads, start_gateway, Endpoint};
+use bsn_benches::hload::{healthz_rate, http_load_metered, LoadRequest, Metered};
+use bsn_benches::{agent, cores, cpu, post, run_threads, start_gateway, Endpoint};
 use bytes::Bytes;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -99,20 +99,31 @@ fn main() -> anyhow::Result<()> {
         "sign-batch64/s",
         "/copy"
     );
+    let me = std::process::id();
+    let mut cpu_rows = Vec::new();
     for (i, ((alg, id), (_, token, copy))) in keys.iter().zip(&handles).enumerate() {
-        let raw_token = raw_loop(&p11, slot, *token, alg, cores, seconds)?;
-        let raw_copy = raw_loop(&p11, slot, *copy, alg, cores, seconds)?;
+        let (raw_token, token_us) = raw_loop(&p11, slot, *token, alg, cores, seconds)?;
+        let (raw_copy, copy_us) = raw_loop(&p11, slot, *copy, alg, cores, seconds)?;
         let floor = LoadRequest {
             method: hyper::Method::POST,
             path: format!("/{i}"),
             token: None,
             body: Bytes::from(input(alg).to_string()),
         };
-        let bare_rate = http_load(&bare, &floor, clients, cores, seconds, |status, _| {
-            status == 200
-        })?;
-        let single = http_loop(&gw.endpoint, id, alg, clients, seconds, 1)?;
-        let batch = http_loop(&gw.endpoint, id, alg, clients, seconds, 64)?;
+        let bare = http_load_metered(
+            &bare,
+            &floor,
+            clients,
+            cores,
+            seconds,
+            Some((me, Some(BARE_THREADS))),
+            |status, _| status == 200,
+        )?;
+        let bare_rate = bare.rate;
+        let gw_run = http_loop(&gw.endpoint, gw.pid(), id, alg, clients, seconds, 1)?;
+        let single = gw_run.rate;
+        let batch = http_loop(&gw.endpoint, gw.pid(), id, alg, clients, seconds, 64)?.rate * 64.0;
+        cpu_rows.push((alg.clone(), token_us, copy_us, bare, gw_run));
         println!(
             "{alg:<16} {raw_token:>11.0} {raw_copy:>10.0} {bare_rate:>7.0} {:>7.2} {single:>10.0} {:>7.2} {:>7.2} {:>7.2} {batch:>14.0} {:>7.2}",
             bare_rate / raw_copy,
@@ -122,6 +133,33 @@ fn main() -> anyhow::Result<()> {
             batch / raw_copy
         );
     }
+    println!();
+    println!("CPU per signature, microseconds of all cores (user + system), over the same runs:");
+    println!(
+        "{:<16} {:>9} {:>9} {:>11} {:>9} {:>11} {:>11} {:>10} {:>7} {:>7}",
+        "algorithm",
+        "raw token",
+        "raw copy",
+        "bare server",
+        "gateway",
+        "its client",
+        "gw cores",
+        "cl cores",
+        "/token",
+        "/copy"
+    );
+    for (alg, token_us, copy_us, bare, gw_run) in &cpu_rows {
+        let (_, bare_us) = bare.per_answer_us(1.0);
+        let (client_us, gw_us) = gw_run.per_answer_us(1.0);
+        println!(
+            "{alg:<16} {token_us:>9.1} {copy_us:>9.1} {bare_us:>11.1} {gw_us:>9.1} {client_us:>11.1} {:>11.2} {:>10.2} {:>7.2} {:>7.2}",
+            gw_run.server_cpu / gw_run.seconds,
+            gw_run.client_cpu / gw_run.seconds,
+            token_us / gw_us,
+            copy_us / gw_us,
+        );
+    }
+    println!("/token, /copy: the raw loop's CPU per signature over the gateway's (what the rate ratio would be if the gateway had every core to itself and scaled with them)");
     drop(anchor);
     let floor = healthz_rate(&gw.endpoint.addr, clients, cores, seconds)?;
     println!("HTTP floor of this client (GET /healthz, no crypto, same connections): {floor:.0} requests/s");
@@ -137,15 +175,17 @@ fn input(alg: &str) -> Value {
     }
 }
 
-/// Signs/s through HTTP over `clients` keep-alive connections; `batch` > 1 uses sign-batch.
+/// Requests/s through HTTP over `clients` keep-alive connections, with the CPU of the
+/// gateway (`pid`) and of the client; `batch` > 1 uses sign-batch.
 fn http_loop(
     gw: &Endpoint,
+    pid: u32,
     id: &str,
     alg: &str,
     clients: usize,
     seconds: u64,
     batch: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Metered> {
     let (path, body) = if batch == 1 {
         let mut b = input(alg);
         b["format"] = json!("raw");
@@ -158,10 +198,15 @@ fn http_loop(
         )
     };
     let req = LoadRequest::post_json(&path, &gw.token, &body);
-    let rate = http_load(&gw.addr, &req, clients, cores(), seconds, |status, _| {
-        status == 200
-    })?;
-    Ok(rate * batch as f64)
+    http_load_metered(
+        &gw.addr,
+        &req,
+        clients,
+        cores(),
+        seconds,
+        Some((pid, None)),
+        |status, _| status == 200,
+    )
 }
 
 /// The dev token's slot, with the user logged in on `anchor` (kept open while others
@@ -203,7 +248,8 @@ fn mechanism(alg: &str) -> Mechanism<'static> {
     }
 }
 
-/// Signs/s calling C_Sign directly, one session per thread, the key handle found once.
+/// Signs/s calling C_Sign directly, one session per thread, the key handle found once,
+/// and the CPU microseconds each signature took (this process: nothing else runs in it).
 fn raw_loop(
     p11: &Pkcs11,
     slot: Slot,
@@ -211,18 +257,21 @@ fn raw_loop(
     alg: &str,
     threads: usize,
     seconds: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let data: Vec<u8> = vec![0x42; 32];
     let alg = alg.to_string();
     let p11 = p11.clone();
-    run_threads(threads, seconds, move |stop, count| {
+    let meter = cpu::Meter::start(&[(std::process::id(), None)])?;
+    let rate = run_threads(threads, seconds, move |stop, count| {
         let session = p11.open_ro_session(slot).expect("session");
         let mech = mechanism(&alg);
         while !stop.load(Ordering::Relaxed) {
             session.sign(&mech, key, &data).expect("C_Sign");
             count.fetch_add(1, Ordering::Relaxed);
         }
-    })
+    })?;
+    let used = meter.read()?[0];
+    Ok((rate, 1e6 * used / (rate * seconds as f64)))
 }
 
 /// The floor of any HTTP signer on this host: hyper on as many runtime threads as the
@@ -248,6 +297,7 @@ fn bare_signer(
     let addr = listener.local_addr()?.to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
+        .thread_name(BARE_THREADS)
         .enable_all()
         .build()?;
     std::thread::spawn(move || {
@@ -273,6 +323,9 @@ fn bare_signer(
     });
     Ok(addr)
 }
+
+/// The bare signer's thread name, by which its CPU is told from the load client's.
+const BARE_THREADS: &str = "bare-signer";
 
 async fn bare_sign(
     pool: &Mutex<Vec<Session>>,

@@ -4,7 +4,7 @@
 //!   cargo build --release --workspace && target/release/verify-load [SECONDS] [CLIENTS]
 //! The load client (hyper, keep-alive; its /healthz rate is printed) runs on the same cores as the gateway.
 
-use bsn_benches::hload::{healthz_rate, http_load, LoadRequest};
+use bsn_benches::hload::{healthz_rate, http_load_metered, LoadRequest};
 use bsn_benches::{cores, fixtures, peers, start_gateway};
 use bsn_gateway::algorithm::Algorithm;
 use serde_json::{json, Value};
@@ -49,24 +49,28 @@ fn main() -> anyhow::Result<()> {
         "HTTP 64/req",
         "ratios"
     );
+    let mut cpu_rows = Vec::new();
     for peer in &peers {
         let alg = peer.algorithm;
         let times_cores = peer.one_core * cores as f64;
         let mut rates = Vec::new();
+        let mut runs = Vec::new();
         for batch in [1usize, 64] {
             let req = LoadRequest::post_json("/v1/verify", &gw.endpoint.token, &body(alg, batch));
             // Every item must come back valid: a rate of refusals measures nothing.
-            let rate = http_load(
+            let run = http_load_metered(
                 &gw.endpoint.addr,
                 &req,
                 clients,
                 cores,
                 seconds,
+                Some((gw.pid(), None)),
                 |status, b| status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false"),
             )?;
-            let rate = rate * batch as f64;
-            rates.push(rate);
+            rates.push(run.rate * batch as f64);
+            runs.push((batch, run));
         }
+        cpu_rows.push((alg, peer.all_cores, runs));
         let ratios = |r: f64| format!("{:.2} / {:.2}", r / times_cores, r / peer.all_cores);
         println!(
             "{:<16} {:>14} {:>12.0} {:>12.0} {:>12.0} {:>12} {:>12.0} {:>12}",
@@ -81,6 +85,33 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("ratios: against one core x N / against all N busy");
+    println!();
+    println!(
+        "CPU per verification, microseconds of all cores (user + system), over the same runs:"
+    );
+    println!(
+        "{:<16} {:>10} {:>13} {:>13} {:>12} {:>9} {:>13}",
+        "algorithm",
+        "peer",
+        "gateway 1/req",
+        "its client",
+        "peer / gw",
+        "gw cores",
+        "gateway 64/req"
+    );
+    for (alg, all_cores, runs) in &cpu_rows {
+        // Every core busy for the whole run: its CPU per verification is cores / rate.
+        let peer_us = 1e6 * cores as f64 / all_cores;
+        let (client1, gw1) = runs[0].1.per_answer_us(runs[0].0 as f64);
+        let (_, gw64) = runs[1].1.per_answer_us(runs[1].0 as f64);
+        println!(
+            "{:<16} {peer_us:>10.1} {gw1:>13.1} {client1:>13.1} {:>12.2} {:>9.2} {gw64:>13.1}",
+            alg.as_str(),
+            peer_us / gw1,
+            runs[0].1.server_cpu / runs[0].1.seconds,
+        );
+    }
+    println!("peer / gw: the peer's CPU per verification over the gateway's at 1 item per request (the 1/req ratio if the client had cores of its own and the gateway scaled with them)");
     let floor = healthz_rate(&gw.endpoint.addr, clients, cores, seconds)?;
     println!("HTTP floor of this client (GET /healthz, same connections): {floor:.0} requests/s");
     println!("goal: 1 item per request >= 0.8 x the peer with all cores busy, every algorithm");
