@@ -9,6 +9,7 @@ pub const HSM_OPERATION_SECONDS: &str = "bsn_gateway_hsm_operation_duration_seco
 pub const HSM_ERRORS_TOTAL: &str = "bsn_gateway_hsm_errors_total";
 pub const HSM_SESSIONS_IN_USE: &str = "bsn_gateway_hsm_sessions_in_use";
 pub const HSM_SESSION_POOL_SIZE: &str = "bsn_gateway_hsm_session_pool_size";
+pub const HSM_SESSION_COPIES: &str = "bsn_gateway_hsm_session_copies";
 pub const HSM_UP: &str = "bsn_gateway_hsm_up";
 pub const HSM_RECONNECTS_TOTAL: &str = "bsn_gateway_hsm_reconnects_total";
 pub const HSM_SESSION_WAIT_TIMEOUTS_TOTAL: &str = "bsn_gateway_hsm_session_wait_timeouts_total";
@@ -99,6 +100,10 @@ fn describe() {
         "PKCS#11 sessions checked out of the pool"
     );
     describe_gauge!(HSM_SESSION_POOL_SIZE, "PKCS#11 session pool size");
+    describe_gauge!(
+        HSM_SESSION_COPIES,
+        "Keys signing through a session copy made in the token (profiles with sign_with_session_copy)"
+    );
     describe_gauge!(
         HSM_UP,
         "1 while the PKCS#11 module is connected and logged in; 0 while the device is lost"

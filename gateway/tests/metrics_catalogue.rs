@@ -118,6 +118,13 @@ fn the_readme_catalogue_matches_the_live_exporter() {
         lint.1
     );
 
+    // The dev token is SoftHSM2, whose profile signs with a session copy: one key signed.
+    assert!(
+        text.lines()
+            .any(|l| l == "bsn_gateway_hsm_session_copies 1"),
+        "one session copy after one key signed"
+    );
+
     let catalogue = readme_catalogue();
     let mut types = BTreeMap::new();
     for line in text.lines() {

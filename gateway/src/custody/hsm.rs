@@ -171,12 +171,32 @@ struct Conn {
     /// session logs the token out for every other session.
     anchor: Mutex<Option<Session>>,
     idle: Mutex<Vec<Session>>,
+    /// CKA_ID -> private key (or a wrapped key's AES key) handle; cleared on destroy and
+    /// on any session fault. A handle is only good with the module that gave it: so it
+    /// lives here, and a new connection starts with none.
+    handles: RwLock<HashMap<Vec<u8>, ObjectHandle>>,
     /// CKA_ID -> the key's session copy (`sign_with_session_copy`). The copies were made
     /// by the anchor session and die with it, or with the module: so they live here.
     /// Lock order: `anchor`, then `copies`.
     copies: RwLock<HashMap<Vec<u8>, SessionCopy>>,
     /// The origin of `SessionCopy::checked`.
     born: Instant,
+}
+
+/// A checked-out session and the connection it was opened on. Key handles and session
+/// copies are cached per connection: an operation reads and fills the caches of its own
+/// session's connection, even where the link was replaced while it ran.
+pub struct ConnSession<'a> {
+    session: &'a Session,
+    conn: &'a Conn,
+}
+
+impl std::ops::Deref for ConnSession<'_> {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        self.session
+    }
 }
 
 /// A key's session copy, and when its token object was last seen.
@@ -206,14 +226,25 @@ impl Conn {
         self.idle.lock().expect("idle lock").push(session);
     }
 
+    /// Changes the session copies under their write lock, and keeps the gauge of how
+    /// many there are with them.
+    fn edit_copies<R>(&self, f: impl FnOnce(&mut HashMap<Vec<u8>, SessionCopy>) -> R) -> R {
+        let mut copies = self.copies.write().expect("copies lock");
+        let r = f(&mut copies);
+        metrics::gauge!(m::HSM_SESSION_COPIES).set(copies.len() as f64);
+        r
+    }
+
     fn open(pkcs11: Pkcs11, slot: Slot, pin: &Secret) -> Result<Conn, HsmError> {
         let anchor = pkcs11.open_rw_session(slot).map_err(HsmError::from_ck)?;
         login(&anchor, pin)?;
+        metrics::gauge!(m::HSM_SESSION_COPIES).set(0.0);
         Ok(Conn {
             pkcs11,
             slot,
             anchor: Mutex::new(Some(anchor)),
             idle: Mutex::new(Vec::new()),
+            handles: RwLock::new(HashMap::new()),
             copies: RwLock::new(HashMap::new()),
             born: Instant::now(),
         })
@@ -248,9 +279,6 @@ pub struct Hsm {
     permits: Arc<Semaphore>,
     pool_size: usize,
     wait: Duration,
-    /// CKA_ID -> private key handle; cleared on destroy, on any session fault and with
-    /// every new connection (a handle is only good with the module that gave it).
-    handles: RwLock<HashMap<Vec<u8>, ObjectHandle>>,
     /// A scan of every token object never runs beside the creation or destruction of
     /// one: SoftHSM2's file store failed a C_GenerateKeyPair that met a scan in another
     /// session (CKR_GENERAL_ERROR at start-up, when the handle cache is filled). Scans
@@ -299,7 +327,6 @@ impl Hsm {
             permits: Arc::new(Semaphore::new(pool_size)),
             pool_size,
             wait,
-            handles: RwLock::new(HashMap::new()),
             objects: RwLock::new(()),
         }))
     }
@@ -367,7 +394,7 @@ impl Hsm {
     ) -> Result<T, HsmError>
     where
         T: Send + 'static,
-        F: Fn(&Hsm, &Session) -> Result<T, HsmError> + Send + 'static,
+        F: Fn(&Hsm, &ConnSession) -> Result<T, HsmError> + Send + 'static,
     {
         self.conn()?;
         let permit = self.session_permit().await?;
@@ -390,7 +417,7 @@ impl Hsm {
     ) -> Result<T, HsmError>
     where
         T: Send + 'static,
-        F: Fn(&Hsm, &Session) -> Result<T, HsmError> + Send + 'static,
+        F: Fn(&Hsm, &ConnSession) -> Result<T, HsmError> + Send + 'static,
     {
         if !self.quirks.inline_sign {
             return self.run(op, alg, true, f).await;
@@ -418,7 +445,7 @@ impl Hsm {
         op: &'static str,
         alg: &'static str,
         retry: bool,
-        f: &dyn Fn(&Hsm, &Session) -> Result<T, HsmError>,
+        f: &dyn Fn(&Hsm, &ConnSession) -> Result<T, HsmError>,
     ) -> Result<T, HsmError> {
         let mut attempt = 0;
         loop {
@@ -435,7 +462,13 @@ impl Hsm {
                 }
             };
             let started = Instant::now();
-            let result = f(self, &session);
+            let result = f(
+                self,
+                &ConnSession {
+                    session: &session,
+                    conn: &conn,
+                },
+            );
             metrics::histogram!(m::HSM_OPERATION_SECONDS, "operation" => op, "algorithm" => alg)
                 .record(started.elapsed().as_secs_f64());
             let code = match &result {
@@ -450,7 +483,7 @@ impl Hsm {
             if code.poisons_session() {
                 tracing::warn!(%code, op, "dropping a faulted PKCS#11 session");
                 drop(session);
-                self.handles.write().expect("handles lock").clear();
+                conn.handles.write().expect("handles lock").clear();
                 if code.0 == RvError::UserNotLoggedIn {
                     self.relogin(&conn);
                 }
@@ -459,7 +492,7 @@ impl Hsm {
             }
             if code.stale_handle() {
                 // Looked up again by CKA_ID on the next attempt, once.
-                self.handles.write().expect("handles lock").clear();
+                conn.handles.write().expect("handles lock").clear();
                 if attempt < 2 {
                     continue;
                 }
@@ -494,7 +527,6 @@ impl Hsm {
             *link = Link::Down(why);
         }
         metrics::gauge!(m::HSM_UP).set(0.0);
-        self.handles.write().expect("handles lock").clear();
         if self.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -531,7 +563,6 @@ impl Hsm {
                         conn.close();
                         break;
                     }
-                    self.handles.write().expect("handles lock").clear();
                     *link = Link::Up(Arc::new(conn));
                     metrics::gauge!(m::HSM_UP).set(1.0);
                     metrics::counter!(m::HSM_RECONNECTS_TOTAL, "result" => "ok").increment(1);
@@ -581,7 +612,7 @@ impl Hsm {
             Some(s) if s.get_session_info().is_ok() => Ok(s),
             _ => {
                 // The old anchor is closed, and the session copies it made are gone.
-                conn.copies.write().expect("copies lock").clear();
+                conn.edit_copies(|c| c.clear());
                 conn.pkcs11.open_rw_session(conn.slot)
             }
         };
@@ -606,7 +637,7 @@ impl Hsm {
     /// Generates a key pair inside the token; returns the public point (bare, not DER).
     pub fn generate(
         &self,
-        session: &Session,
+        session: &ConnSession,
         alg: Algorithm,
         id: &[u8],
         label: &str,
@@ -629,7 +660,9 @@ impl Hsm {
                 tracing::debug!(error = %e, "the token keeps CKA_DECRYPT on EC private keys");
             }
         }
-        self.handles
+        session
+            .conn
+            .handles
             .write()
             .expect("handles lock")
             .insert(id.to_vec(), priv_handle);
@@ -659,7 +692,7 @@ impl Hsm {
     /// Signs each input with the private key whose CKA_ID is `id`.
     pub fn sign(
         &self,
-        session: &Session,
+        session: &ConnSession,
         alg: Algorithm,
         id: &[u8],
         inputs: &[Vec<u8>],
@@ -681,22 +714,20 @@ impl Hsm {
         if !self.quirks.sign_with_session_copy {
             return sign_each(self.private_handle(session, id)?);
         }
-        let conn = self.conn()?;
-        let signed = sign_each(self.session_copy(&conn, session, id)?);
+        let signed = sign_each(self.session_copy(session, id)?);
         if signed.as_ref().is_err_and(HsmError::is_stale_handle) {
             // Made again from the token object on the retry, if it is still there.
-            conn.copies.write().expect("copies lock").remove(id);
+            session.conn.edit_copies(|c| c.remove(id));
         }
         signed
     }
 
     /// Destroys every object (private and public) with this CKA_ID.
-    pub fn destroy(&self, session: &Session, id: &[u8]) -> Result<usize, HsmError> {
+    pub fn destroy(&self, session: &ConnSession, id: &[u8]) -> Result<usize, HsmError> {
         let _objects = self.objects.read().expect("objects lock");
-        self.handles.write().expect("handles lock").remove(id);
-        if let Ok(conn) = self.conn() {
-            conn.copies.write().expect("copies lock").remove(id);
-        }
+        let conn = session.conn;
+        conn.handles.write().expect("handles lock").remove(id);
+        conn.edit_copies(|c| c.remove(id));
         let destroy_all = |token: bool| -> Result<usize, HsmError> {
             let objects = session
                 .find_objects(&[Attribute::Token(token), Attribute::Id(id.to_vec())])
@@ -735,7 +766,7 @@ impl Hsm {
     }
 
     /// Whether the private key with this CKA_ID is on the token (exactly one).
-    pub fn has_private_key(&self, session: &Session, id: &[u8]) -> Result<bool, HsmError> {
+    pub fn has_private_key(&self, session: &ConnSession, id: &[u8]) -> Result<bool, HsmError> {
         match self.private_handle(session, id) {
             Ok(_) => Ok(true),
             Err(HsmError::KeyMissing(_)) => Ok(false),
@@ -794,7 +825,7 @@ impl Hsm {
     /// extractable, encrypt and decrypt only.
     pub fn seal_new(
         &self,
-        session: &Session,
+        session: &ConnSession,
         id: &[u8],
         label: &str,
         plain: &[u8],
@@ -823,7 +854,9 @@ impl Hsm {
                 )
                 .map_err(HsmError::from_ck)?
         };
-        self.handles
+        session
+            .conn
+            .handles
             .write()
             .expect("handles lock")
             .insert(id.to_vec(), key);
@@ -841,7 +874,7 @@ impl Hsm {
     /// Opens what `seal` made; the plaintext is zeroised when dropped.
     pub fn unseal(
         &self,
-        session: &Session,
+        session: &ConnSession,
         id: &[u8],
         sealed: &[u8],
         aad: &[u8],
@@ -929,7 +962,7 @@ impl Hsm {
     /// thousands of keys a search per first use costs a token scan each (tens of ms on
     /// SoftHSM2). Returns how many were cached. Ids with more than one private key are
     /// left out, so they are looked up (and refused) one by one.
-    pub fn warm_handles(&self, session: &Session) -> Result<usize, HsmError> {
+    pub fn warm_handles(&self, session: &ConnSession) -> Result<usize, HsmError> {
         let _objects = self.objects.write().expect("objects lock");
         let found = session
             .find_objects(&[
@@ -953,7 +986,7 @@ impl Hsm {
                 .and_modify(|h| *h = None)
                 .or_insert(Some(handle));
         }
-        let mut handles = self.handles.write().expect("handles lock");
+        let mut handles = session.conn.handles.write().expect("handles lock");
         let mut cached = 0;
         for (id, handle) in by_id {
             if let Some(h) = handle {
@@ -970,12 +1003,8 @@ impl Hsm {
     /// the token by another application stops signing within that, as with a token
     /// handle. Where the module will not copy the key, or the copies are at their bound,
     /// the token object signs.
-    fn session_copy(
-        &self,
-        conn: &Conn,
-        session: &Session,
-        id: &[u8],
-    ) -> Result<ObjectHandle, HsmError> {
+    fn session_copy(&self, session: &ConnSession, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+        let conn = session.conn;
         let now = conn.born.elapsed().as_nanos() as u64;
         let known = conn
             .copies
@@ -997,7 +1026,7 @@ impl Hsm {
                 Err(e) => {
                     let e = HsmError::from_ck(e);
                     if e.is_stale_handle() {
-                        conn.copies.write().expect("copies lock").remove(id);
+                        conn.edit_copies(|c| c.remove(id));
                         if copy != token {
                             let _ = session.destroy_object(copy);
                         }
@@ -1031,18 +1060,20 @@ impl Hsm {
                 token
             }
         };
-        conn.copies.write().expect("copies lock").insert(
-            id.to_vec(),
-            SessionCopy {
-                copy,
-                token,
-                checked: AtomicU64::new(now),
-            },
-        );
+        conn.edit_copies(|c| {
+            c.insert(
+                id.to_vec(),
+                SessionCopy {
+                    copy,
+                    token,
+                    checked: AtomicU64::new(now),
+                },
+            )
+        });
         Ok(copy)
     }
 
-    fn private_handle(&self, session: &Session, id: &[u8]) -> Result<ObjectHandle, HsmError> {
+    fn private_handle(&self, session: &ConnSession, id: &[u8]) -> Result<ObjectHandle, HsmError> {
         self.object_handle(session, id, ObjectClass::PRIVATE_KEY)
     }
 
@@ -1050,11 +1081,11 @@ impl Hsm {
     /// AES key: an id is one or the other), cached.
     fn object_handle(
         &self,
-        session: &Session,
+        session: &ConnSession,
         id: &[u8],
         class: ObjectClass,
     ) -> Result<ObjectHandle, HsmError> {
-        if let Some(h) = self.handles.read().expect("handles lock").get(id) {
+        if let Some(h) = session.conn.handles.read().expect("handles lock").get(id) {
             return Ok(*h);
         }
         let found = session
@@ -1066,7 +1097,9 @@ impl Hsm {
             .map_err(HsmError::from_ck)?;
         match found.as_slice() {
             [one] => {
-                self.handles
+                session
+                    .conn
+                    .handles
                     .write()
                     .expect("handles lock")
                     .insert(id.to_vec(), *one);
