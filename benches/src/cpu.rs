@@ -32,7 +32,11 @@ pub fn seconds(pid: u32, prefix: Option<&str>) -> anyhow::Result<f64> {
 
 /// The thread or process name and its utime + stime, in clock ticks.
 fn ticks(path: &str) -> anyhow::Result<(String, u64)> {
-    let text = std::fs::read_to_string(path)?;
+    parse_stat(&std::fs::read_to_string(path)?)
+}
+
+/// `ticks` of one stat(5) line.
+fn parse_stat(text: &str) -> anyhow::Result<(String, u64)> {
     // The name is in parentheses and may itself hold spaces or parentheses.
     let open = text.find('(').context("stat: no name")?;
     let close = text.rfind(')').context("stat: no name")?;
@@ -76,5 +80,56 @@ impl Meter {
             .iter()
             .map(|(pid, prefix, from)| Ok(seconds(*pid, prefix.as_deref())? - from))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_user_plus_system_ticks() {
+        // A name with a space and a parenthesis of its own; utime 1234, stime 56.
+        let line = "4242 (load (client) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 3 0 100 0 0";
+        assert_eq!(
+            parse_stat(line).unwrap(),
+            ("load (client) 1".to_string(), 1290)
+        );
+        assert!(parse_stat("4242 (short) S 1 2").is_err());
+        assert!(parse_stat("no name here").is_err());
+    }
+
+    #[test]
+    fn a_named_thread_is_found_and_its_cpu_counted() {
+        let pid = std::process::id();
+        let (spun, done) = std::sync::mpsc::channel();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        // Spins until /proc says it has used 50 ms (at most 10 s: a reading stuck at 0
+        // fails below), then stays alive until the main thread has read it.
+        let busy = std::thread::Builder::new()
+            .name("cpu-test-spin".into())
+            .spawn(move || {
+                let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                let mut x = 0u64;
+                while seconds(pid, Some("cpu-test-spin")).unwrap() < 0.05
+                    && std::time::Instant::now() < give_up
+                {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                }
+                spun.send(()).unwrap();
+                let _ = wait.recv();
+                x
+            })
+            .unwrap();
+        done.recv().unwrap();
+        let named = seconds(pid, Some("cpu-test-spin")).unwrap();
+        let whole = seconds(pid, None).unwrap();
+        release.send(()).unwrap();
+        busy.join().unwrap();
+        assert!(named >= 0.05, "the spinning thread used {named} s");
+        assert!(whole >= named, "{whole} < {named}");
+        assert_eq!(seconds(pid, Some("no-such-thread")).unwrap(), 0.0);
     }
 }

@@ -50,6 +50,15 @@ pub fn start_gateway(dir: &Path) -> anyhow::Result<Gateway> {
 
 /// The embedded default with more flags (`--ledger ...`).
 pub fn start_gateway_with(dir: &Path, extra: &[String]) -> anyhow::Result<Gateway> {
+    start_gateway_placed(dir, extra, Placement::Shared)
+}
+
+/// The embedded default, on the server's cores of `placement`.
+pub fn start_gateway_placed(
+    dir: &Path,
+    extra: &[String],
+    placement: Placement,
+) -> anyhow::Result<Gateway> {
     let bin = std::env::current_exe()?.with_file_name("bsn-gateway");
     if !bin.exists() {
         bail!(
@@ -57,7 +66,16 @@ pub fn start_gateway_with(dir: &Path, extra: &[String]) -> anyhow::Result<Gatewa
             bin.display()
         );
     }
-    let child = Command::new(&bin)
+    let mut cmd = match placement {
+        Placement::Shared => Command::new(&bin),
+        Placement::Pinned { .. } => {
+            // taskset execs the gateway: the child's pid is the gateway's.
+            let mut c = Command::new("taskset");
+            c.args(["-c", SERVER_CPU]).arg(&bin);
+            c
+        }
+    };
+    let child = cmd
         .args([
             "serve",
             "--dev",
@@ -136,6 +154,97 @@ where
 
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Where a harness runs its two sides. `Shared` (the default): the server side (the
+/// gateway, a bare signer, a raw loop) and the load client all run on every core.
+/// `Pinned` (`BSN_BENCH_PIN=1`): the server side on core 0 only and the client on the
+/// other cores, so that the client never takes the server's core; the server's figures
+/// are then one core's, against a peer on one core.
+#[derive(Clone, Copy, Debug)]
+pub enum Placement {
+    Shared,
+    Pinned { cores: usize },
+}
+
+/// The server side's core under `Placement::Pinned`.
+const SERVER_CPU: &str = "0";
+
+impl Placement {
+    /// From `BSN_BENCH_PIN`; call before anything is pinned (it counts the cores).
+    pub fn from_env() -> anyhow::Result<Placement> {
+        if std::env::var("BSN_BENCH_PIN").unwrap_or_default() != "1" {
+            return Ok(Placement::Shared);
+        }
+        let cores = cores();
+        if cores < 2 {
+            bail!("BSN_BENCH_PIN=1 needs two cores or more; this process may use {cores}");
+        }
+        Ok(Placement::Pinned { cores })
+    }
+
+    /// Threads for the server side: a raw loop's, a bare signer's.
+    pub fn server_threads(&self) -> usize {
+        match self {
+            Placement::Shared => cores(),
+            Placement::Pinned { .. } => 1,
+        }
+    }
+
+    /// Threads for the load client.
+    pub fn client_threads(&self) -> usize {
+        match self {
+            Placement::Shared => cores(),
+            Placement::Pinned { cores } => cores - 1,
+        }
+    }
+
+    /// Moves the calling thread to the server's core; threads it starts from now on
+    /// inherit that. Call from the main thread.
+    pub fn as_server(&self) -> anyhow::Result<()> {
+        match self {
+            Placement::Shared => Ok(()),
+            Placement::Pinned { .. } => pin_main_thread(SERVER_CPU),
+        }
+    }
+
+    /// Moves the calling thread to the client's cores, as `as_server`.
+    pub fn as_client(&self) -> anyhow::Result<()> {
+        match self {
+            Placement::Shared => Ok(()),
+            Placement::Pinned { cores } => pin_main_thread(&format!("1-{}", cores - 1)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Placement::Shared => format!(
+                "shared: server side and load client on all {} cores",
+                cores()
+            ),
+            Placement::Pinned { cores } => format!(
+                "pinned: server side on core {SERVER_CPU} alone, load client on cores 1-{} (BSN_BENCH_PIN=1)",
+                cores - 1
+            ),
+        }
+    }
+}
+
+/// `taskset` on the main thread (its thread id is the process id): the workspace forbids
+/// the `unsafe` a direct sched_setaffinity would need.
+fn pin_main_thread(cpus: &str) -> anyhow::Result<()> {
+    let out = Command::new("taskset")
+        .args(["-cp", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .output()
+        .context("run taskset (util-linux)")?;
+    if !out.status.success() {
+        bail!(
+            "taskset -cp {cpus}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// One signed message: the key as SEC1 (EC) or raw (Ed25519) bytes, the signature in

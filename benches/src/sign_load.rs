@@ -2,7 +2,9 @@
 //! SoftHSM2 token, in the same run, with the ratio. Usage:
 //!   cargo build --release --workspace && target/release/sign-load [SECONDS] [HTTP_CLIENTS]
 //! `BSN_BENCH_ALGORITHMS=ecdsa-p256,ed25519` runs only those.
-//! The load generator shares the machine's cores with the gateway; the raw loop does not
+//! `BSN_BENCH_PIN=1`: the gateway, the bare signer and the raw loops on core 0 alone, the
+//! load client on the other cores (see `Placement`).
+//! By default the load generator shares the machine's cores with the gateway; the raw loop does not
 //! pay for HTTP, JSON, policy or the fsynced audit log, which is what the ratio measures.
 //! Two raw loops: on the token object (as a plain cryptoki program signs), and on a
 //! session copy of it (the HSM work the gateway does under SoftHSM2's profile).
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bsn_benches::hload::{healthz_rate, http_load_metered, LoadRequest, Metered};
-use bsn_benches::{agent, cores, cpu, post, run_threads, start_gateway, Endpoint};
+use bsn_benches::{agent, cores, cpu, post, run_threads, start_gateway_placed, Gateway, Placement};
 use bytes::Bytes;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -37,8 +39,10 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(4 * cores);
+    let placement = Placement::from_env()?;
+    let (server, client) = (placement.server_threads(), placement.client_threads());
     let dir = tempfile::tempdir()?;
-    let gw = start_gateway(dir.path())?;
+    let gw = start_gateway_placed(dir.path(), &[], placement)?;
     // Our own PKCS#11 context must see the same token: set before any thread starts.
     std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
 
@@ -75,16 +79,19 @@ fn main() -> anyhow::Result<()> {
             Ok((alg.clone(), token, copy))
         })
         .collect::<anyhow::Result<_>>()?;
+    // The bare signer's threads start here, on the server's cores.
+    placement.as_server()?;
     let bare = bare_signer(
         &p11,
         slot,
         handles.iter().map(|(a, _, c)| (a.clone(), *c)).collect(),
-        cores,
+        server,
     )?;
 
-    println!("sign-load: {cores} cores, {seconds} s per run, raw loops {cores} threads (one session each), HTTP {clients} keep-alive connections on {cores} client threads");
+    println!("sign-load: {}", placement.describe());
+    println!("{seconds} s per run, raw loops {server} threads (one session each), HTTP {clients} keep-alive connections on {client} client threads");
     println!("raw token: C_Sign on the token object; raw copy: on a session copy of it (what the gateway signs with on SoftHSM2)");
-    println!("bare HTTP: hyper on {cores} threads calling C_Sign inline on the copy, nothing else (no token check, policy, JSON parsing or audit): the floor of any HTTP signer here");
+    println!("bare HTTP: hyper on {server} threads calling C_Sign inline on the copy, nothing else (no token check, policy, JSON parsing or audit): the floor of any HTTP signer here");
     println!(
         "{:<16} {:>11} {:>10} {:>7} {:>7} {:>10} {:>7} {:>7} {:>7} {:>14} {:>7}",
         "algorithm",
@@ -102,8 +109,10 @@ fn main() -> anyhow::Result<()> {
     let me = std::process::id();
     let mut cpu_rows = Vec::new();
     for (i, ((alg, id), (_, token, copy))) in keys.iter().zip(&handles).enumerate() {
-        let (raw_token, token_us) = raw_loop(&p11, slot, *token, alg, cores, seconds)?;
-        let (raw_copy, copy_us) = raw_loop(&p11, slot, *copy, alg, cores, seconds)?;
+        placement.as_server()?;
+        let (raw_token, token_us) = raw_loop(&p11, slot, *token, alg, server, seconds)?;
+        let (raw_copy, copy_us) = raw_loop(&p11, slot, *copy, alg, server, seconds)?;
+        placement.as_client()?;
         let floor = LoadRequest {
             method: hyper::Method::POST,
             path: format!("/{i}"),
@@ -114,15 +123,15 @@ fn main() -> anyhow::Result<()> {
             &bare,
             &floor,
             clients,
-            cores,
+            client,
             seconds,
             Some((me, Some(BARE_THREADS))),
             |status, _| status == 200,
         )?;
         let bare_rate = bare.rate;
-        let gw_run = http_loop(&gw.endpoint, gw.pid(), id, alg, clients, seconds, 1)?;
+        let gw_run = http_loop(&gw, id, alg, clients, client, seconds, 1)?;
         let single = gw_run.rate;
-        let batch = http_loop(&gw.endpoint, gw.pid(), id, alg, clients, seconds, 64)?.rate * 64.0;
+        let batch = http_loop(&gw, id, alg, clients, client, seconds, 64)?.rate * 64.0;
         cpu_rows.push((alg.clone(), token_us, copy_us, bare, gw_run));
         println!(
             "{alg:<16} {raw_token:>11.0} {raw_copy:>10.0} {bare_rate:>7.0} {:>7.2} {single:>10.0} {:>7.2} {:>7.2} {:>7.2} {batch:>14.0} {:>7.2}",
@@ -161,7 +170,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!("/token, /copy: the raw loop's CPU per signature over the gateway's (what the rate ratio would be if the gateway had every core to itself and scaled with them)");
     drop(anchor);
-    let floor = healthz_rate(&gw.endpoint.addr, clients, cores, seconds)?;
+    placement.as_client()?;
+    let floor = healthz_rate(&gw.endpoint.addr, clients, client, seconds)?;
     println!("HTTP floor of this client (GET /healthz, no crypto, same connections): {floor:.0} requests/s");
     println!("goal: gateway / raw token >= 0.9 (the raw loop as the issue ran it); /copy is against the same HSM work the gateway does");
     Ok(())
@@ -175,14 +185,14 @@ fn input(alg: &str) -> Value {
     }
 }
 
-/// Requests/s through HTTP over `clients` keep-alive connections, with the CPU of the
-/// gateway (`pid`) and of the client; `batch` > 1 uses sign-batch.
+/// Requests/s through HTTP over `clients` keep-alive connections on `threads` client
+/// threads, with the CPU of the gateway and of the client; `batch` > 1 uses sign-batch.
 fn http_loop(
-    gw: &Endpoint,
-    pid: u32,
+    gw: &Gateway,
     id: &str,
     alg: &str,
     clients: usize,
+    threads: usize,
     seconds: u64,
     batch: usize,
 ) -> anyhow::Result<Metered> {
@@ -197,14 +207,14 @@ fn http_loop(
             json!({"items": items, "format": "raw"}),
         )
     };
-    let req = LoadRequest::post_json(&path, &gw.token, &body);
+    let req = LoadRequest::post_json(&path, &gw.endpoint.token, &body);
     http_load_metered(
-        &gw.addr,
+        &gw.endpoint.addr,
         &req,
         clients,
-        cores(),
+        threads,
         seconds,
-        Some((pid, None)),
+        Some((gw.pid(), None)),
         |status, _| status == 200,
     )
 }

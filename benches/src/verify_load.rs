@@ -2,10 +2,12 @@
 //! request, beside `openssl speed` (libsecp256k1 for secp256k1) measured in the same run,
 //! both as one core's figure x cores and with all cores busy at once, with the ratios. Usage:
 //!   cargo build --release --workspace && target/release/verify-load [SECONDS] [CLIENTS]
-//! The load client (hyper, keep-alive; its /healthz rate is printed) runs on the same cores as the gateway.
+//! The load client (hyper, keep-alive; its /healthz rate is printed) runs on the same cores as the gateway;
+//! with `BSN_BENCH_PIN=1` the gateway runs on core 0 alone and the client on the others, and
+//! the ratios are against the peer on one core.
 
 use bsn_benches::hload::{healthz_rate, http_load_metered, LoadRequest};
-use bsn_benches::{cores, fixtures, peers, start_gateway};
+use bsn_benches::{cores, fixtures, peers, start_gateway_placed, Placement};
 use bsn_gateway::algorithm::Algorithm;
 use serde_json::{json, Value};
 
@@ -32,12 +34,22 @@ fn main() -> anyhow::Result<()> {
     let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let cores = cores();
     let clients: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let placement = Placement::from_env()?;
+    // The peers first, with every core free to them.
     let peers = peers(3, cores)?;
     let dir = tempfile::tempdir()?;
-    let gw = start_gateway(dir.path())?;
+    let gw = start_gateway_placed(dir.path(), &[], placement)?;
+    placement.as_client()?;
+    let threads = placement.client_threads();
+    // The server's cores: what the gateway may use, and what the peer is scaled to.
+    let server_cores = match placement {
+        Placement::Shared => cores,
+        Placement::Pinned { .. } => 1,
+    };
 
-    println!("verify-load: {cores} cores, {seconds} s per run, {clients} keep-alive connections on {cores} client threads, on the same cores");
-    println!("peer: one core's figure x {cores}, and all {cores} cores busy at once (openssl speed -multi, libsecp256k1 on {cores} threads)");
+    println!("verify-load: {}", placement.describe());
+    println!("{seconds} s per run, {clients} keep-alive connections on {threads} client threads");
+    println!("peer: one core's figure x {server_cores}, and all {server_cores} cores busy at once (openssl speed -multi, libsecp256k1 on that many threads)");
     println!(
         "{:<16} {:>14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "algorithm",
@@ -52,7 +64,11 @@ fn main() -> anyhow::Result<()> {
     let mut cpu_rows = Vec::new();
     for peer in &peers {
         let alg = peer.algorithm;
-        let times_cores = peer.one_core * cores as f64;
+        let times_cores = peer.one_core * server_cores as f64;
+        let all_busy = match placement {
+            Placement::Shared => peer.all_cores,
+            Placement::Pinned { .. } => peer.one_core,
+        };
         let mut rates = Vec::new();
         let mut runs = Vec::new();
         for batch in [1usize, 64] {
@@ -62,7 +78,7 @@ fn main() -> anyhow::Result<()> {
                 &gw.endpoint.addr,
                 &req,
                 clients,
-                cores,
+                threads,
                 seconds,
                 Some((gw.pid(), None)),
                 |status, b| status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false"),
@@ -70,14 +86,14 @@ fn main() -> anyhow::Result<()> {
             rates.push(run.rate * batch as f64);
             runs.push((batch, run));
         }
-        cpu_rows.push((alg, peer.all_cores, runs));
-        let ratios = |r: f64| format!("{:.2} / {:.2}", r / times_cores, r / peer.all_cores);
+        cpu_rows.push((alg, all_busy, runs));
+        let ratios = |r: f64| format!("{:.2} / {:.2}", r / times_cores, r / all_busy);
         println!(
             "{:<16} {:>14} {:>12.0} {:>12.0} {:>12.0} {:>12} {:>12.0} {:>12}",
             alg.as_str(),
             peer.name,
             times_cores,
-            peer.all_cores,
+            all_busy,
             rates[0],
             ratios(rates[0]),
             rates[1],
@@ -101,7 +117,7 @@ fn main() -> anyhow::Result<()> {
     );
     for (alg, all_cores, runs) in &cpu_rows {
         // Every core busy for the whole run: its CPU per verification is cores / rate.
-        let peer_us = 1e6 * cores as f64 / all_cores;
+        let peer_us = 1e6 * server_cores as f64 / all_cores;
         let (client1, gw1) = runs[0].1.per_answer_us(runs[0].0 as f64);
         let (_, gw64) = runs[1].1.per_answer_us(runs[1].0 as f64);
         println!(
@@ -112,7 +128,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("peer / gw: the peer's CPU per verification over the gateway's at 1 item per request (the 1/req ratio if the client had cores of its own and the gateway scaled with them)");
-    let floor = healthz_rate(&gw.endpoint.addr, clients, cores, seconds)?;
+    let floor = healthz_rate(&gw.endpoint.addr, clients, threads, seconds)?;
     println!("HTTP floor of this client (GET /healthz, same connections): {floor:.0} requests/s");
     println!("goal: 1 item per request >= 0.8 x the peer with all cores busy, every algorithm");
     Ok(())

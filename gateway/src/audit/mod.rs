@@ -1,7 +1,10 @@
 //! The audit log: every key operation appended as one JSON line that carries the SHA-256
 //! of the line before it, so any edit, removal or reordering breaks the chain. One writer
 //! thread batches the lines of concurrent callers and fsyncs once per batch (group commit);
-//! a caller hears back only after its line is durable. A full queue makes callers wait,
+//! a caller hears back only after its line is durable. While several more key operations
+//! are under way than lines are in hand, the writer waits a little (`GROUP_WAIT`) for
+//! theirs: on a virtual disk an fdatasync costs tens of µs of CPU, a sixth of a P-256
+//! signature's on SoftHSM2. A full queue makes callers wait,
 //! never fail: only key operations and rare summaries are written here (failed
 //! authentications are counted and summarised, not appended one by one).
 //!
@@ -14,9 +17,9 @@ pub mod verify;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +29,27 @@ pub use verify::{verify, Report, VerifyError};
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 1024;
+/// How long a batch waits for the next line of a key operation under way (the wait
+/// starts again with each line that comes); with few operations under way it does not
+/// wait at all (`GROUP_SIBLINGS`).
+const GROUP_WAIT: Duration = Duration::from_micros(300);
+/// A batch's first line waits no longer than this in all.
+const GROUP_WAIT_MAX: Duration = Duration::from_millis(2);
+/// The writer waits only while more than this many key operations are under way beyond
+/// the lines in hand. With a few clients the wait would cost them more time than the
+/// fsyncs it saves (measured: 4 closed-loop clients lost a sixth to a quarter of their rate
+/// with no margin, nothing with this one).
+const GROUP_SIBLINGS: usize = 4;
+
+/// Whether lines still to come make waiting before the fsync worth it. Operations whose
+/// lines are in hand are counted in `underway` too (they wait for this batch), and so are
+/// operations just answered and not yet ended: those can make a batch wait when nothing
+/// more comes, for `GROUP_WAIT` at most.
+fn worth_waiting(underway: usize, in_hand: usize) -> bool {
+    underway > in_hand + GROUP_SIBLINGS
+}
+/// How often the writer looks for them meanwhile.
+const GROUP_POLL: Duration = Duration::from_micros(50);
 
 /// What happened, as the caller describes it. `subject_sha256` is the hash of what was
 /// signed (or imported), never the data itself.
@@ -96,6 +120,15 @@ enum Msg {
     Head(tokio::sync::oneshot::Sender<Head>),
 }
 
+/// A key operation under way; see `AuditLog::underway`.
+pub struct Underway(Arc<AtomicUsize>);
+
+impl Drop for Underway {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     pub seq: u64,
@@ -107,6 +140,8 @@ pub struct Head {
 pub struct AuditLog {
     tx: tokio::sync::mpsc::Sender<Msg>,
     healthy: Arc<AtomicBool>,
+    /// Key operations under way (`Underway`), each of which ends with a line.
+    underway: Arc<AtomicUsize>,
     /// Woken when `checkpoint_every` lines have been written since the last checkpoint.
     due: Arc<tokio::sync::Notify>,
 }
@@ -130,7 +165,9 @@ impl AuditLog {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
         let due = Arc::new(tokio::sync::Notify::new());
+        let underway = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
+            underway: underway.clone(),
             file,
             seq,
             prev,
@@ -144,7 +181,20 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(open_err)?;
-        Ok(AuditLog { tx, healthy, due })
+        Ok(AuditLog {
+            tx,
+            healthy,
+            underway,
+            due,
+        })
+    }
+
+    /// Counts a key operation as under way until the guard drops (when the operation
+    /// ends): the writer waits a little for its line before an fsync. Only a hint for
+    /// batching: an operation that never writes a line costs a batch `GROUP_WAIT` at most.
+    pub fn underway(&self) -> Underway {
+        self.underway.fetch_add(1, Ordering::AcqRel);
+        Underway(self.underway.clone())
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -234,6 +284,7 @@ struct Writer {
     checkpoint_every: u64,
     healthy: Arc<AtomicBool>,
     due: Arc<tokio::sync::Notify>,
+    underway: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -242,13 +293,31 @@ impl Writer {
             let mut batch = Vec::new();
             let mut heads = Vec::new();
             let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Append { entry, done } => batch.push((*entry, done)),
-                    Msg::Head(reply) => heads.push(reply),
+            let started = Instant::now();
+            loop {
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Msg::Append { entry, done } => batch.push((*entry, done)),
+                        Msg::Head(reply) => heads.push(reply),
+                    }
+                    if batch.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                if batch.len() < MAX_BATCH {
+                if batch.is_empty() || batch.len() >= MAX_BATCH {
+                    break;
+                }
+                // Each line that comes starts the wait for the next one again.
+                let until = (Instant::now() + GROUP_WAIT).min(started + GROUP_WAIT_MAX);
+                while next.is_none()
+                    && worth_waiting(self.underway.load(Ordering::Acquire), batch.len())
+                    && Instant::now() < until
+                {
+                    std::thread::sleep(GROUP_POLL);
                     next = rx.try_recv().ok();
+                }
+                if next.is_none() {
+                    break;
                 }
             }
             if !batch.is_empty() {
@@ -358,6 +427,49 @@ mod tests {
         let log = AuditLog::open(&path, 1000).unwrap();
         log.append(entry(0)).await.unwrap();
         assert_eq!(verify(&path, None, None).unwrap().lines, 201);
+    }
+
+    #[test]
+    fn the_writer_waits_only_for_several_operations_beyond_the_lines_in_hand() {
+        assert!(!worth_waiting(1, 1), "a lone caller never waits");
+        assert!(!worth_waiting(1 + GROUP_SIBLINGS, 1));
+        assert!(worth_waiting(2 + GROUP_SIBLINGS, 1));
+        assert!(worth_waiting(64, 10));
+        assert!(!worth_waiting(64, 64), "every line in hand");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn operations_under_way_only_delay_the_fsync_and_every_line_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path, 1000).unwrap();
+        // Operations counted as under way that never write a line (a worst case): an
+        // append still completes, after a bounded wait.
+        let phantoms: Vec<_> = (0..100).map(|_| log.underway()).collect();
+        tokio::time::timeout(Duration::from_secs(30), log.append(entry(0)))
+            .await
+            .expect("an append completes while phantom operations are under way")
+            .unwrap();
+        drop(phantoms);
+        assert_eq!(log.underway.load(Ordering::Acquire), 0);
+        // 64 operations, each under way from its start until its line is durable, as
+        // custody counts them: every line written, in one chain.
+        let tasks: Vec<_> = (1..=64)
+            .map(|i| {
+                let log = log.clone();
+                let underway = log.underway();
+                tokio::spawn(async move {
+                    let _underway = underway;
+                    tokio::task::yield_now().await;
+                    log.append(entry(i)).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(log.underway.load(Ordering::Acquire), 0);
+        assert_eq!(verify(&path, None, None).unwrap().lines, 65);
     }
 
     #[tokio::test]

@@ -615,9 +615,16 @@ impl Custody {
         F: FnOnce(Arc<Custody>) -> Fut,
         Fut: Future<Output = Result<T, CustodyError>> + Send + 'static,
     {
-        crate::owned::spawn(f(self.clone()))
-            .await
-            .map_err(|_| CustodyError::Stopped)?
+        // Every custody operation ends with an audit line: counted for the group commit
+        // from now until the task ends.
+        let underway = self.audit.underway();
+        let work = f(self.clone());
+        crate::owned::spawn(async move {
+            let _underway = underway;
+            work.await
+        })
+        .await
+        .map_err(|_| CustodyError::Stopped)?
     }
 
     /// Writes the operation's audit line, then passes its result on. If the line cannot
