@@ -35,6 +35,30 @@ impl Gateway {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// `req` sent again and again over `conns` connections on `threads` client threads
+    /// for `seconds`, with the CPU of the gateway and of the client (`http_load_metered`).
+    pub fn load<C>(
+        &self,
+        req: &hload::LoadRequest,
+        conns: usize,
+        threads: usize,
+        seconds: u64,
+        check: C,
+    ) -> anyhow::Result<hload::Metered>
+    where
+        C: Fn(u16, &[u8]) -> bool + Send + Sync + 'static,
+    {
+        hload::http_load_metered(
+            &self.endpoint.addr,
+            req,
+            conns,
+            threads,
+            seconds,
+            Some((self.pid(), None)),
+            check,
+        )
+    }
 }
 
 impl Drop for Gateway {

@@ -208,15 +208,7 @@ fn http_loop(
         )
     };
     let req = LoadRequest::post_json(&path, &gw.endpoint.token, &body);
-    http_load_metered(
-        &gw.endpoint.addr,
-        &req,
-        clients,
-        threads,
-        seconds,
-        Some((gw.pid(), None)),
-        |status, _| status == 200,
-    )
+    gw.load(&req, clients, threads, seconds, |status, _| status == 200)
 }
 
 /// The dev token's slot, with the user logged in on `anchor` (kept open while others

@@ -6,7 +6,7 @@
 //! with `BSN_BENCH_PIN=1` the gateway runs on core 0 alone and the client on the others, and
 //! the ratios are against the peer on one core.
 
-use bsn_benches::hload::{healthz_rate, http_load_metered, LoadRequest};
+use bsn_benches::hload::{healthz_rate, LoadRequest};
 use bsn_benches::{cores, fixtures, peers, start_gateway_placed, Placement};
 use bsn_gateway::algorithm::Algorithm;
 use serde_json::{json, Value};
@@ -74,15 +74,9 @@ fn main() -> anyhow::Result<()> {
         for batch in [1usize, 64] {
             let req = LoadRequest::post_json("/v1/verify", &gw.endpoint.token, &body(alg, batch));
             // Every item must come back valid: a rate of refusals measures nothing.
-            let run = http_load_metered(
-                &gw.endpoint.addr,
-                &req,
-                clients,
-                threads,
-                seconds,
-                Some((gw.pid(), None)),
-                |status, b| status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false"),
-            )?;
+            let run = gw.load(&req, clients, threads, seconds, |status, b| {
+                status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false")
+            })?;
             rates.push(run.rate * batch as f64);
             runs.push((batch, run));
         }
