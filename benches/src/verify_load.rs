@@ -42,10 +42,7 @@ fn main() -> anyhow::Result<()> {
     placement.as_client()?;
     let threads = placement.client_threads();
     // The server's cores: what the gateway may use, and what the peer is scaled to.
-    let server_cores = match placement {
-        Placement::Shared => cores,
-        Placement::Pinned { .. } => 1,
-    };
+    let server_cores = placement.server_threads();
 
     println!("verify-load: {}", placement.describe());
     println!("{seconds} s per run, {clients} keep-alive connections on {threads} client threads");

@@ -102,7 +102,7 @@ fn describe() {
     describe_gauge!(HSM_SESSION_POOL_SIZE, "PKCS#11 session pool size");
     describe_gauge!(
         HSM_SESSION_COPIES,
-        "Keys signing through a session copy made in the token (profiles with sign_with_session_copy)"
+        "Keys held with a session copy made in the token for signing (profiles with sign_with_session_copy; a key the module would not copy counts as its own)"
     );
     describe_gauge!(
         HSM_UP,
