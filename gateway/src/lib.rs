@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod owned;
+pub mod sched;
 pub mod secret;
 pub mod txn;
 pub mod util;

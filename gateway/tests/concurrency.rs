@@ -1,5 +1,6 @@
 //! Far more parallel sign requests than pool sessions: each succeeds, or gets 503 with
-//! Retry-After once the wait bound passes; never a PKCS#11 error.
+//! Retry-After once the wait bound passes; never a PKCS#11 error. Under that load the
+//! durable writers run as `SCHED_BATCH`, so their wakes do not preempt the signing threads.
 
 mod common;
 
@@ -72,6 +73,7 @@ fn many_more_requests_than_sessions_all_succeed_or_get_503_with_retry_after() {
         errors.iter().all(|l| l.ends_with(" 0")),
         "no PKCS#11 errors: {errors:?}"
     );
+    writers_run_as_batch(g.pid());
     drop(Arc::try_unwrap(g).ok().unwrap());
 
     // A tiny wait bound on one session: overflow is answered 503 + Retry-After, nothing else.
@@ -112,4 +114,36 @@ fn hsm_errors(text: &str) -> Vec<&str> {
     text.lines()
         .filter(|l| l.starts_with("bsn_gateway_hsm_errors_total{"))
         .collect()
+}
+
+/// The audit and outbox writers are `SCHED_BATCH` (policy 3); the runtime's threads, which
+/// sign, keep the default (0).
+fn writers_run_as_batch(pid: u32) {
+    let mut seen = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Field 41 of stat; the fields after the name (which may hold spaces) start at 3.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy: u32 = after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        seen.push((name.trim().to_string(), policy));
+    }
+    for writer in ["audit-writer", "outbox-writer"] {
+        assert!(
+            seen.iter().any(|(n, _)| n == writer),
+            "no {writer} thread: {seen:?}"
+        );
+    }
+    for (name, policy) in &seen {
+        match name.as_str() {
+            "audit-writer" | "outbox-writer" => assert_eq!(*policy, 3, "{name}: {seen:?}"),
+            "tokio-rt-worker" => assert_eq!(*policy, 0, "{name}: {seen:?}"),
+            _ => {}
+        }
+    }
 }

@@ -289,6 +289,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<Msg>) {
+        crate::sched::background("audit-writer");
         while let Some(first) = rx.blocking_recv() {
             let mut batch = Vec::new();
             let mut heads = Vec::new();

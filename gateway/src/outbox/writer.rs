@@ -56,6 +56,7 @@ impl Writer {
     }
 
     pub(super) fn run(mut self) {
+        crate::sched::background("outbox-writer");
         loop {
             let first = match self.rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(w) => w,
