@@ -29,9 +29,12 @@ pub use verify::{verify, Report, VerifyError};
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const QUEUE: usize = 8192;
 const MAX_BATCH: usize = 1024;
-/// How long a batch waits for the next line of a key operation under way (the wait
-/// starts again with each line that comes); with few operations under way it does not
-/// wait at all (`GROUP_SIBLINGS`).
+/// How long a batch waits for the lines of key operations under way: the writer sleeps
+/// this long, takes what came, and sleeps again only if something did. With few
+/// operations under way it does not wait at all (`GROUP_SIBLINGS`). One sleep per window,
+/// not a poll every 50 µs: the polls' wake-ups cost a tenth of a core on the shared cores
+/// (P-256, wrk, 64 connections: 12.0k, 11.6k, 12.2k/s polling, 15.3k, 12.4k, 15.2k/s
+/// with one sleep).
 const GROUP_WAIT: Duration = Duration::from_micros(300);
 /// A batch's first line waits no longer than this in all.
 const GROUP_WAIT_MAX: Duration = Duration::from_millis(2);
@@ -40,8 +43,6 @@ const GROUP_WAIT_MAX: Duration = Duration::from_millis(2);
 /// fsyncs it saves (measured: 4 closed-loop clients lost a sixth to a quarter of their rate
 /// with no margin, nothing with this one).
 const GROUP_SIBLINGS: usize = 4;
-/// How often the writer looks for them meanwhile.
-const GROUP_POLL: Duration = Duration::from_micros(50);
 
 /// Whether lines still to come make waiting before the fsync worth it. Operations whose
 /// lines are in hand are counted in `underway` too (they wait for this batch), and so are
@@ -308,15 +309,15 @@ impl Writer {
                 if batch.is_empty() || batch.len() >= MAX_BATCH {
                     break;
                 }
-                // Each line that comes starts the wait for the next one again.
-                let until = (Instant::now() + GROUP_WAIT).min(started + GROUP_WAIT_MAX);
-                while next.is_none()
-                    && worth_waiting(self.underway.load(Ordering::Acquire), batch.len())
-                    && Instant::now() < until
+                // Lines that came during a window earn the batch another one.
+                let left = (started + GROUP_WAIT_MAX).saturating_duration_since(Instant::now());
+                if left.is_zero()
+                    || !worth_waiting(self.underway.load(Ordering::Acquire), batch.len())
                 {
-                    std::thread::sleep(GROUP_POLL);
-                    next = rx.try_recv().ok();
+                    break;
                 }
+                std::thread::sleep(GROUP_WAIT.min(left));
+                next = rx.try_recv().ok();
                 if next.is_none() {
                     break;
                 }
