@@ -30,6 +30,37 @@ pub fn seconds(pid: u32, prefix: Option<&str>) -> anyhow::Result<f64> {
     Ok(ticks as f64 / clock_ticks()?)
 }
 
+/// How many times the threads of `pid` whose name starts with `prefix` (every thread when
+/// `None`; threads that have exited are not counted) were preempted: switched out while
+/// they could still run (`nonvoluntary_ctxt_switches`). A thread that is preempted in the
+/// middle of a long call pays for it in cold caches too, which CPU time alone hides.
+pub fn preemptions(pid: u32, prefix: Option<&str>) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        // A thread may end between the listing and the read.
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue;
+        };
+        if prefix.is_none_or(|p| name.starts_with(p)) {
+            sum += involuntary_switches(&status)?;
+        }
+    }
+    Ok(sum)
+}
+
+/// `nonvoluntary_ctxt_switches` of one status(5) text.
+fn involuntary_switches(status: &str) -> anyhow::Result<u64> {
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        .context("status: no nonvoluntary_ctxt_switches")?;
+    Ok(line.trim().parse()?)
+}
+
 /// The thread or process name and its utime + stime, in clock ticks.
 fn ticks(path: &str) -> anyhow::Result<(String, u64)> {
     parse_stat(&std::fs::read_to_string(path)?)
@@ -86,6 +117,16 @@ impl Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_text_gives_its_involuntary_switches() {
+        let text =
+            "Name:\tload-client\nvoluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t42\n";
+        assert_eq!(involuntary_switches(text).unwrap(), 42);
+        assert!(involuntary_switches("Name:\tx\nvoluntary_ctxt_switches:\t7\n").is_err());
+        // This process has a main thread whose status reads, whatever its count.
+        preemptions(std::process::id(), None).unwrap();
+    }
 
     #[test]
     fn a_stat_line_gives_its_name_and_user_plus_system_ticks() {

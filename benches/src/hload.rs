@@ -71,6 +71,8 @@ pub struct Metered {
     pub client_cpu: f64,
     /// CPU seconds of the server party named to `http_load_metered`.
     pub server_cpu: f64,
+    /// How often the server party's threads were preempted (`cpu::preemptions`).
+    pub server_preempted: u64,
 }
 
 impl Metered {
@@ -113,25 +115,29 @@ where
             let (addr, req) = (addr.clone(), req.clone());
             tasks.spawn(async move { connection(&addr, &req, &stop, &count, &*check).await });
         }
+        let preempted = || server.map_or(Ok(0), |(pid, p)| cpu::preemptions(pid, p));
         let meter = cpu::Meter::start(&parties);
+        let preempted_from = preempted();
         let (started, from) = (Instant::now(), count.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let answers = count.load(Ordering::Relaxed) - from;
         let used = meter.and_then(|m| m.read());
+        let preempted = preempted_from.and_then(|from| Ok(preempted()?.saturating_sub(from)));
         let elapsed = started.elapsed();
         stop.store(true, Ordering::Relaxed);
-        ((answers, elapsed, used), tasks.join_all().await)
+        ((answers, elapsed, used, preempted), tasks.join_all().await)
     });
     for r in results {
         r?;
     }
-    let (answers, elapsed, used) = measured;
+    let (answers, elapsed, used, preempted) = measured;
     let used = used?;
     Ok(Metered {
         rate: answers as f64 / elapsed.as_secs_f64(),
         seconds: elapsed.as_secs_f64(),
         client_cpu: used[0],
         server_cpu: used.get(1).copied().unwrap_or(0.0),
+        server_preempted: preempted?,
     })
 }
 

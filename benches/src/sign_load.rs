@@ -145,7 +145,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("CPU per signature, microseconds of all cores (user + system), over the same runs:");
     println!(
-        "{:<16} {:>9} {:>9} {:>11} {:>9} {:>11} {:>11} {:>10} {:>7} {:>7}",
+        "{:<16} {:>9} {:>9} {:>11} {:>9} {:>11} {:>11} {:>10} {:>7} {:>7} {:>15}",
         "algorithm",
         "raw token",
         "raw copy",
@@ -155,20 +155,23 @@ fn main() -> anyhow::Result<()> {
         "gw cores",
         "cl cores",
         "/token",
-        "/copy"
+        "/copy",
+        "gw preempt/sign"
     );
     for (alg, token_us, copy_us, bare, gw_run) in &cpu_rows {
         let (_, bare_us) = bare.per_answer_us(1.0);
         let (client_us, gw_us) = gw_run.per_answer_us(1.0);
         println!(
-            "{alg:<16} {token_us:>9.1} {copy_us:>9.1} {bare_us:>11.1} {gw_us:>9.1} {client_us:>11.1} {:>11.2} {:>10.2} {:>7.2} {:>7.2}",
+            "{alg:<16} {token_us:>9.1} {copy_us:>9.1} {bare_us:>11.1} {gw_us:>9.1} {client_us:>11.1} {:>11.2} {:>10.2} {:>7.2} {:>7.2} {:>15.3}",
             gw_run.server_cpu / gw_run.seconds,
             gw_run.client_cpu / gw_run.seconds,
             token_us / gw_us,
             copy_us / gw_us,
+            gw_run.server_preempted as f64 / (gw_run.rate * gw_run.seconds),
         );
     }
     println!("/token, /copy: the raw loop's CPU per signature over the gateway's (what the rate ratio would be if the gateway had every core to itself and scaled with them)");
+    println!("gw preempt/sign: how often the gateway's threads were switched out while they could still run, per signature (from /proc; a signature cut in two runs on cold caches)");
     drop(anchor);
     placement.as_client()?;
     let floor = healthz_rate(&gw.endpoint.addr, clients, client, seconds)?;
