@@ -12,20 +12,8 @@ use anyhow::Context;
 /// `None`.
 pub fn seconds(pid: u32, prefix: Option<&str>) -> anyhow::Result<f64> {
     let ticks = match prefix {
-        None => ticks(&format!("/proc/{pid}/stat"))?.1,
-        Some(p) => {
-            let mut sum = 0;
-            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-                let path = task?.path().join("stat");
-                // A thread may end between the listing and the read.
-                if let Ok((name, t)) = ticks(&path.to_string_lossy()) {
-                    if name.starts_with(p) {
-                        sum += t;
-                    }
-                }
-            }
-            sum
-        }
+        None => parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?.1,
+        Some(_) => per_thread(pid, prefix, "stat", parse_stat)?,
     };
     Ok(ticks as f64 / clock_ticks()?)
 }
@@ -35,38 +23,46 @@ pub fn seconds(pid: u32, prefix: Option<&str>) -> anyhow::Result<f64> {
 /// they could still run (`nonvoluntary_ctxt_switches`). A thread that is preempted in the
 /// middle of a long call pays for it in cold caches too, which CPU time alone hides.
 pub fn preemptions(pid: u32, prefix: Option<&str>) -> anyhow::Result<u64> {
+    per_thread(pid, prefix, "status", parse_status)
+}
+
+/// The sum, over the threads of `pid` whose name starts with `prefix` (all when `None`),
+/// of the count `parse` reads, with the thread's name, from its `/proc` `file`.
+fn per_thread(
+    pid: u32,
+    prefix: Option<&str>,
+    file: &str,
+    parse: fn(&str) -> anyhow::Result<(String, u64)>,
+) -> anyhow::Result<u64> {
     let mut sum = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let dir = task?.path();
         // A thread may end between the listing and the read.
-        let (Ok(name), Ok(status)) = (
-            std::fs::read_to_string(dir.join("comm")),
-            std::fs::read_to_string(dir.join("status")),
-        ) else {
+        let Ok(text) = std::fs::read_to_string(task?.path().join(file)) else {
             continue;
         };
+        let (name, count) = parse(&text)?;
         if prefix.is_none_or(|p| name.starts_with(p)) {
-            sum += involuntary_switches(&status)?;
+            sum += count;
         }
     }
     Ok(sum)
 }
 
-/// `nonvoluntary_ctxt_switches` of one status(5) text.
-fn involuntary_switches(status: &str) -> anyhow::Result<u64> {
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-        .context("status: no nonvoluntary_ctxt_switches")?;
-    Ok(line.trim().parse()?)
+/// The name and `nonvoluntary_ctxt_switches` of one status(5) text.
+fn parse_status(text: &str) -> anyhow::Result<(String, u64)> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .with_context(|| format!("status: no {key}"))
+    };
+    Ok((
+        field("Name:")?.to_string(),
+        field("nonvoluntary_ctxt_switches:")?.parse()?,
+    ))
 }
 
-/// The thread or process name and its utime + stime, in clock ticks.
-fn ticks(path: &str) -> anyhow::Result<(String, u64)> {
-    parse_stat(&std::fs::read_to_string(path)?)
-}
-
-/// `ticks` of one stat(5) line.
+/// The name and utime + stime, in clock ticks, of one stat(5) line.
 fn parse_stat(text: &str) -> anyhow::Result<(String, u64)> {
     // The name is in parentheses and may itself hold spaces or parentheses.
     let open = text.find('(').context("stat: no name")?;
@@ -122,8 +118,9 @@ mod tests {
     fn a_status_text_gives_its_involuntary_switches() {
         let text =
             "Name:\tload-client\nvoluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t42\n";
-        assert_eq!(involuntary_switches(text).unwrap(), 42);
-        assert!(involuntary_switches("Name:\tx\nvoluntary_ctxt_switches:\t7\n").is_err());
+        assert_eq!(parse_status(text).unwrap(), ("load-client".to_string(), 42));
+        assert!(parse_status("Name:\tx\nvoluntary_ctxt_switches:\t7\n").is_err());
+        assert!(parse_status("nonvoluntary_ctxt_switches:\t7\n").is_err());
         // This process has a main thread whose status reads, whatever its count.
         preemptions(std::process::id(), None).unwrap();
     }

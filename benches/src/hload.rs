@@ -115,14 +115,14 @@ where
             let (addr, req) = (addr.clone(), req.clone());
             tasks.spawn(async move { connection(&addr, &req, &stop, &count, &*check).await });
         }
-        let preempted = || server.map_or(Ok(0), |(pid, p)| cpu::preemptions(pid, p));
+        let preemptions_now = || server.map_or(Ok(0), |(pid, p)| cpu::preemptions(pid, p));
         let meter = cpu::Meter::start(&parties);
-        let preempted_from = preempted();
+        let preempted_from = preemptions_now();
         let (started, from) = (Instant::now(), count.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let answers = count.load(Ordering::Relaxed) - from;
         let used = meter.and_then(|m| m.read());
-        let preempted = preempted_from.and_then(|from| Ok(preempted()?.saturating_sub(from)));
+        let preempted = preempted_from.and_then(|from| Ok(preemptions_now()?.saturating_sub(from)));
         let elapsed = started.elapsed();
         stop.store(true, Ordering::Relaxed);
         ((answers, elapsed, used, preempted), tasks.join_all().await)
