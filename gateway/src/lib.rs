@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod bounds;
 pub mod ca;
+pub mod combine;
 pub mod config;
 pub mod crypto;
 pub mod custody;

@@ -60,6 +60,7 @@ fn many_more_requests_than_sessions_all_succeed_or_get_503_with_retry_after() {
     for r in &replies {
         assert_eq!(r.status, 200, "{}", r.body);
     }
+    each_signed_its_own_digest(&replies, 64, 4, key["address"].as_str().unwrap());
     let metrics = g.call("GET", "/metrics", None, None).body;
     let text = metrics.as_str().unwrap();
     assert!(
@@ -106,6 +107,39 @@ fn many_more_requests_than_sessions_all_succeed_or_get_503_with_retry_after() {
         g.post(&path, json!({"digest": format!("0x{}", "22".repeat(32))}))
             .status,
         200
+    );
+}
+
+/// Concurrent signatures are made back to back by whichever request's task gets there
+/// first: each caller must still get the signature over its own digest. ethers.js
+/// recovers the signer of each from the digest `hammer` sent.
+fn each_signed_its_own_digest(replies: &[Reply], threads: usize, per_thread: usize, address: &str) {
+    let digests: Vec<String> = (0..threads)
+        .flat_map(|t| (0..per_thread).map(move |i| (t, i)))
+        .map(|(t, i)| {
+            let d = openssl::sha::sha256(format!("{t}/{i}").as_bytes());
+            format!("0x{}", hex::encode(d))
+        })
+        .collect();
+    let sigs: Vec<&str> = replies
+        .iter()
+        .map(|r| r.body["signature"].as_str().unwrap())
+        .collect();
+    assert_eq!(sigs.len(), digests.len());
+    let script = format!(
+        "const {{ethers}} = require('ethers');
+         const d = {digests}; const s = {sigs};
+         console.log(JSON.stringify(d.map((h, i) => ethers.recoverAddress(h, s[i]))));",
+        digests = serde_json::to_string(&digests).unwrap(),
+        sigs = serde_json::to_string(&sigs).unwrap(),
+    );
+    let recovered: Vec<String> = serde_json::from_str(&node(&script)).unwrap();
+    let wrong: Vec<usize> = (0..recovered.len())
+        .filter(|&i| !recovered[i].eq_ignore_ascii_case(address))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "replies {wrong:?} carry another digest's signature"
     );
 }
 

@@ -276,6 +276,75 @@ fn secp256k1_policies_recovery_and_addresses() {
     assert_eq!(out, expected);
 }
 
+/// Calls of up to `INLINE_ITEMS` are verified on the callers' runtime threads, several
+/// calls in one micro-batch: each call must get back exactly its own verdicts, in order.
+#[test]
+fn small_calls_at_once_each_get_their_own_verdicts() {
+    use bsn_gateway::verify::INLINE_ITEMS;
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let keys: Vec<_> = (0..16)
+        .map(|_| openssl::ec::EcKey::generate(&group).unwrap())
+        .collect();
+    let e = std::sync::Arc::new(engine(1, 64));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let results = rt.block_on(async {
+        let mut calls = tokio::task::JoinSet::new();
+        for c in 0..300usize {
+            let mut tasks = Vec::new();
+            let mut expect = Vec::new();
+            for i in 0..1 + c % INLINE_ITEMS {
+                let mut item =
+                    p256_item(&keys[(c + i) % keys.len()], format!("{c}/{i}").as_bytes());
+                // One item in five carries another call's signature.
+                let bad = (c * 7 + i) % 5 == 0;
+                if bad {
+                    item.signature = p256_item(&keys[0], b"another call").signature;
+                }
+                tasks.push(Task::Verify(item));
+                expect.push(!bad);
+            }
+            let e = e.clone();
+            calls.spawn(async move {
+                let out = e.run(tasks).await.unwrap();
+                let got: Vec<bool> = out.iter().map(|o| *o == Outcome::Valid).collect();
+                (got, expect)
+            });
+        }
+        calls.join_all().await
+    });
+    assert_eq!(results.len(), 300);
+    for (got, expect) in results {
+        assert_eq!(got, expect);
+    }
+    assert_eq!(e.queued_items(), 0);
+}
+
+/// A small call whose caller goes away (its client disconnected) before its job was taken
+/// leaves nothing queued and nothing counted against the queue's bound.
+#[test]
+fn a_small_call_dropped_while_queued_takes_its_job_back() {
+    use std::future::Future;
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let key = openssl::ec::EcKey::generate(&group).unwrap();
+    let item = p256_item(&key, b"x");
+    let e = engine(1, 8);
+    let rt = rt();
+    for _ in 0..100 {
+        // Polled once, the call queues its job and yields; then it is dropped.
+        let mut call = Box::pin(e.run(vec![Task::Verify(item.clone()); 2]));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(e.queued_items(), 2);
+        drop(call);
+    }
+    assert_eq!(e.queued_items(), 0, "every dropped job was taken back");
+    let again = rt.block_on(e.run(vec![Task::Verify(item)])).unwrap();
+    assert_eq!(again, vec![Outcome::Valid]);
+}
+
 #[test]
 fn a_full_queue_refuses_at_once_and_memory_stays_bounded() {
     let e = std::sync::Arc::new(

@@ -3,6 +3,7 @@
 //! operation owns one for its duration, on a blocking thread, never on the async runtime.
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use super::profile::{EcPointEncoding, Ed25519Params, Quirks, VendorMechanisms};
 pub use super::rv::ReturnCode;
 use crate::algorithm::Algorithm;
+use crate::combine::{self, Combiner, Ticket};
 use crate::metrics as m;
 use crate::secret::Secret;
 
@@ -284,7 +286,16 @@ pub struct Hsm {
     /// session (CKR_GENERAL_ERROR at start-up, when the handle cache is filled). Scans
     /// take it exclusively, creation and destruction shared.
     objects: RwLock<()>,
+    /// Inline signatures waiting to be signed back to back (`sign_queued`).
+    signing: Combiner<SignJob>,
 }
+
+/// One queued inline signature: signs with the session pool of the `Hsm` it is given and
+/// answers its caller.
+type SignJob = Box<dyn FnOnce(&Arc<Hsm>) + Send>;
+
+/// How long a task goes on signing later jobs once its own is taken.
+const SIGN_DRAIN: Duration = Duration::from_millis(1);
 
 /// Reconnect attempts back off from this...
 const RECONNECT_FIRST: Duration = Duration::from_millis(100);
@@ -328,6 +339,7 @@ impl Hsm {
             pool_size,
             wait,
             objects: RwLock::new(()),
+            signing: Combiner::default(),
         }))
     }
 
@@ -423,9 +435,42 @@ impl Hsm {
             return self.run(op, alg, true, f).await;
         }
         self.conn()?;
-        let permit = self.session_permit().await?;
-        let _lease = Lease::new(self, permit);
-        self.run_blocking(op, alg, true, &f)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ticket = self.signing.push(Box::new(move |hsm: &Arc<Hsm>| {
+            let _ = tx.send(hsm.run_blocking(op, alg, true, &f));
+        }));
+        combine::settle().await;
+        if self.signing.waiting(ticket) {
+            match self.session_permit().await {
+                Ok(permit) => {
+                    let _lease = Lease::new(self, permit);
+                    self.sign_queued(ticket);
+                }
+                Err(e) if self.signing.withdraw(ticket).is_some() => return Err(e),
+                // Taken meanwhile by a task on another thread, which signs it now.
+                Err(_) => {}
+            }
+        }
+        rx.await.map_err(|_| HsmError::Stopped)?
+    }
+
+    /// Signs the queued jobs up to `ticket`'s, then later ones for up to `SIGN_DRAIN`,
+    /// back to back on this thread and one session at a time. Called from the runtime:
+    /// SoftHSM2 signs in tens of microseconds, and signing one request's job between
+    /// other requests' network work ran each signature on cold caches (P-256 on the
+    /// pinned core: 49 µs per signature that way, 45 µs back to back; 40 µs in a loop).
+    fn sign_queued(self: &Arc<Self>, ticket: Ticket) {
+        let started = Instant::now();
+        while let Some(job) = self
+            .signing
+            .take_if(ticket, |_, due| due || started.elapsed() < SIGN_DRAIN)
+        {
+            // Another request's job: its panic must not end this task. Its channel
+            // closes, so its own caller hears `Stopped`.
+            if catch_unwind(AssertUnwindSafe(|| job(self))).is_err() {
+                tracing::error!("a queued signature panicked; its request fails");
+            }
+        }
     }
 
     /// A free session's permit, waited for at most the configured bound.

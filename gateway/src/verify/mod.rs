@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::algorithm::Algorithm;
 pub use crate::crypto::SigFormat;
 
-pub use engine::{Engine, EngineError};
+pub use engine::{Engine, EngineError, INLINE_ITEMS};
 
 /// `[verify]` in the config.
 #[derive(Debug, Clone, Deserialize)]
