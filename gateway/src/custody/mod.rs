@@ -579,7 +579,7 @@ impl Custody {
     }
 
     /// The key, if `who` may see it.
-    pub fn get(&self, who: &Principal, id: &str) -> Result<KeyRecord, CustodyError> {
+    pub fn get(&self, who: &Principal, id: &str) -> Result<Arc<KeyRecord>, CustodyError> {
         id.parse::<KeyId>()
             .ok()
             .and_then(|id| self.store.get(&id))
@@ -618,7 +618,10 @@ impl Custody {
         // Every custody operation ends with an audit line: counted for the group commit
         // from now until the task ends.
         let underway = self.audit.underway();
-        let work = f(self.clone());
+        // Boxed where it is made: the operation's future is large (a signature's holds
+        // the HSM call, the audit line and their channels), and unboxed it was copied
+        // again at each hand-over into the task.
+        let work = Box::pin(f(self.clone()));
         crate::owned::spawn(async move {
             let _underway = underway;
             work.await
@@ -920,7 +923,7 @@ impl Custody {
             let result = match c.get(&who, &id) {
                 Ok(r) => {
                     op.custody = Some(r.custody);
-                    match change.apply(r.clone(), c.config.deletion_window_seconds) {
+                    match change.apply(KeyRecord::clone(&r), c.config.deletion_window_seconds) {
                         Ok(new) if new.state == r.state && new.destroy_after == r.destroy_after => {
                             Ok(new)
                         }
@@ -959,7 +962,7 @@ impl Custody {
                 ))),
                 Ok(r) => {
                     op.custody = Some(r.custody);
-                    c.destroy_locked(&r).await.map(|_| r)
+                    c.destroy_locked(&r).await.map(|_| Arc::unwrap_or_clone(r))
                 }
                 Err(e) => Err(e),
             };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,8 @@ enum Event {
 
 struct Inner {
     file: File,
-    keys: HashMap<KeyId, KeyRecord>,
+    /// Shared, so a signature's two look-ups copy a pointer instead of eight strings.
+    keys: HashMap<KeyId, Arc<KeyRecord>>,
     by_label: HashMap<String, KeyId>,
     lines: usize,
 }
@@ -76,7 +77,7 @@ impl KeyStore {
         }
         let by_label = keys
             .values()
-            .map(|k: &KeyRecord| (k.label.clone(), k.id))
+            .map(|k: &Arc<KeyRecord>| (k.label.clone(), k.id))
             .collect();
         let store = KeyStore {
             path: path.to_path_buf(),
@@ -106,10 +107,10 @@ impl KeyStore {
                 _ => break,
             }
         }
-        Ok(keys.into_values().collect())
+        Ok(keys.into_values().map(Arc::unwrap_or_clone).collect())
     }
 
-    pub fn get(&self, id: &KeyId) -> Option<KeyRecord> {
+    pub fn get(&self, id: &KeyId) -> Option<Arc<KeyRecord>> {
         self.inner.lock().expect("store lock").keys.get(id).cloned()
     }
 
@@ -129,7 +130,7 @@ impl KeyStore {
             .expect("store lock")
             .keys
             .values()
-            .cloned()
+            .map(|r| KeyRecord::clone(r))
             .collect();
         all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
         all
@@ -175,7 +176,8 @@ impl KeyStore {
         let tmp = self.path.with_extension("compact");
         let mut out = File::create(&tmp)?;
         for r in inner.keys.values() {
-            let mut line = serde_json::to_vec(&Event::Put(r.clone())).expect("serialises");
+            let mut line =
+                serde_json::to_vec(&Event::Put(KeyRecord::clone(r))).expect("serialises");
             line.push(b'\n');
             out.write_all(&line)?;
         }
@@ -190,10 +192,10 @@ impl KeyStore {
     }
 }
 
-fn apply(keys: &mut HashMap<KeyId, KeyRecord>, event: Event) {
+fn apply(keys: &mut HashMap<KeyId, Arc<KeyRecord>>, event: Event) {
     match event {
         Event::Put(r) => {
-            keys.insert(r.id, r);
+            keys.insert(r.id, Arc::new(r));
         }
         Event::Delete(id) => {
             keys.remove(&id);
