@@ -8,6 +8,12 @@ use clap::{Args, Parser, Subcommand};
 
 use bsn_gateway::config::{Config, LogConfig, LogFormat};
 
+/// Rust's allocations through mimalloc: glibc's malloc and free took 6% of the pinned
+/// gateway's CPU under P-256 signing (requests, bodies, futures, audit lines). The C
+/// libraries (OpenSSL, the PKCS#11 module) keep glibc's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bsn-gateway",

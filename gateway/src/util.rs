@@ -2,16 +2,23 @@
 
 use base64::Engine;
 
-/// Lowercase hex with a `0x` prefix, as the API writes every binary value. RustCrypto's
-/// `base16ct` (already in the tree): `hex::encode` builds the string a char at a time,
-/// and a signature request spent about a microsecond in it.
+/// Lowercase hex with a `0x` prefix, as the API writes every binary value.
 pub fn hex0x(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; 2 + 2 * bytes.len()];
-    out[..2].copy_from_slice(b"0x");
-    let written = base16ct::lower::encode(bytes, &mut out[2..])
-        .expect("the buffer holds two digits per byte")
-        .len();
-    debug_assert_eq!(written, 2 * bytes.len());
+    hex_after("0x", bytes)
+}
+
+/// Lowercase hex, no prefix (audit hashes and subjects).
+pub fn hex(bytes: &[u8]) -> String {
+    hex_after("", bytes)
+}
+
+/// RustCrypto's `base16ct` (already in the tree): `hex::encode` builds the string a char
+/// at a time, and a signature request spent about a microsecond in it.
+fn hex_after(prefix: &str, bytes: &[u8]) -> String {
+    let mut out = vec![0u8; prefix.len() + 2 * bytes.len()];
+    out[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    base16ct::lower::encode(bytes, &mut out[prefix.len()..])
+        .expect("the buffer holds two digits per byte");
     String::from_utf8(out).expect("hex digits are ASCII")
 }
 
@@ -133,6 +140,7 @@ mod tests {
         assert_eq!(hex0x(&[]), "0x");
         let every: Vec<u8> = (0..=255).collect();
         assert_eq!(hex0x(&every), format!("0x{}", hex::encode(&every)));
+        assert_eq!(hex(&every), hex::encode(&every));
         assert_eq!(unhex0x(&hex0x(&every)).unwrap(), every);
     }
 

@@ -350,7 +350,7 @@ impl Writer {
                 prev: &self.prev,
             })
             .expect("audit line serialises");
-            self.prev = hex::encode(crate::util::sha256(&line));
+            self.prev = crate::util::hex(&crate::util::sha256(&line));
             buf.extend_from_slice(&line);
             buf.push(b'\n');
             if entry.checkpoint.is_some() {

@@ -642,7 +642,7 @@ impl Custody {
             client: who.name.clone(),
             operation: op.name,
             key_id: op.key_id,
-            subject_sha256: op.subject.map(hex::encode),
+            subject_sha256: op.subject.as_ref().map(|s| crate::util::hex(s)),
             result: match &result {
                 Ok(_) => "ok".into(),
                 Err(e) => e.code().into(),
@@ -1108,8 +1108,12 @@ impl Custody {
         }
         let alg = record.algorithm;
         let id = record.id.as_bytes().to_vec();
-        let public = crate::util::unhex0x(&record.public_key)
-            .map_err(|_| CustodyError::ObjectMissing(record.id))?;
+        // Only Ethereum's recovery id needs the public key.
+        let public = match format {
+            SigFormat::Eth => crate::util::unhex0x(&record.public_key)
+                .map_err(|_| CustodyError::ObjectMissing(record.id))?,
+            _ => Vec::new(),
+        };
         // Encoding (low-S, DER, recovery id) runs on the same blocking thread, but its
         // failures stay apart from PKCS#11 errors: they must not count as HSM faults.
         let encoded = self
