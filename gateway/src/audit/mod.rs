@@ -87,6 +87,12 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+/// The chain's link: what the next line's `prev` holds for `line` (its bytes without the
+/// newline). The writer, the tail recovery and `verify` must agree on it to the byte.
+pub(crate) fn line_hash(line: &[u8]) -> String {
+    crate::util::hex(&crate::util::sha256(line))
+}
+
 /// The bytes a checkpoint signature covers.
 pub fn checkpoint_message(seq: u64, hash: &str) -> Vec<u8> {
     format!("bsn-gateway audit checkpoint\n{seq}\n{hash}\n").into_bytes()
@@ -274,7 +280,7 @@ fn recover_tail(file: &mut File) -> std::io::Result<(u64, String)> {
         .ok()
         .and_then(|v| v.get("seq").and_then(Value::as_u64))
         .ok_or_else(|| std::io::Error::other("last audit line is not a valid entry"))?;
-    Ok((seq, hex::encode(crate::util::sha256(last))))
+    Ok((seq, line_hash(last)))
 }
 
 struct Writer {
@@ -350,7 +356,7 @@ impl Writer {
                 prev: &self.prev,
             })
             .expect("audit line serialises");
-            self.prev = crate::util::hex(&crate::util::sha256(&line));
+            self.prev = line_hash(&line);
             buf.extend_from_slice(&line);
             buf.push(b'\n');
             if entry.checkpoint.is_some() {

@@ -115,7 +115,7 @@ pub fn verify(
                 "hash chain broken: the previous line was changed, removed or reordered, or this one was".into(),
             ));
         }
-        prev = hex::encode(crate::util::sha256(&line));
+        prev = super::line_hash(&line);
         if recent.len() == WINDOW {
             recent.pop_front();
         }
