@@ -76,6 +76,18 @@ pub struct Metered {
 }
 
 impl Metered {
+    /// Two runs of the same configuration as one: answers, seconds and CPU summed.
+    pub fn pooled(self, other: Metered) -> Metered {
+        let seconds = self.seconds + other.seconds;
+        Metered {
+            rate: (self.rate * self.seconds + other.rate * other.seconds) / seconds,
+            seconds,
+            client_cpu: self.client_cpu + other.client_cpu,
+            server_cpu: self.server_cpu + other.server_cpu,
+            server_preempted: self.server_preempted + other.server_preempted,
+        }
+    }
+
     /// CPU microseconds per answer: (client, server).
     pub fn per_answer_us(&self, items: f64) -> (f64, f64) {
         let n = self.rate * self.seconds * items;
@@ -115,6 +127,12 @@ where
             let (addr, req) = (addr.clone(), req.clone());
             tasks.spawn(async move { connection(&addr, &req, &stop, &count, &*check).await });
         }
+        // The timed stretch starts once the connections are up and have had an answer
+        // or so each: short runs (the paired rounds) would otherwise count the set-up.
+        let warm = Instant::now() + WARM_UP;
+        while count.load(Ordering::Relaxed) < conns as u64 && Instant::now() < warm {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let preemptions_now = || server.map_or(Ok(0), |(pid, p)| cpu::preemptions(pid, p));
         let meter = cpu::Meter::start(&parties);
         let preempted_from = preemptions_now();
@@ -140,6 +158,9 @@ where
         server_preempted: preempted?,
     })
 }
+
+/// At most this long before a run's timed stretch starts.
+const WARM_UP: Duration = Duration::from_millis(300);
 
 /// The name of the load client's threads, by which their CPU is told from a server's
 /// running in the same process.

@@ -8,6 +8,10 @@
 //! pay for HTTP, JSON, policy or the fsynced audit log, which is what the ratio measures.
 //! Two raw loops: on the token object (as a plain cryptoki program signs), and on a
 //! session copy of it (the HSM work the gateway does under SoftHSM2's profile).
+//! Paired rounds: the raw loops, the bare signer and the gateway run one second each in
+//! turn, SECONDS rounds, each rate over all its rounds; the per-round gateway / token
+//! ratios are printed too. Where /dev/shm exists, a second gateway with its data dir
+//! there (fsync returns at once) shows what the durable audit log costs.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -43,27 +47,30 @@ fn main() -> anyhow::Result<()> {
     let (server, client) = (placement.server_threads(), placement.client_threads());
     let dir = tempfile::tempdir()?;
     let gw = start_gateway_placed(dir.path(), &[], placement)?;
+    // The same gateway with its data dir (audit log included) in memory, where fsync
+    // returns at once: not durable, here only to show what the durable audit log costs.
+    let mem_dir = tempfile::Builder::new()
+        .prefix("bsn-sign-load")
+        .tempdir_in(MEMORY_FS)
+        .ok();
+    let gw_mem = match &mem_dir {
+        Some(d) => Some(start_gateway_placed(d.path(), &[], placement)?),
+        None => None,
+    };
     // Our own PKCS#11 context must see the same token: set before any thread starts.
     std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
 
     let agent = agent();
     let only = std::env::var("BSN_BENCH_ALGORITHMS").unwrap_or_default();
-    let keys: Vec<(String, String)> = ALGORITHMS
-        .iter()
-        .filter(|a| only.is_empty() || only.split(',').any(|o| o == **a))
-        .map(|alg| {
-            let r = post(
-                &agent,
-                &gw.endpoint,
-                "/v1/keys",
-                &json!({"label": format!("bench-{alg}"), "algorithm": alg}),
-            )?;
-            Ok((
-                alg.to_string(),
-                r["id"].as_str().context("key id")?.to_string(),
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let algorithms: Vec<&str> = ALGORITHMS
+        .into_iter()
+        .filter(|a| only.is_empty() || only.split(',').any(|o| o == *a))
+        .collect();
+    let keys = make_keys(&agent, &gw, &algorithms)?;
+    let mem_keys = match &gw_mem {
+        Some(g) => make_keys(&agent, g, &algorithms)?,
+        None => Vec::new(),
+    };
 
     let p11 = Pkcs11::new(module_path()?)?;
     p11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
@@ -89,7 +96,8 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     println!("sign-load: {}", placement.describe());
-    println!("{seconds} s per run, raw loops {server} threads (one session each), HTTP {clients} keep-alive connections on {client} client threads");
+    println!("{} paired rounds of 1 s: raw token, raw copy, bare, gateway (and the gateway with its audit log in memory) in turn, each rate over all rounds; sign-batch64 one run of {seconds} s", seconds.max(1));
+    println!("{seconds} s per configuration, raw loops {server} threads (one session each), HTTP {clients} keep-alive connections on {client} client threads");
     println!("raw token: C_Sign on the token object; raw copy: on a session copy of it (what the gateway signs with on SoftHSM2)");
     println!("bare HTTP: hyper on {server} threads calling C_Sign inline on the copy, nothing else (no token check, policy, JSON parsing or audit): the floor of any HTTP signer here");
     println!(
@@ -108,30 +116,73 @@ fn main() -> anyhow::Result<()> {
     );
     let me = std::process::id();
     let mut cpu_rows = Vec::new();
+    let mut mem_rows = Vec::new();
+    let mut round_rows = Vec::new();
     for (i, ((alg, id), (_, token, copy))) in keys.iter().zip(&handles).enumerate() {
-        placement.as_server()?;
-        let (raw_token, token_us) = raw_loop(&p11, slot, *token, alg, server, seconds)?;
-        let (raw_copy, copy_us) = raw_loop(&p11, slot, *copy, alg, server, seconds)?;
-        placement.as_client()?;
         let floor = LoadRequest {
             method: hyper::Method::POST,
             path: format!("/{i}"),
             token: None,
             body: Bytes::from(input(alg).to_string()),
         };
-        let bare = http_load_metered(
-            &bare,
-            &floor,
-            clients,
-            client,
-            seconds,
-            Some((me, Some(BARE_THREADS))),
-            |status, _| status == 200,
-        )?;
+        let mem_key = gw_mem.as_ref().zip(mem_keys.get(i).map(|(_, k)| k));
+        // Paired rounds: every configuration runs one second in turn, so a slow stretch
+        // of the host falls on all of them rather than on whichever ran then.
+        let mut runs: Option<Runs> = None;
+        let mut per_round = Vec::new();
+        for _ in 0..seconds.max(1) {
+            placement.as_server()?;
+            let raw_token = raw_loop(&p11, slot, *token, alg, server, 1)?;
+            let raw_copy = raw_loop(&p11, slot, *copy, alg, server, 1)?;
+            placement.as_client()?;
+            let bare = http_load_metered(
+                &bare,
+                &floor,
+                clients,
+                client,
+                1,
+                Some((me, Some(BARE_THREADS))),
+                |status, _| status == 200,
+            )?;
+            let gateway = http_loop(&gw, id, alg, clients, client, 1, 1)?;
+            let memory = match mem_key {
+                Some((g, k)) => Some(http_loop(g, k, alg, clients, client, 1, 1)?),
+                None => None,
+            };
+            per_round.push(gateway.rate / raw_token.rate);
+            let round = Runs {
+                raw_token,
+                raw_copy,
+                bare,
+                gateway,
+                memory,
+            };
+            runs = Some(match runs {
+                Some(r) => r.pooled(round),
+                None => round,
+            });
+        }
+        let Runs {
+            raw_token,
+            raw_copy,
+            bare,
+            gateway: gw_run,
+            memory,
+        } = runs.context("no round ran")?;
+        let (token_us, copy_us) = (
+            raw_token.per_answer_us(1.0).1,
+            raw_copy.per_answer_us(1.0).1,
+        );
+        let (raw_token, raw_copy) = (raw_token.rate, raw_copy.rate);
         let bare_rate = bare.rate;
-        let gw_run = http_loop(&gw, id, alg, clients, client, seconds, 1)?;
         let single = gw_run.rate;
+        placement.as_client()?;
         let batch = http_loop(&gw, id, alg, clients, client, seconds, 64)?.rate * 64.0;
+        if let Some(mem) = memory {
+            mem_rows.push((alg.clone(), raw_token, single, mem.rate));
+        }
+        per_round.sort_by(f64::total_cmp);
+        round_rows.push((alg.clone(), per_round));
         cpu_rows.push((alg.clone(), token_us, copy_us, bare, gw_run));
         println!(
             "{alg:<16} {raw_token:>11.0} {raw_copy:>10.0} {bare_rate:>7.0} {:>7.2} {single:>10.0} {:>7.2} {:>7.2} {:>7.2} {batch:>14.0} {:>7.2}",
@@ -141,6 +192,30 @@ fn main() -> anyhow::Result<()> {
             single / bare_rate,
             batch / raw_copy
         );
+    }
+    println!("gateway / raw token in each round, lowest to highest:");
+    for (alg, ratios) in &round_rows {
+        let text: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!("{alg:<16} {}", text.join(" "));
+    }
+    println!();
+    match &mem_dir {
+        Some(d) => {
+            println!("What the durable audit log costs: the same gateway with its data dir in memory ({}: fsync returns at once, nothing is durable; for this comparison only):", d.path().display());
+            println!(
+                "{:<16} {:>10} {:>7} {:>17} {:>7} {:>14}",
+                "algorithm", "gateway/s", "/token", "audit in memory/s", "/token", "durable / mem"
+            );
+            for (alg, raw_token, single, mem) in &mem_rows {
+                println!(
+                    "{alg:<16} {single:>10.0} {:>7.2} {mem:>17.0} {:>7.2} {:>14.2}",
+                    single / raw_token,
+                    mem / raw_token,
+                    single / mem
+                );
+            }
+        }
+        None => println!("({MEMORY_FS} cannot hold a data dir here: the row without the audit log's fsync is left out)"),
     }
     println!();
     println!("CPU per signature, microseconds of all cores (user + system), over the same runs:");
@@ -178,6 +253,32 @@ fn main() -> anyhow::Result<()> {
     println!("HTTP floor of this client (GET /healthz, no crypto, same connections): {floor:.0} requests/s");
     println!("goal: gateway / raw token >= 0.9 (the raw loop as the issue ran it); /copy is against the same HSM work the gateway does");
     Ok(())
+}
+
+/// A memory file system where Linux has one.
+const MEMORY_FS: &str = "/dev/shm";
+
+/// One key per algorithm on `gw`: (algorithm, key id).
+fn make_keys(
+    agent: &ureq::Agent,
+    gw: &Gateway,
+    algorithms: &[&str],
+) -> anyhow::Result<Vec<(String, String)>> {
+    algorithms
+        .iter()
+        .map(|alg| {
+            let r = post(
+                agent,
+                &gw.endpoint,
+                "/v1/keys",
+                &json!({"label": format!("bench-{alg}"), "algorithm": alg}),
+            )?;
+            Ok((
+                alg.to_string(),
+                r["id"].as_str().context("key id")?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 fn input(alg: &str) -> Value {
@@ -254,7 +355,7 @@ fn mechanism(alg: &str) -> Mechanism<'static> {
 }
 
 /// Signs/s calling C_Sign directly, one session per thread, the key handle found once,
-/// and the CPU microseconds each signature took (this process: nothing else runs in it).
+/// and the CPU this process used meanwhile (nothing else runs in it), as `server_cpu`.
 fn raw_loop(
     p11: &Pkcs11,
     slot: Slot,
@@ -262,7 +363,7 @@ fn raw_loop(
     alg: &str,
     threads: usize,
     seconds: u64,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Metered> {
     let data: Vec<u8> = vec![0x42; 32];
     let alg = alg.to_string();
     let p11 = p11.clone();
@@ -275,8 +376,37 @@ fn raw_loop(
             count.fetch_add(1, Ordering::Relaxed);
         }
     })?;
-    let used = meter.read()?[0];
-    Ok((rate, 1e6 * used / (rate * seconds as f64)))
+    Ok(Metered {
+        rate,
+        seconds: seconds as f64,
+        client_cpu: 0.0,
+        server_cpu: meter.read()?[0],
+        server_preempted: 0,
+    })
+}
+
+/// One round of each configuration, or several pooled.
+struct Runs {
+    raw_token: Metered,
+    raw_copy: Metered,
+    bare: Metered,
+    gateway: Metered,
+    memory: Option<Metered>,
+}
+
+impl Runs {
+    fn pooled(self, other: Runs) -> Runs {
+        Runs {
+            raw_token: self.raw_token.pooled(other.raw_token),
+            raw_copy: self.raw_copy.pooled(other.raw_copy),
+            bare: self.bare.pooled(other.bare),
+            gateway: self.gateway.pooled(other.gateway),
+            memory: match (self.memory, other.memory) {
+                (Some(a), Some(b)) => Some(a.pooled(b)),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// The floor of any HTTP signer on this host: hyper on as many runtime threads as the
