@@ -232,6 +232,15 @@ impl Placement {
         }
     }
 
+    /// Moves the calling thread back onto every core (a peer measured with all of them
+    /// free), as `as_server`.
+    pub fn as_any(&self) -> anyhow::Result<()> {
+        match self {
+            Placement::Shared => Ok(()),
+            Placement::Pinned { cores } => pin_main_thread(&format!("0-{}", cores - 1)),
+        }
+    }
+
     /// Moves the calling thread to the client's cores, as `as_server`.
     pub fn as_client(&self) -> anyhow::Result<()> {
         match self {
@@ -432,6 +441,24 @@ pub struct Peer {
     pub name: &'static str,
     pub one_core: f64,
     pub all_cores: f64,
+}
+
+/// The peer of one algorithm: on one core, then on `cores` at once, `seconds` each.
+pub fn peer(algorithm: Algorithm, seconds: u32, cores: usize) -> anyhow::Result<Peer> {
+    if algorithm == Algorithm::EcdsaSecp256k1 {
+        return Ok(Peer {
+            algorithm,
+            name: "libsecp256k1",
+            one_core: libsecp256k1_speed(1, seconds.into())?,
+            all_cores: libsecp256k1_speed(cores, seconds.into())?,
+        });
+    }
+    Ok(Peer {
+        algorithm,
+        name: "openssl speed",
+        one_core: openssl_speed(seconds, 1, &[algorithm])?[0].1,
+        all_cores: openssl_speed(seconds, cores, &[algorithm])?[0].1,
+    })
 }
 
 pub fn peers(seconds: u32, cores: usize) -> anyhow::Result<Vec<Peer>> {

@@ -1,15 +1,23 @@
 //! `POST /v1/verify` end to end under load: verifies/s through HTTP at 1 and 64 items per
 //! request, beside `openssl speed` (libsecp256k1 for secp256k1) measured in the same run,
-//! both as one core's figure x cores and with all cores busy at once, with the ratios. Usage:
+//! both as one core's figure x cores and with all cores busy at once, with the ratios, in paired
+//! rounds of one second (peer, then gateway, SECONDS times; the ratio of each round printed). Usage:
 //!   cargo build --release --workspace && target/release/verify-load [SECONDS] [CLIENTS]
 //! The load client (hyper, keep-alive; its /healthz rate is printed) runs on the same cores as the gateway;
 //! with `BSN_BENCH_PIN=1` the gateway runs on core 0 alone and the client on the others, and
 //! the ratios are against the peer on one core.
 
-use bsn_benches::hload::{healthz_rate, LoadRequest};
-use bsn_benches::{cores, fixtures, peers, start_gateway_placed, Placement};
+use bsn_benches::hload::{healthz_rate, LoadRequest, Metered};
+use bsn_benches::{cores, fixtures, peer, start_gateway_placed, Placement};
 use bsn_gateway::algorithm::Algorithm;
 use serde_json::{json, Value};
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::EcdsaP256,
+    Algorithm::Ed25519,
+    Algorithm::Sm2,
+    Algorithm::EcdsaSecp256k1,
+];
 
 fn body(alg: Algorithm, batch: usize) -> Value {
     use base64::Engine;
@@ -35,8 +43,7 @@ fn main() -> anyhow::Result<()> {
     let cores = cores();
     let clients: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
     let placement = Placement::from_env()?;
-    // The peers first, with every core free to them.
-    let peers = peers(3, cores)?;
+    let rounds = seconds.max(1);
     let dir = tempfile::tempdir()?;
     let gw = start_gateway_placed(dir.path(), &[], placement)?;
     placement.as_client()?;
@@ -45,7 +52,8 @@ fn main() -> anyhow::Result<()> {
     let server_cores = placement.server_threads();
 
     println!("verify-load: {}", placement.describe());
-    println!("{seconds} s per run, {clients} keep-alive connections on {threads} client threads");
+    println!("{rounds} paired rounds of 1 s per algorithm: the peer on one core, on all cores (load client stopped, every core free to it), then HTTP at 1 and at 64 items; each figure over all rounds");
+    println!("{clients} keep-alive connections on {threads} client threads");
     println!("peer: one core's figure x {server_cores}, and all {server_cores} cores busy at once (openssl speed -multi, libsecp256k1 on that many threads)");
     println!(
         "{:<16} {:>14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
@@ -59,30 +67,65 @@ fn main() -> anyhow::Result<()> {
         "ratios"
     );
     let mut cpu_rows = Vec::new();
-    for peer in &peers {
-        let alg = peer.algorithm;
-        let times_cores = peer.one_core * server_cores as f64;
-        let all_busy = match placement {
-            Placement::Shared => peer.all_cores,
-            Placement::Pinned { .. } => peer.one_core,
-        };
-        let mut rates = Vec::new();
-        let mut runs = Vec::new();
-        for batch in [1usize, 64] {
-            let req = LoadRequest::post_json("/v1/verify", &gw.endpoint.token, &body(alg, batch));
-            // Every item must come back valid: a rate of refusals measures nothing.
-            let run = gw.load(&req, clients, threads, seconds, |status, b| {
-                status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false")
-            })?;
-            rates.push(run.rate * batch as f64);
-            runs.push((batch, run));
+    let mut round_rows = Vec::new();
+    for alg in ALGORITHMS {
+        let requests: Vec<(usize, LoadRequest)> = [1usize, 64]
+            .into_iter()
+            .map(|b| {
+                let req = LoadRequest::post_json("/v1/verify", &gw.endpoint.token, &body(alg, b));
+                (b, req)
+            })
+            .collect();
+        // Paired rounds: a slow stretch of the host falls on the peer and the gateway
+        // alike instead of on whichever ran then.
+        let (mut one_core, mut all_cores) = (0.0, 0.0);
+        let mut pooled: Vec<Option<Metered>> = vec![None, None];
+        let mut per_round = Vec::new();
+        let mut name = "";
+        for _ in 0..rounds {
+            placement.as_any()?;
+            let p = peer(alg, 1, cores)?;
+            name = p.name;
+            one_core += p.one_core / rounds as f64;
+            all_cores += p.all_cores / rounds as f64;
+            placement.as_client()?;
+            for (slot, (batch, req)) in pooled.iter_mut().zip(&requests) {
+                // Every item must come back valid: a rate of refusals measures nothing.
+                let run = gw.load(req, clients, threads, 1, |status, b| {
+                    status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false")
+                })?;
+                if *batch == 1 {
+                    let busy = match placement {
+                        Placement::Shared => p.all_cores,
+                        Placement::Pinned { .. } => p.one_core,
+                    };
+                    per_round.push(run.rate / busy);
+                }
+                *slot = Some(match slot.take() {
+                    Some(before) => before.pooled(run),
+                    None => run,
+                });
+            }
         }
+        let times_cores = one_core * server_cores as f64;
+        let all_busy = match placement {
+            Placement::Shared => all_cores,
+            Placement::Pinned { .. } => one_core,
+        };
+        let runs: Vec<(usize, Metered)> = requests
+            .iter()
+            .map(|(b, _)| *b)
+            .zip(pooled.into_iter().flatten())
+            .collect();
+        let rates: Vec<f64> = runs.iter().map(|(b, r)| r.rate * *b as f64).collect();
+        per_round.sort_by(f64::total_cmp);
+        round_rows.push((alg, per_round));
         cpu_rows.push((alg, all_busy, runs));
         let ratios = |r: f64| format!("{:.2} / {:.2}", r / times_cores, r / all_busy);
         println!(
             "{:<16} {:>14} {:>12.0} {:>12.0} {:>12.0} {:>12} {:>12.0} {:>12}",
             alg.as_str(),
-            peer.name,
+            name,
             times_cores,
             all_busy,
             rates[0],
@@ -92,6 +135,17 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!("ratios: against one core x N / against all N busy");
+    println!(
+        "1 item per request against the peer ({}) in each round, lowest to highest:",
+        match placement {
+            Placement::Shared => "all cores busy",
+            Placement::Pinned { .. } => "one core",
+        }
+    );
+    for (alg, ratios) in &round_rows {
+        let text: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!("{:<16} {}", alg.as_str(), text.join(" "));
+    }
     println!();
     println!(
         "CPU per verification, microseconds of all cores (user + system), over the same runs:"
