@@ -443,21 +443,28 @@ pub struct Peer {
     pub all_cores: f64,
 }
 
+impl Peer {
+    /// The figure a server side placed so is held against: all cores busy when it
+    /// shares them, one core when it is pinned to one.
+    pub fn against(&self, placement: Placement) -> f64 {
+        match placement {
+            Placement::Shared => self.all_cores,
+            Placement::Pinned { .. } => self.one_core,
+        }
+    }
+}
+
 /// The peer of one algorithm: on one core, then on `cores` at once, `seconds` each.
 pub fn peer(algorithm: Algorithm, seconds: u32, cores: usize) -> anyhow::Result<Peer> {
-    if algorithm == Algorithm::EcdsaSecp256k1 {
-        return Ok(Peer {
-            algorithm,
-            name: "libsecp256k1",
-            one_core: libsecp256k1_speed(1, seconds.into())?,
-            all_cores: libsecp256k1_speed(cores, seconds.into())?,
-        });
-    }
     Ok(Peer {
         algorithm,
-        name: "openssl speed",
-        one_core: openssl_speed(seconds, 1, &[algorithm])?[0].1,
-        all_cores: openssl_speed(seconds, cores, &[algorithm])?[0].1,
+        name: if algorithm == Algorithm::EcdsaSecp256k1 {
+            "libsecp256k1"
+        } else {
+            "openssl speed"
+        },
+        one_core: peer_on_all_cores(algorithm, 1, seconds)?,
+        all_cores: peer_on_all_cores(algorithm, cores, seconds)?,
     })
 }
 
@@ -477,12 +484,7 @@ pub fn peers(seconds: u32, cores: usize) -> anyhow::Result<Vec<Peer>> {
                 .map_or(0.0, |(_, v)| *v),
         })
         .collect();
-    out.push(Peer {
-        algorithm: Algorithm::EcdsaSecp256k1,
-        name: "libsecp256k1",
-        one_core: libsecp256k1_speed(1, seconds.into())?,
-        all_cores: libsecp256k1_speed(cores, seconds.into())?,
-    });
+    out.push(peer(Algorithm::EcdsaSecp256k1, seconds, cores)?);
     Ok(out)
 }
 

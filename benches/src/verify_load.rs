@@ -8,7 +8,7 @@
 //! the ratios are against the peer on one core.
 
 use bsn_benches::hload::{healthz_rate, LoadRequest, Metered};
-use bsn_benches::{cores, fixtures, peer, start_gateway_placed, Placement};
+use bsn_benches::{cores, fixtures, peer, start_gateway_placed, Peer, Placement};
 use bsn_gateway::algorithm::Algorithm;
 use serde_json::{json, Value};
 
@@ -78,16 +78,12 @@ fn main() -> anyhow::Result<()> {
             .collect();
         // Paired rounds: a slow stretch of the host falls on the peer and the gateway
         // alike instead of on whichever ran then.
-        let (mut one_core, mut all_cores) = (0.0, 0.0);
+        let mut peers = Vec::new();
         let mut pooled: Vec<Option<Metered>> = vec![None, None];
         let mut per_round = Vec::new();
-        let mut name = "";
         for _ in 0..rounds {
             placement.as_any()?;
             let p = peer(alg, 1, cores)?;
-            name = p.name;
-            one_core += p.one_core / rounds as f64;
-            all_cores += p.all_cores / rounds as f64;
             placement.as_client()?;
             for (slot, (batch, req)) in pooled.iter_mut().zip(&requests) {
                 // Every item must come back valid: a rate of refusals measures nothing.
@@ -95,23 +91,25 @@ fn main() -> anyhow::Result<()> {
                     status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false")
                 })?;
                 if *batch == 1 {
-                    let busy = match placement {
-                        Placement::Shared => p.all_cores,
-                        Placement::Pinned { .. } => p.one_core,
-                    };
-                    per_round.push(run.rate / busy);
+                    per_round.push(run.rate / p.against(placement));
                 }
                 *slot = Some(match slot.take() {
                     Some(before) => before.pooled(run),
                     None => run,
                 });
             }
+            peers.push(p);
         }
-        let times_cores = one_core * server_cores as f64;
-        let all_busy = match placement {
-            Placement::Shared => all_cores,
-            Placement::Pinned { .. } => one_core,
+        // Rounds of equal length: the peer's rate over all of them is the mean.
+        let mean = |f: fn(&Peer) -> f64| peers.iter().map(f).sum::<f64>() / peers.len() as f64;
+        let measured = Peer {
+            algorithm: alg,
+            name: peers[0].name,
+            one_core: mean(|p| p.one_core),
+            all_cores: mean(|p| p.all_cores),
         };
+        let times_cores = measured.one_core * server_cores as f64;
+        let all_busy = measured.against(placement);
         let runs: Vec<(usize, Metered)> = requests
             .iter()
             .map(|(b, _)| *b)
@@ -125,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{:<16} {:>14} {:>12.0} {:>12.0} {:>12.0} {:>12} {:>12.0} {:>12}",
             alg.as_str(),
-            name,
+            measured.name,
             times_cores,
             all_busy,
             rates[0],
