@@ -394,16 +394,18 @@ fn status_until(ctx_data: &str, fw: &Path, what: &str, f: impl Fn(&Value) -> boo
             "--data-dir",
             ctx_data,
         ]);
+        // A failed status (the token is shared with the slot's gateway and the
+        // supervisor) is asked again, within the same minute.
         if ok {
             let s: Value = serde_json::from_str(&o).unwrap();
             if f(&s) {
                 return s;
             }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(60),
-                "{what}: {s}"
-            );
         }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{what}: {o}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
@@ -447,9 +449,12 @@ fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
     std::fs::write(&broken_bin, "#!/bin/sh\nexit 3\n").unwrap();
     let broken = t.join("broken.bundle");
     cmd(&broken, "2.1.0", "2", Some(&broken_bin));
+    // A good binary that the supervisor cannot commit (below).
+    let uncommittable = t.join("uncommittable.bundle");
+    cmd(&uncommittable, "2.2.0", "3", None);
     // Signing goes through the gateway on the data dir; then it stops, so the slot's
     // gateway can have the data dir.
-    for b in [&good, &broken] {
+    for b in [&good, &broken, &uncommittable] {
         let (ok, o) = sign_with(&g.addr, &token_file, &key_id, b, &release_pem);
         assert!(ok, "{o}");
     }
@@ -461,16 +466,13 @@ fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
         let (ok, o) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(ok, "{o}");
     };
-    let supervisor = || {
+    // The supervisor reaches the token through `source`; the slot's gateway always
+    // through the dev data dir.
+    let supervisor = |source: &[&str], stderr: std::process::Stdio| {
         Command::new(BIN)
+            .args(["firmware", "run", "--root", fw.to_str().unwrap()])
+            .args(source)
             .args([
-                "firmware",
-                "run",
-                "--root",
-                fw.to_str().unwrap(),
-                "--dev",
-                "--data-dir",
-                &data_s,
                 "--ready-seconds",
                 "1",
                 "--ready-timeout-seconds",
@@ -487,9 +489,12 @@ fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
                 "127.0.0.1:0",
             ])
             .env("BSN_LOG", "warn")
+            .env("SOFTHSM2_CONF", data.join("softhsm2.conf"))
+            .stderr(stderr)
             .spawn()
             .unwrap()
     };
+    let dev = ["--dev", "--data-dir", data_s.as_str()];
     let stop = |mut c: std::process::Child| {
         let _ = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
@@ -500,7 +505,7 @@ fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
 
     // A good trial is committed once ready; the minimum rises.
     install(&good);
-    let sup = supervisor();
+    let sup = supervisor(&dev, std::process::Stdio::inherit());
     let s = status_until(&data_s, &fw, "commit", |s| {
         s["active"] == "a" && s["trial"].is_null()
     });
@@ -513,11 +518,48 @@ fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
         status_until(&data_s, &fw, "installed", |s| s["trial"] == "b")["trial"],
         "b"
     );
-    let sup = supervisor();
+    let sup = supervisor(&dev, std::process::Stdio::inherit());
     let s = status_until(&data_s, &fw, "rollback", |s| s["trial"].is_null());
     assert_eq!(s["active"], "a", "{s}");
     assert_eq!(s["min_security_version"], 1, "{s}");
-    // The active slot's gateway serves again.
+    serves_again(&data);
+    stop(sup);
+
+    // A trial that becomes ready but whose commit keeps failing (here the supervisor's
+    // config names a token that is not there) is tried again, then stopped and rolled
+    // back like one that is not ready: a trial never runs on uncommitted.
+    install(&uncommittable);
+    let config = t.join("wrong-token.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\n[server]\nlisten = \"127.0.0.1:0\"\n[hsm]\ntoken_label = \"no-such-token\"\npin = {{ file = {pin:?} }}\n[[clients]]\nname = \"a\"\ntoken_sha256 = \"0x{zeros}\"\noperations = [\"keys:sign\"]\nkeys = [\"a-*\"]\n",
+            data = data_s,
+            pin = data.join("user.pin").to_str().unwrap(),
+            zeros = "0".repeat(64),
+        ),
+    )
+    .unwrap();
+    let log = t.join("supervisor.log");
+    let sup = supervisor(
+        &["--config", config.to_str().unwrap()],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    let s = status_until(&data_s, &fw, "rollback", |s| s["trial"].is_null());
+    assert_eq!(s["active"], "a", "{s}");
+    assert_eq!(s["min_security_version"], 1, "{s}");
+    serves_again(&data);
+    stop(sup);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("commit attempt 4 failed"), "{log}");
+    assert!(
+        log.contains("trial slot b ready, but the commit failed") && log.contains("rolled back"),
+        "{log}"
+    );
+}
+
+/// Waits until the gateway on `data` answers 200 on /readyz.
+fn serves_again(data: &Path) {
     let started = std::time::Instant::now();
     loop {
         let ready = std::fs::read_to_string(data.join("ops.addr"))
@@ -536,5 +578,4 @@ fn the_supervisor_commits_a_ready_trial_and_rolls_back_one_that_is_not() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    stop(sup);
 }

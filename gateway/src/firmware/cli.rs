@@ -256,22 +256,55 @@ pub fn run(
     if let Some(trial) = state.trial {
         let _ = std::fs::remove_file(&ops_addr);
         let mut child = start(&slot_binary(root_dir, trial), serve_args)?;
-        if became_ready(&mut child, &ops_addr, &gate) {
-            commit(root_dir, config)?;
-            eprintln!("firmware: trial slot {} ready: committed", trial.name());
-            return supervise(child);
-        }
+        let why = if !became_ready(&mut child, &ops_addr, &gate) {
+            "not ready in time".to_string()
+        } else {
+            match commit_retrying(root_dir, config) {
+                Ok(()) => {
+                    eprintln!("firmware: trial slot {} ready: committed", trial.name());
+                    return supervise(child);
+                }
+                // A trial runs only until it is committed: one that cannot be (the minimum
+                // cannot be raised) is stopped like one that is not ready, never left
+                // running beside a supervisor that has gone.
+                Err(e) => format!("ready, but the commit failed ({e:#})"),
+            }
+        };
         let _ = child.kill();
         let _ = child.wait();
-        eprintln!(
-            "firmware: trial slot {} not ready in time: rolled back",
-            trial.name()
-        );
+        eprintln!("firmware: trial slot {} {why}: rolled back", trial.name());
         root.rollback()?;
     }
     let state = root.load()?;
     let active = state.active.context("no active slot to run")?;
     supervise(start(&slot_binary(root_dir, active), serve_args)?)
+}
+
+/// Commit attempts in `run` before the trial is given up...
+const COMMIT_TRIES: u32 = 5;
+/// ...waiting this long after the first failure, twice as long after each next one.
+const COMMIT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `commit`, tried again after a failure. The supervisor opens the token while the trial's
+/// gateway uses it: SoftHSM2's file store can fail a read that meets another process's
+/// write of the same token file (CKR_GENERAL_ERROR from C_GetTokenInfo; softhsm/SoftHSMv2
+/// issue 757), and a network HSM can drop one connection. Committing again is safe: it
+/// raises the minimum to the same value and marks the same slot.
+fn commit_retrying(root_dir: &Path, config: &Config) -> anyhow::Result<()> {
+    let mut wait = COMMIT_BACKOFF;
+    let mut attempt = 1;
+    loop {
+        match commit(root_dir, config) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt == COMMIT_TRIES => return Err(e),
+            Err(e) => {
+                eprintln!("firmware: commit attempt {attempt} failed ({e:#}); trying again");
+                std::thread::sleep(wait);
+                wait *= 2;
+                attempt += 1;
+            }
+        }
+    }
 }
 
 fn start(binary: &Path, serve_args: &[String]) -> anyhow::Result<std::process::Child> {
