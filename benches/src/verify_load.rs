@@ -52,6 +52,15 @@ fn main() -> anyhow::Result<()> {
     let server_cores = placement.server_threads();
 
     println!("verify-load: {}", placement.describe());
+    // The gateway runs on this CPU with this environment, so it takes the same path.
+    println!(
+        "verification path: {}",
+        if bsn_gateway::verify::mb::available() {
+            "multi-buffer, eight lanes (AVX-512 IFMA)"
+        } else {
+            "scalar (this CPU has no AVX-512 IFMA, or BSN_NO_IFMA is set): OpenSSL, libsecp256k1, sm2p256, ed25519-dalek's batch"
+        }
+    );
     println!("{rounds} paired rounds of 1 s per algorithm: the peer on one core, on all cores (load client stopped, every core free to it), then HTTP at 1 and at 64 items; each figure over all rounds");
     println!("{clients} keep-alive connections on {threads} client threads");
     println!("peer: one core's figure x {server_cores}, and all {server_cores} cores busy at once (openssl speed -multi, libsecp256k1 on that many threads)");
