@@ -4,7 +4,7 @@
 //! rate, so the figures measure the gateway. Every harness prints this client's own rate
 //! on `GET /healthz` beside its results.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,31 +17,50 @@ use hyper_util::rt::TokioIo;
 
 use crate::cpu;
 
-/// One request, sent again and again.
+/// One request, sent again and again; or several bodies, sent in turn over every
+/// connection, the turn going on from one run to the next.
 #[derive(Clone)]
 pub struct LoadRequest {
     pub method: Method,
     pub path: String,
     pub token: Option<String>,
-    pub body: Bytes,
+    bodies: Arc<[Bytes]>,
+    next: Arc<AtomicUsize>,
 }
 
 impl LoadRequest {
-    pub fn get(path: &str) -> LoadRequest {
+    pub fn new(method: Method, path: &str, token: Option<&str>, bodies: Vec<Bytes>) -> Self {
+        assert!(
+            !bodies.is_empty(),
+            "a load request needs a body, if an empty one"
+        );
         LoadRequest {
-            method: Method::GET,
+            method,
             path: path.into(),
-            token: None,
-            body: Bytes::new(),
+            token: token.map(str::to_string),
+            bodies: bodies.into(),
+            next: Arc::default(),
         }
     }
 
+    pub fn get(path: &str) -> LoadRequest {
+        Self::new(Method::GET, path, None, vec![Bytes::new()])
+    }
+
     pub fn post_json(path: &str, token: &str, body: &serde_json::Value) -> LoadRequest {
-        LoadRequest {
-            method: Method::POST,
-            path: path.into(),
-            token: Some(token.into()),
-            body: Bytes::from(body.to_string()),
+        Self::post_json_each(path, token, std::slice::from_ref(body))
+    }
+
+    /// The bodies in turn: each request the next one, across connections and runs.
+    pub fn post_json_each(path: &str, token: &str, bodies: &[serde_json::Value]) -> LoadRequest {
+        let bodies = bodies.iter().map(|b| Bytes::from(b.to_string())).collect();
+        Self::new(Method::POST, path, Some(token), bodies)
+    }
+
+    fn body(&self) -> Bytes {
+        match &*self.bodies {
+            [one] => one.clone(),
+            many => many[self.next.fetch_add(1, Ordering::Relaxed) % many.len()].clone(),
         }
     }
 }
@@ -188,12 +207,11 @@ async fn connection(
         if let Some(a) = &auth {
             r = r.header(AUTHORIZATION, a.as_str());
         }
-        if !req.body.is_empty() {
+        let body = req.body();
+        if !body.is_empty() {
             r = r.header(CONTENT_TYPE, "application/json");
         }
-        let resp = sender
-            .send_request(r.body(Full::new(req.body.clone()))?)
-            .await?;
+        let resp = sender.send_request(r.body(Full::new(body))?).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
         if !check(status, &body) {

@@ -119,12 +119,12 @@ fn main() -> anyhow::Result<()> {
     let mut mem_rows = Vec::new();
     let mut round_rows = Vec::new();
     for (i, ((alg, id), (_, token, copy))) in keys.iter().zip(&handles).enumerate() {
-        let floor = LoadRequest {
-            method: hyper::Method::POST,
-            path: format!("/{i}"),
-            token: None,
-            body: Bytes::from(input(alg).to_string()),
-        };
+        let floor = LoadRequest::new(
+            hyper::Method::POST,
+            &format!("/{i}"),
+            None,
+            vec![Bytes::from(input(alg).to_string())],
+        );
         let mem_key = gw_mem.as_ref().zip(mem_keys.get(i).map(|(_, k)| k));
         // Paired rounds: every configuration runs one second in turn, so a slow stretch
         // of the host falls on all of them rather than on whichever ran then.

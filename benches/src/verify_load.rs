@@ -7,8 +7,9 @@
 //! with `BSN_BENCH_PIN=1` the gateway runs on core 0 alone and the client on the others, and
 //! the ratios are against the peer on one core.
 
+use anyhow::Context;
 use bsn_benches::hload::{healthz_rate, LoadRequest, Metered};
-use bsn_benches::{cores, fixtures, peer, start_gateway_placed, Peer, Placement};
+use bsn_benches::{cores, fixtures, peer, start_gateway_placed, Fixture, Peer, Placement};
 use bsn_gateway::algorithm::Algorithm;
 use serde_json::{json, Value};
 
@@ -20,21 +21,62 @@ const ALGORITHMS: [Algorithm; 4] = [
 ];
 
 fn body(alg: Algorithm, batch: usize) -> Value {
-    use base64::Engine;
-    let items: Vec<Value> = fixtures(alg, batch)
-        .iter()
-        .map(|f| {
-            json!({
-                "algorithm": alg.as_str(),
-                "public_key": format!("0x{}", hex::encode(&f.key)),
-                "message_b64": base64::engine::general_purpose::STANDARD.encode(&f.msg),
-                "signature": format!("0x{}", hex::encode(&f.sig)),
-                "format": f.format,
-                "require_low_s": false,
-            })
-        })
-        .collect();
+    let items: Vec<Value> = fixtures(alg, batch).iter().map(item).collect();
     json!({ "items": items })
+}
+
+fn item(f: &Fixture) -> Value {
+    use base64::Engine;
+    json!({
+        "algorithm": f.algorithm.as_str(),
+        "public_key": format!("0x{}", hex::encode(&f.key)),
+        "message_b64": base64::engine::general_purpose::STANDARD.encode(&f.msg),
+        "signature": format!("0x{}", hex::encode(&f.sig)),
+        "format": f.format,
+        "require_low_s": false,
+    })
+}
+
+/// Every item must come back valid: a rate of refusals measures nothing.
+fn all_valid(status: u16, body: &[u8]) -> bool {
+    status == 200 && !body.windows(15).any(|w| w == b"\"valid\":false")
+}
+
+/// Signers of the run with a new signer in each request: about three times what the
+/// gateway's key cache holds by default (16,384), so most keys are parsed, not found.
+const SIGNERS: usize = 50_000;
+
+/// `SIGNERS` one-item bodies, each from its own signer; made on every core.
+fn signer_bodies(alg: Algorithm) -> Vec<Value> {
+    let cores = cores();
+    std::thread::scope(|s| {
+        let parts: Vec<_> = (0..cores)
+            .map(|i| {
+                s.spawn(move || fixtures(alg, SIGNERS / cores + usize::from(i < SIGNERS % cores)))
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("fixture thread"))
+            .map(|f| json!({ "items": [item(&f)] }))
+            .collect()
+    })
+}
+
+/// The gateway's key-cache counters: (hits, misses).
+fn key_cache(ops: &str) -> anyhow::Result<(f64, f64)> {
+    let text = ureq::get(format!("http://{}/metrics", ops.trim()))
+        .call()?
+        .into_body()
+        .read_to_string()?;
+    let count = |result: &str| {
+        let series = format!("bsn_gateway_verify_key_cache_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("no {series} in the gateway's metrics"))
+    };
+    Ok((count("hit")?, count("miss")?))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -77,7 +119,14 @@ fn main() -> anyhow::Result<()> {
     );
     let mut cpu_rows = Vec::new();
     let mut round_rows = Vec::new();
+    let mut fresh_rows = Vec::new();
     for alg in ALGORITHMS {
+        placement.as_any()?;
+        let fresh =
+            LoadRequest::post_json_each("/v1/verify", &gw.endpoint.token, &signer_bodies(alg));
+        placement.as_client()?;
+        let mut fresh_pooled: Option<Metered> = None;
+        let mut lookups = (0.0, 0.0);
         let requests: Vec<(usize, LoadRequest)> = [1usize, 64]
             .into_iter()
             .map(|b| {
@@ -95,10 +144,7 @@ fn main() -> anyhow::Result<()> {
             let p = peer(alg, 1, cores)?;
             placement.as_client()?;
             for (slot, (batch, req)) in pooled.iter_mut().zip(&requests) {
-                // Every item must come back valid: a rate of refusals measures nothing.
-                let run = gw.load(req, clients, threads, 1, |status, b| {
-                    status == 200 && !b.windows(15).any(|w| w == b"\"valid\":false")
-                })?;
+                let run = gw.load(req, clients, threads, 1, all_valid)?;
                 if *batch == 1 {
                     per_round.push(run.rate / p.against(placement));
                 }
@@ -107,6 +153,17 @@ fn main() -> anyhow::Result<()> {
                     None => run,
                 });
             }
+            let before = key_cache(&gw.endpoint.ops)?;
+            let run = gw.load(&fresh, clients, threads, 1, all_valid)?;
+            let after = key_cache(&gw.endpoint.ops)?;
+            lookups = (
+                lookups.0 + after.0 - before.0,
+                lookups.1 + after.1 - before.1,
+            );
+            fresh_pooled = Some(match fresh_pooled.take() {
+                Some(before) => before.pooled(run),
+                None => run,
+            });
             peers.push(p);
         }
         // Rounds of equal length: the peer's rate over all of them is the mean.
@@ -125,6 +182,9 @@ fn main() -> anyhow::Result<()> {
             .zip(pooled.into_iter().flatten())
             .collect();
         let rates: Vec<f64> = runs.iter().map(|(b, r)| r.rate * *b as f64).collect();
+        if let Some(run) = fresh_pooled {
+            fresh_rows.push((alg, all_busy, rates[0], run, lookups));
+        }
         per_round.sort_by(f64::total_cmp);
         round_rows.push((alg, per_round));
         cpu_rows.push((alg, all_busy, runs));
@@ -153,6 +213,26 @@ fn main() -> anyhow::Result<()> {
         let text: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         println!("{:<16} {}", alg.as_str(), text.join(" "));
     }
+    println!();
+    println!("1 item per request, a new signer in each: {SIGNERS} signers in turn, the turn going on from round to round (the runs above send one signer's request again and again, its key parsed once):");
+    println!(
+        "{:<16} {:>12} {:>9} {:>14} {:>15} {:>13}",
+        "algorithm", "verifies/s", "vs peer", "vs one signer", "key cache hits", "gateway CPU µs"
+    );
+    for (alg, all_busy, one_signer, run, (hits, misses)) in &fresh_rows {
+        let (_, gw_us) = run.per_answer_us(1.0);
+        println!(
+            "{:<16} {:>12.0} {:>9.2} {:>14.2} {:>14.1}% {gw_us:>13.1}",
+            alg.as_str(),
+            run.rate,
+            run.rate / all_busy,
+            run.rate / one_signer,
+            100.0 * hits / (hits + misses).max(1.0),
+        );
+    }
+    println!(
+        "vs peer: against the peer as above; key cache hits: of the keys those runs looked up"
+    );
     println!();
     println!(
         "CPU per verification, microseconds of all cores (user + system), over the same runs:"

@@ -26,6 +26,7 @@ pub const VERIFY_BATCH_ITEMS: &str = "bsn_gateway_verify_batch_items";
 pub const VERIFY_WORKERS: &str = "bsn_gateway_verify_workers";
 pub const VERIFY_MULTI_BUFFER: &str = "bsn_gateway_verify_multi_buffer";
 pub const VERIFY_MULTI_BUFFER_LANES_TOTAL: &str = "bsn_gateway_verify_multi_buffer_lanes_total";
+pub const VERIFY_KEY_CACHE_TOTAL: &str = "bsn_gateway_verify_key_cache_total";
 pub const TX_ACCEPTED_TOTAL: &str = "bsn_gateway_transactions_accepted_total";
 pub const TX_REJECTED_TOTAL: &str = "bsn_gateway_transactions_rejected_total";
 pub const OUTBOX_PENDING: &str = "bsn_gateway_outbox_pending_transactions";
@@ -158,6 +159,10 @@ fn describe() {
     describe_counter!(
         VERIFY_MULTI_BUFFER_LANES_TOTAL,
         "Signatures verified on the multi-buffer path (the rest take the scalar path)"
+    );
+    describe_counter!(
+        VERIFY_KEY_CACHE_TOTAL,
+        "Public keys of verified items found parsed in the key cache (hit) or parsed now (miss)"
     );
     describe_counter!(
         TX_ACCEPTED_TOTAL,

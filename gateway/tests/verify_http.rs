@@ -428,3 +428,44 @@ fn request_errors_policy_and_overload() {
     assert!(text.contains("bsn_gateway_verify_batch_items_bucket"));
     assert!(!g.log().contains("panicked"));
 }
+
+/// A key is parsed once and found in the cache after that, and the metric says which:
+/// SREs size `[verify] key_cache_entries` by it.
+#[test]
+fn a_key_is_parsed_once_then_found_and_the_metric_counts_both() {
+    let g = Gateway::start_dev();
+    let lookups = || {
+        let m = g.call("GET", "/metrics", None, None);
+        let text = m.body.as_str().unwrap().to_string();
+        let count = |result: &str| -> u64 {
+            let series = format!("bsn_gateway_verify_key_cache_total{{result=\"{result}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .unwrap_or_else(|| panic!("no {series}in\n{text}"))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        (count("hit"), count("miss"))
+    };
+    let case = wycheproof::all()
+        .into_iter()
+        .find(|c| c.algorithm == "ecdsa-p256" && c.valid)
+        .unwrap();
+    let item = json!({
+        "algorithm": case.algorithm,
+        "public_key": format!("0x{}", case.key_hex),
+        "message_b64": b64(&case.msg),
+        "signature": hex0x(&case.sig),
+        "format": case.format,
+        "require_low_s": case.require_low_s,
+    });
+    assert_eq!(lookups(), (0, 0));
+    assert_eq!(
+        verify_all(&g, std::slice::from_ref(&item))[0]["valid"],
+        true
+    );
+    assert_eq!(lookups(), (0, 1));
+    assert_eq!(verify_all(&g, &[item.clone(), item])[0]["valid"], true);
+    assert_eq!(lookups(), (2, 1));
+}

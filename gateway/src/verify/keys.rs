@@ -14,6 +14,7 @@ use quick_cache::Equivalent;
 use super::sm2p256::Sm2Key;
 use super::{KeyInput, Reason};
 use crate::algorithm::Algorithm;
+use crate::metrics as m;
 
 pub enum ParsedKey {
     /// `point`: the affine x || y, for the multi-buffer path.
@@ -59,12 +60,22 @@ impl Equivalent<CacheKey> for CacheKeyRef<'_> {
 
 pub struct KeyCache {
     cache: quick_cache::sync::Cache<CacheKey, Arc<ParsedKey>>,
+    /// Handles taken once: a lookup by name on every item would cost more than the hit.
+    hits: metrics::Counter,
+    misses: metrics::Counter,
 }
 
 impl KeyCache {
     pub fn new(entries: usize) -> Self {
+        let counter = |result| metrics::counter!(m::VERIFY_KEY_CACHE_TOTAL, "result" => result);
+        let (hits, misses) = (counter("hit"), counter("miss"));
+        // Both series at zero from the first scrape.
+        hits.absolute(0);
+        misses.absolute(0);
         KeyCache {
             cache: quick_cache::sync::Cache::new(entries),
+            hits,
+            misses,
         }
     }
 
@@ -92,8 +103,10 @@ impl KeyCache {
             bytes: key_bytes,
         };
         if let Some(k) = self.cache.get(&lookup) {
+            self.hits.increment(1);
             return Ok(k);
         }
+        self.misses.increment(1);
         let parsed = Arc::new(if pem {
             parse_pem(algorithm, bytes)?
         } else {
