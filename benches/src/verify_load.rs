@@ -1,7 +1,9 @@
 //! `POST /v1/verify` end to end under load: verifies/s through HTTP at 1 and 64 items per
 //! request, beside `openssl speed` (libsecp256k1 for secp256k1) measured in the same run,
 //! both as one core's figure x cores and with all cores busy at once, with the ratios, in paired
-//! rounds of one second (peer, then gateway, SECONDS times; the ratio of each round printed). Usage:
+//! rounds of one second (peer, then gateway, SECONDS times; the ratio of each round printed),
+//! and at 1 item per request with a new signer in each (the key cache's hits from the
+//! gateway's metrics). Usage:
 //!   cargo build --release --workspace && target/release/verify-load [SECONDS] [CLIENTS]
 //! The load client (hyper, keep-alive; its /healthz rate is printed) runs on the same cores as the gateway;
 //! with `BSN_BENCH_PIN=1` the gateway runs on core 0 alone and the client on the others, and
