@@ -107,6 +107,14 @@ impl Metered {
         }
     }
 
+    /// `run` added to the runs pooled so far in `total` (none before the first).
+    pub fn pool_into(total: &mut Option<Metered>, run: Metered) {
+        *total = Some(match total.take() {
+            Some(before) => before.pooled(run),
+            None => run,
+        });
+    }
+
     /// CPU microseconds per answer: (client, server).
     pub fn per_answer_us(&self, items: f64) -> (f64, f64) {
         let n = self.rate * self.seconds * items;

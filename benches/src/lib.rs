@@ -133,6 +133,22 @@ pub fn start_gateway_placed(
     })
 }
 
+impl Endpoint {
+    /// The value of this exact series (name and labels as the exporter writes them) in a
+    /// fresh scrape of the operations listener.
+    pub fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = agent()
+            .get(format!("http://{}/metrics", self.ops.trim()))
+            .call()?
+            .body_mut()
+            .read_to_string()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {series} in the gateway's metrics"))
+    }
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -9,9 +9,10 @@
 //! with `BSN_BENCH_PIN=1` the gateway runs on core 0 alone and the client on the others, and
 //! the ratios are against the peer on one core.
 
-use anyhow::Context;
 use bsn_benches::hload::{healthz_rate, LoadRequest, Metered};
-use bsn_benches::{cores, fixtures, peer, start_gateway_placed, Fixture, Peer, Placement};
+use bsn_benches::{
+    cores, fixtures, peer, start_gateway_placed, Endpoint, Fixture, Peer, Placement,
+};
 use bsn_gateway::algorithm::Algorithm;
 use serde_json::{json, Value};
 
@@ -66,17 +67,11 @@ fn signer_bodies(alg: Algorithm) -> Vec<Value> {
 }
 
 /// The gateway's key-cache counters: (hits, misses).
-fn key_cache(ops: &str) -> anyhow::Result<(f64, f64)> {
-    let text = ureq::get(format!("http://{}/metrics", ops.trim()))
-        .call()?
-        .into_body()
-        .read_to_string()?;
-    let count = |result: &str| {
-        let series = format!("bsn_gateway_verify_key_cache_total{{result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series.as_str()))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .with_context(|| format!("no {series} in the gateway's metrics"))
+fn key_cache(gw: &Endpoint) -> anyhow::Result<(f64, f64)> {
+    let count = |result| {
+        gw.metric(&format!(
+            "bsn_gateway_verify_key_cache_total{{result=\"{result}\"}}"
+        ))
     };
     Ok((count("hit")?, count("miss")?))
 }
@@ -150,22 +145,16 @@ fn main() -> anyhow::Result<()> {
                 if *batch == 1 {
                     per_round.push(run.rate / p.against(placement));
                 }
-                *slot = Some(match slot.take() {
-                    Some(before) => before.pooled(run),
-                    None => run,
-                });
+                Metered::pool_into(slot, run);
             }
-            let before = key_cache(&gw.endpoint.ops)?;
+            let before = key_cache(&gw.endpoint)?;
             let run = gw.load(&fresh, clients, threads, 1, all_valid)?;
-            let after = key_cache(&gw.endpoint.ops)?;
+            let after = key_cache(&gw.endpoint)?;
             lookups = (
                 lookups.0 + after.0 - before.0,
                 lookups.1 + after.1 - before.1,
             );
-            fresh_pooled = Some(match fresh_pooled.take() {
-                Some(before) => before.pooled(run),
-                None => run,
-            });
+            Metered::pool_into(&mut fresh_pooled, run);
             peers.push(p);
         }
         // Rounds of equal length: the peer's rate over all of them is the mean.

@@ -15,11 +15,7 @@ use common::{error_code, Gateway};
 use serde_json::json;
 
 fn metric(g: &Gateway, series: &str) -> f64 {
-    let text = g.call("GET", "/metrics", None, None).body;
-    text.as_str()
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    g.metric(series)
         .unwrap_or_else(|| panic!("{series} not in the scrape"))
 }
 

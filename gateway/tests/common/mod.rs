@@ -144,6 +144,16 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
 
+    /// The value of this exact series (name and labels as the exporter writes them) in a
+    /// fresh scrape; None when the scrape does not hold it.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.call("GET", "/metrics", None, None).body;
+        let text = text.as_str().expect("a text scrape");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{series}: {v}")))
+    }
+
     /// `/metrics` and `/readyz` are on the operations listener, the rest on the API's.
     pub fn url(&self, path: &str) -> String {
         let host = match path {
