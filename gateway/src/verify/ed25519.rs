@@ -46,6 +46,31 @@ fn y_is_canonical(enc: &[u8; 32]) -> bool {
     enc[0] < 0xed
 }
 
+/// The encodings of y = 1 (the identity) and y = -1 = p - 1: the only points with x = 0.
+const Y_ONE: [u8; 32] = {
+    let mut y = [0u8; 32];
+    y[0] = 1;
+    y
+};
+const Y_MINUS_ONE: [u8; 32] = {
+    let mut y = [0xffu8; 32];
+    y[0] = 0xec;
+    y[31] = 0x7f;
+    y
+};
+
+/// The one encoding a strict decoder accepts for a point: y < p, and no sign bit on
+/// x = 0. Decompression alone accepts the others, and checking by compressing the point
+/// again costs a field inversion, a fifth of parsing a key.
+pub(super) fn is_canonical_point(enc: &[u8; 32]) -> bool {
+    if !y_is_canonical(enc) {
+        return false;
+    }
+    let mut y = *enc;
+    y[31] &= 0x7f;
+    y == *enc || (y != Y_ONE && y != Y_MINUS_ONE)
+}
+
 /// The canonical encodings of the eight points of small order, and the two with x = 0
 /// written with the sign bit set (which decoders may accept).
 fn small_order_encodings() -> &'static Vec<[u8; 32]> {
@@ -55,13 +80,7 @@ fn small_order_encodings() -> &'static Vec<[u8; 32]> {
             .iter()
             .map(|p| p.compress().to_bytes())
             .collect();
-        // x = 0 only for y = 1 (the identity) and y = -1.
-        let mut identity = [0u8; 32];
-        identity[0] = 1;
-        let mut minus_one = [0xffu8; 32];
-        minus_one[0] = 0xec;
-        minus_one[31] = 0x7f;
-        for mut enc in [identity, minus_one] {
+        for mut enc in [Y_ONE, Y_MINUS_ONE] {
             assert!(set.contains(&enc), "the torsion set holds y = 1 and y = -1");
             enc[31] |= 0x80;
             set.push(enc);
@@ -120,6 +139,50 @@ mod tests {
         points.sort();
         points.dedup();
         assert_eq!(points.len(), 8, "all eight small-order points");
+    }
+
+    /// Differential: the byte rule against compressing the decoded point again, on the
+    /// edge encodings and random ones.
+    #[test]
+    fn canonical_points_are_those_that_compress_back() {
+        let mut cases: Vec<[u8; 32]> = small_order_encodings().clone();
+        for low in 0xe0..=0xffu8 {
+            let mut top = [0xffu8; 32];
+            top[0] = low;
+            top[31] = 0x7f;
+            cases.push(top);
+            top[31] = 0xff;
+            cases.push(top);
+        }
+        for _ in 0..20_000 {
+            let mut enc = [0u8; 32];
+            openssl::rand::rand_bytes(&mut enc).unwrap();
+            cases.push(enc);
+        }
+        let mut decoded = 0;
+        for enc in &cases {
+            let mut flipped = *enc;
+            flipped[31] ^= 0x80;
+            for enc in [enc, &flipped] {
+                let Some(p) = CompressedEdwardsY(*enc).decompress() else {
+                    continue;
+                };
+                decoded += 1;
+                assert_eq!(
+                    is_canonical_point(enc),
+                    p.compress().to_bytes() == *enc,
+                    "{}",
+                    hex::encode(enc)
+                );
+            }
+        }
+        // About half of all y decode; the edge cases must be among them.
+        assert!(decoded > 15_000, "{decoded}");
+        for enc in [Y_ONE, Y_MINUS_ONE] {
+            let mut signed = enc;
+            signed[31] |= 0x80;
+            assert!(is_canonical_point(&enc) && !is_canonical_point(&signed));
+        }
     }
 
     #[test]

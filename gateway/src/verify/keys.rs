@@ -197,7 +197,7 @@ fn ec_key(nid: Nid, bytes: &[u8]) -> Result<EcKey<Public>, Reason> {
 fn ed25519_key(raw: &[u8; 32]) -> Result<ParsedKey, Reason> {
     let key = VerifyingKey::from_bytes(raw).map_err(|_| Reason::BadPublicKey)?;
     // Strict: only the canonical encoding of a point (y < p, no sign bit on x = 0).
-    if key.to_edwards().compress().to_bytes() != *raw {
+    if !super::ed25519::is_canonical_point(raw) {
         return Err(Reason::BadEncoding);
     }
     if key.is_weak() {
