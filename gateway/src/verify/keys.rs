@@ -172,7 +172,10 @@ pub fn parse_bytes(algorithm: Algorithm, bytes: &[u8]) -> Result<ParsedKey, Reas
                 key,
             })
         }
-        Algorithm::Sm2 => sm2_key(ec_key(Nid::SM2, bytes)?),
+        Algorithm::Sm2 => {
+            sec1_length(bytes)?;
+            sm2_key(super::sm2p256::decode_point(bytes).ok_or(Reason::BadPublicKey)?)
+        }
     }
 }
 
@@ -223,16 +226,15 @@ fn affine(ec: &EcKey<Public>) -> Result<[u8; 64], Reason> {
         .ok_or(Reason::Internal)
 }
 
-/// OpenSSL has checked the point is on the curve; the verification tables come from it.
-fn sm2_key(ec: EcKey<Public>) -> Result<ParsedKey, Reason> {
-    let point = affine(&ec)?;
+/// From a point known to be on the curve; the verification tables come from it.
+fn sm2_key(point: [u8; 64]) -> Result<ParsedKey, Reason> {
     let (x, y) = point.split_at(32);
     let key = Sm2Key::new(
         x.try_into().map_err(|_| Reason::Internal)?,
         y.try_into().map_err(|_| Reason::Internal)?,
     );
-    let mut sec1 = vec![4u8];
-    sec1.extend_from_slice(&point);
+    let mut sec1 = [4u8; 65];
+    sec1[1..].copy_from_slice(&point);
     Ok(ParsedKey::Sm2 {
         key,
         z: sm2_z(&sec1),

@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 
 use super::u256::{self, add_mod, is_zero, lt, sub_mod};
 use fiat_crypto::sm2_64::{
-    fiat_sm2_add, fiat_sm2_from_bytes, fiat_sm2_montgomery_domain_field_element, fiat_sm2_mul,
+    fiat_sm2_add, fiat_sm2_from_bytes, fiat_sm2_from_montgomery,
+    fiat_sm2_montgomery_domain_field_element, fiat_sm2_mul,
     fiat_sm2_non_montgomery_domain_field_element, fiat_sm2_square, fiat_sm2_sub,
     fiat_sm2_to_montgomery,
 };
@@ -88,17 +89,65 @@ impl Fe {
         self.0 == [0; 4]
     }
 
-    /// self^(p-2) = 1/self (0 for 0), by square-and-multiply over the bits of p - 2.
-    fn invert(&self) -> Fe {
-        let e = u256::sub(&P, &[2, 0, 0, 0]).0;
-        let mut acc = Fe::from_limbs(&[1, 0, 0, 0]);
-        for i in (0..256).rev() {
-            acc = acc.sq();
-            if (e[i / 64] >> (i % 64)) & 1 == 1 {
-                acc = acc.mul(self);
-            }
+    /// Big-endian, out of Montgomery form.
+    fn to_be(self) -> [u8; 32] {
+        let mut out = fiat_sm2_non_montgomery_domain_field_element([0; 4]);
+        fiat_sm2_from_montgomery(&mut out, &fiat_sm2_montgomery_domain_field_element(self.0));
+        u256::to_be(&out.0)
+    }
+
+    fn sq_n(&self, n: usize) -> Fe {
+        let mut t = *self;
+        for _ in 0..n {
+            t = t.sq();
         }
-        acc
+        t
+    }
+
+    /// self^(2^31 - 1) and self^(2^32 - 1): the runs of ones that p's exponents are
+    /// made of (p = 2^256 - 2^224 - 2^96 + 2^64 - 1).
+    fn ones_31_32(&self) -> (Fe, Fe) {
+        let x2 = self.sq().mul(self);
+        let x3 = x2.sq().mul(self);
+        let x6 = x3.sq_n(3).mul(&x3);
+        let x12 = x6.sq_n(6).mul(&x6);
+        let x15 = x12.sq_n(3).mul(&x3);
+        let x30 = x15.sq_n(15).mul(&x15);
+        let x31 = x30.sq().mul(self);
+        (x31, x31.sq().mul(self))
+    }
+
+    /// t shifted left by 128 bits of exponent, all ones.
+    fn then_128_ones(mut t: Fe, x32: &Fe) -> Fe {
+        for _ in 0..4 {
+            t = t.sq_n(32).mul(x32);
+        }
+        t
+    }
+
+    /// self^(p-2) = 1/self (0 for 0). p - 2 in bits, from the top: 31 ones, a zero,
+    /// 128 ones, 32 zeros, 62 ones, 0, 1. An addition chain of 256 squarings and 16
+    /// multiplications; square-and-multiply over the bits took 222 multiplications and
+    /// was a third of building a key's table.
+    fn invert(&self) -> Fe {
+        let (x31, x32) = self.ones_31_32();
+        let t = Fe::then_128_ones(x31.sq(), &x32);
+        let t = t.sq_n(32).sq_n(31).mul(&x31).sq_n(31).mul(&x31);
+        t.sq_n(2).mul(self)
+    }
+
+    /// A square root, if there is one: p ≡ 3 (mod 4), so it is self^((p+1)/4).
+    /// (p+1)/4 in bits, from the top: 31 ones, a zero, 128 ones, 31 zeros, a one, 62 zeros.
+    fn sqrt(&self) -> Option<Fe> {
+        let (x31, x32) = self.ones_31_32();
+        let t = Fe::then_128_ones(x31.sq(), &x32);
+        let root = t.sq_n(31).sq().mul(self).sq_n(62);
+        (root.sq() == *self).then_some(root)
+    }
+
+    /// Whether the lowest bit of the (plain, not Montgomery) value is set: SEC1's y parity.
+    fn is_odd(&self) -> bool {
+        self.to_be()[31] & 1 == 1
     }
 }
 
@@ -115,6 +164,8 @@ const N: Limbs = [
     0xffff_ffff_ffff_ffff,
     0xffff_fffe_ffff_ffff,
 ];
+/// b of y² = x³ - 3x + b.
+const B: [u8; 32] = hex32("28e9fa9e9d9f5e344d5a9e4bcf6509a7f39789f515ab8f92ddbcbd414d940e93");
 const GX: [u8; 32] = hex32("32c4ae2c1f1981195f9904466a39c9948fe30bbff2660be1715a4589334c74c7");
 const GY: [u8; 32] = hex32("bc3736a2f4f6779c59bdcee36b692153d0a9877cc62a474002df32e52139f0a0");
 
@@ -376,6 +427,43 @@ fn table_entry(table: &[Affine], d: i16) -> Affine {
     }
 }
 
+/// A public key's affine x || y (big-endian) from SEC1 bytes: 65 uncompressed (tag 4) or
+/// 33 compressed (tag 2 or 3, the parity of y). None unless both coordinates are below p
+/// and the point is on the curve; on this prime-order curve any such point is a valid
+/// public key. What OpenSSL's `EC_POINT_oct2point` accepts, at a fifth of its cost on
+/// this curve (OpenSSL has only generic code for it).
+pub fn decode_point(sec1: &[u8]) -> Option<[u8; 64]> {
+    let coordinate = |b: &[u8]| -> Option<Fe> {
+        let b: &[u8; 32] = b.try_into().ok()?;
+        lt(&u256::from_be(b), &P).then(|| Fe::from_be(b))
+    };
+    let (tag, x) = (*sec1.first()?, coordinate(sec1.get(1..33)?)?);
+    // y² = x³ - 3x + b
+    let rhs = x.sq().mul(&x).sub(&x.dbl().add(&x)).add(&Fe::from_be(&B));
+    let y = match (tag, sec1.len()) {
+        (4, 65) => {
+            let y = coordinate(&sec1[33..])?;
+            (y.sq() == rhs).then_some(y)?
+        }
+        (2 | 3, 33) => {
+            let y = rhs.sqrt()?;
+            // y = 0 has no other parity to give; the tag must say even.
+            if y.is_odd() == (tag == 3) {
+                y
+            } else if y.is_zero() {
+                return None;
+            } else {
+                y.neg()
+            }
+        }
+        _ => return None,
+    };
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(&x.to_be());
+    out[32..].copy_from_slice(&y.to_be());
+    Some(out)
+}
+
 /// A public key ready for verification: its odd multiples, affine.
 pub struct Sm2Key {
     table: Vec<Affine>,
@@ -383,7 +471,7 @@ pub struct Sm2Key {
 
 impl Sm2Key {
     /// From the affine coordinates of a point already checked to be on the curve (and not
-    /// at infinity) by OpenSSL when the key was parsed.
+    /// at infinity), by `decode_point` or by OpenSSL.
     pub fn new(x: &[u8; 32], y: &[u8; 32]) -> Sm2Key {
         let q = Affine {
             x: Fe::from_be(x),
@@ -462,7 +550,7 @@ impl Sm2Key {
 #[cfg(test)]
 mod tests {
     use openssl::bn::{BigNum, BigNumContext};
-    use openssl::ec::{EcGroup, EcKey, EcPoint, EcPointRef};
+    use openssl::ec::{EcGroup, EcKey, EcPoint, EcPointRef, PointConversionForm};
     use openssl::nid::Nid;
 
     use super::*;
@@ -539,6 +627,134 @@ mod tests {
             .unwrap();
         let one = be32(&BigNum::from_u32(1).unwrap());
         assert_eq!(ours.lincomb_x(&one, &one), Some(be32(&x)));
+    }
+
+    /// self^e by square-and-multiply over the bits of e: the reference for the chains.
+    fn pow_bits(a: &Fe, e: &Limbs) -> Fe {
+        let mut acc = one();
+        for i in (0..256).rev() {
+            acc = acc.sq();
+            if (e[i / 64] >> (i % 64)) & 1 == 1 {
+                acc = acc.mul(a);
+            }
+        }
+        acc
+    }
+
+    fn random_fe() -> Fe {
+        let mut b = [0u8; 32];
+        openssl::rand::rand_bytes(&mut b).unwrap();
+        b[0] &= 0x7f; // below p
+        Fe::from_be(&b)
+    }
+
+    #[test]
+    fn the_addition_chains_are_the_exponents_they_claim() {
+        let p_minus_2 = u256::sub(&P, &[2, 0, 0, 0]).0;
+        // (p + 1) / 4: p + 1 does not carry out of 256 bits, and its two low bits are 0.
+        let p1 = u256::add(&P, &[1, 0, 0, 0]).0;
+        let quarter = [
+            (p1[0] >> 2) | (p1[1] << 62),
+            (p1[1] >> 2) | (p1[2] << 62),
+            (p1[2] >> 2) | (p1[3] << 62),
+            p1[3] >> 2,
+        ];
+        let mut edge = vec![ZERO, one(), one().neg(), Fe::from_be(&B)];
+        edge.extend((0..200).map(|_| random_fe()));
+        let mut roots = 0;
+        for a in edge {
+            assert!(pow_bits(&a, &p_minus_2) == a.invert());
+            if !a.is_zero() {
+                assert!(a.mul(&a.invert()) == one());
+            }
+            let candidate = pow_bits(&a, &quarter);
+            match a.sqrt() {
+                Some(r) => {
+                    assert!(r == candidate && r.sq() == a);
+                    roots += 1;
+                }
+                None => assert!(candidate.sq() != a),
+            }
+            let square = a.sq();
+            let r = square.sqrt().expect("a square has a root");
+            assert!(r == a || r == a.neg());
+        }
+        // About half of all field elements are squares.
+        assert!((60..=150).contains(&roots), "{roots} of 204 had roots");
+        assert!(ZERO.invert() == ZERO);
+    }
+
+    /// The decoder accepts exactly what OpenSSL does, with the same point, on keys in both
+    /// encodings, on random x for either parity (about half are on the curve), on points
+    /// with y off by one, and on coordinates written as x + p (the same value mod p).
+    #[test]
+    fn points_decode_as_openssl_decodes_them() {
+        let group = EcGroup::from_curve_name(Nid::SM2).unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        let openssl = |sec1: &[u8], ctx: &mut BigNumContext| -> Option<[u8; 64]> {
+            let point = EcPoint::from_bytes(&group, sec1, ctx).ok()?;
+            let (mut x, mut y) = (BigNum::new().unwrap(), BigNum::new().unwrap());
+            point.affine_coordinates(&group, &mut x, &mut y, ctx).ok()?;
+            let mut out = [0u8; 64];
+            out[..32].copy_from_slice(&be32(&x));
+            out[32..].copy_from_slice(&be32(&y));
+            Some(out)
+        };
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..300 {
+            let key = EcKey::generate(&group).unwrap();
+            for form in [
+                PointConversionForm::UNCOMPRESSED,
+                PointConversionForm::COMPRESSED,
+            ] {
+                cases.push(key.public_key().to_bytes(&group, form, &mut ctx).unwrap());
+            }
+            let mut off = cases[cases.len() - 2].clone();
+            off[64] ^= 1;
+            cases.push(off);
+            let mut x = [0u8; 32];
+            openssl::rand::rand_bytes(&mut x).unwrap();
+            for tag in [2u8, 3] {
+                let mut sec1 = vec![tag];
+                sec1.extend_from_slice(&x);
+                cases.push(sec1);
+            }
+        }
+        // x + p fits in 256 bits for small x; OpenSSL refuses it.
+        for small in 0u64..64 {
+            for tag in [2u8, 3] {
+                let x = u256::add(&P, &[small, 0, 0, 0]).0;
+                let mut sec1 = vec![tag];
+                sec1.extend_from_slice(&u256::to_be(&x));
+                cases.push(sec1.clone());
+                sec1[1..].copy_from_slice(&u256::to_be(&[small, 0, 0, 0]));
+                cases.push(sec1);
+            }
+        }
+        let mut accepted = 0;
+        for sec1 in &cases {
+            let want = openssl(sec1, &mut ctx);
+            assert_eq!(decode_point(sec1), want, "{}", hex::encode(sec1));
+            accepted += usize::from(want.is_some());
+        }
+        // Every generated key in both forms, and about half of the random x.
+        assert!(accepted > 600 + 200, "{accepted} of {}", cases.len());
+        // An uncompressed point with y + p, and a wrong length for each tag.
+        let key = EcKey::generate(&group).unwrap();
+        let good = key
+            .public_key()
+            .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
+            .unwrap();
+        let y = u256::from_be(good[33..].try_into().unwrap());
+        let (y_plus_p, carry) = u256::add(&y, &P);
+        if !carry {
+            let mut sec1 = good.clone();
+            sec1[33..].copy_from_slice(&u256::to_be(&y_plus_p));
+            assert_eq!(decode_point(&sec1), None);
+        }
+        assert_eq!(decode_point(&good[..33]), None);
+        assert_eq!(decode_point(&[2u8; 65]), None);
+        assert_eq!(decode_point(&[]), None);
     }
 
     #[test]
