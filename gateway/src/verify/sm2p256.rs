@@ -430,8 +430,9 @@ fn table_entry(table: &[Affine], d: i16) -> Affine {
 /// A public key's affine x || y (big-endian) from SEC1 bytes: 65 uncompressed (tag 4) or
 /// 33 compressed (tag 2 or 3, the parity of y). None unless both coordinates are below p
 /// and the point is on the curve; on this prime-order curve any such point is a valid
-/// public key. What OpenSSL's `EC_POINT_oct2point` accepts, at a fifth of its cost on
-/// this curve (OpenSSL has only generic code for it).
+/// public key. It accepts what OpenSSL's `EC_POINT_oct2point` accepts; OpenSSL has only
+/// generic code for this curve, and a profile put its decoding at about two fifths of
+/// what a new key cost.
 pub fn decode_point(sec1: &[u8]) -> Option<[u8; 64]> {
     let coordinate = |b: &[u8]| -> Option<Fe> {
         let b: &[u8; 32] = b.try_into().ok()?;
