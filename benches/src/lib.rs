@@ -95,7 +95,7 @@ pub fn start_gateway_placed(
         Placement::Pinned { .. } => {
             // taskset execs the gateway: the child's pid is the gateway's.
             let mut c = Command::new("taskset");
-            c.args(["-c", SERVER_CPU]).arg(&bin);
+            c.args(["-c", &placement.server_cpus()]).arg(&bin);
             c
         }
     };
@@ -198,36 +198,39 @@ pub fn cores() -> usize {
 
 /// Where a harness runs its two sides. `Shared` (the default): the server side (the
 /// gateway, a bare signer, a raw loop) and the load client all run on every core.
-/// `Pinned` (`BSN_BENCH_PIN=1`): the server side on core 0 only and the client on the
-/// other cores, so that the client never takes the server's core; the server's figures
-/// are then one core's, against a peer on one core.
+/// `Pinned` (`BSN_BENCH_PIN=K`): the server side on cores 0 to K-1 only and the client on
+/// the others, so that the client never takes the server's cores; the server's figures
+/// are then K cores', against a peer on K cores (`BSN_BENCH_PIN=1`: one core's).
 #[derive(Clone, Copy, Debug)]
 pub enum Placement {
     Shared,
-    Pinned { cores: usize },
+    Pinned { cores: usize, server: usize },
 }
 
-/// The server side's core under `Placement::Pinned`.
-const SERVER_CPU: &str = "0";
-
 impl Placement {
-    /// From `BSN_BENCH_PIN`; call before anything is pinned (it counts the cores).
+    /// From `BSN_BENCH_PIN` (unset, empty or 0: shared); call before anything is pinned
+    /// (it counts the cores).
     pub fn from_env() -> anyhow::Result<Placement> {
-        if std::env::var("BSN_BENCH_PIN").unwrap_or_default() != "1" {
-            return Ok(Placement::Shared);
-        }
+        let var = std::env::var("BSN_BENCH_PIN").unwrap_or_default();
+        let server: usize = match var.trim() {
+            "" | "0" => return Ok(Placement::Shared),
+            v => v.parse().with_context(|| {
+                format!("BSN_BENCH_PIN={v}: the number of the server side's cores")
+            })?,
+        };
         let cores = cores();
-        if cores < 2 {
-            bail!("BSN_BENCH_PIN=1 needs two cores or more; this process may use {cores}");
+        if server >= cores {
+            bail!("BSN_BENCH_PIN={server} leaves no core to the load client; this process may use {cores}");
         }
-        Ok(Placement::Pinned { cores })
+        Ok(Placement::Pinned { cores, server })
     }
 
-    /// Threads for the server side: a raw loop's, a bare signer's.
+    /// Threads for the server side: a raw loop's, a bare signer's; also the cores the peer
+    /// is measured on.
     pub fn server_threads(&self) -> usize {
         match self {
             Placement::Shared => cores(),
-            Placement::Pinned { .. } => 1,
+            Placement::Pinned { server, .. } => *server,
         }
     }
 
@@ -235,16 +238,25 @@ impl Placement {
     pub fn client_threads(&self) -> usize {
         match self {
             Placement::Shared => cores(),
-            Placement::Pinned { cores } => cores - 1,
+            Placement::Pinned { cores, server } => cores - server,
         }
     }
 
-    /// Moves the calling thread to the server's core; threads it starts from now on
+    /// The server side's cores, as taskset takes them.
+    fn server_cpus(&self) -> String {
+        match self {
+            Placement::Pinned { server: 1, .. } => "0".into(),
+            Placement::Pinned { server, .. } => format!("0-{}", server - 1),
+            Placement::Shared => format!("0-{}", cores() - 1),
+        }
+    }
+
+    /// Moves the calling thread to the server's cores; threads it starts from now on
     /// inherit that. Call from the main thread.
     pub fn as_server(&self) -> anyhow::Result<()> {
         match self {
             Placement::Shared => Ok(()),
-            Placement::Pinned { .. } => pin_main_thread(SERVER_CPU),
+            Placement::Pinned { .. } => pin_main_thread(&self.server_cpus()),
         }
     }
 
@@ -253,7 +265,7 @@ impl Placement {
     pub fn as_any(&self) -> anyhow::Result<()> {
         match self {
             Placement::Shared => Ok(()),
-            Placement::Pinned { cores } => pin_main_thread(&format!("0-{}", cores - 1)),
+            Placement::Pinned { cores, .. } => pin_main_thread(&format!("0-{}", cores - 1)),
         }
     }
 
@@ -261,7 +273,9 @@ impl Placement {
     pub fn as_client(&self) -> anyhow::Result<()> {
         match self {
             Placement::Shared => Ok(()),
-            Placement::Pinned { cores } => pin_main_thread(&format!("1-{}", cores - 1)),
+            Placement::Pinned { cores, server } => {
+                pin_main_thread(&format!("{server}-{}", cores - 1))
+            }
         }
     }
 
@@ -271,8 +285,9 @@ impl Placement {
                 "shared: server side and load client on all {} cores",
                 cores()
             ),
-            Placement::Pinned { cores } => format!(
-                "pinned: server side on core {SERVER_CPU} alone, load client on cores 1-{} (BSN_BENCH_PIN=1)",
+            Placement::Pinned { cores, server } => format!(
+                "pinned: server side on cores {} alone, load client on cores {server}-{} (BSN_BENCH_PIN={server})",
+                self.server_cpus(),
                 cores - 1
             ),
         }
@@ -460,12 +475,13 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The figure a server side placed so is held against: all cores busy when it
-    /// shares them, one core when it is pinned to one.
+    /// The figure a server side placed so is held against: every core of the server
+    /// side busy (the peer measured on `placement.server_threads()` cores), one core's
+    /// figure when it is pinned to one.
     pub fn against(&self, placement: Placement) -> f64 {
         match placement {
-            Placement::Shared => self.all_cores,
-            Placement::Pinned { .. } => self.one_core,
+            Placement::Pinned { server: 1, .. } => self.one_core,
+            _ => self.all_cores,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! SoftHSM2 token, in the same run, with the ratio. Usage:
 //!   cargo build --release --workspace && target/release/sign-load [SECONDS] [HTTP_CLIENTS]
 //! `BSN_BENCH_ALGORITHMS=ecdsa-p256,ed25519` runs only those.
-//! `BSN_BENCH_PIN=1`: the gateway, the bare signer and the raw loops on core 0 alone, the
-//! load client on the other cores (see `Placement`).
+//! `BSN_BENCH_PIN=K`: the gateway, the bare signer and the raw loops on cores 0 to K-1
+//! alone, the load client on the other cores (see `Placement`; `BSN_BENCH_PIN=1`: core 0).
 //! By default the load generator shares the machine's cores with the gateway; the raw loop does not
 //! pay for HTTP, JSON, policy or the fsynced audit log, which is what the ratio measures.
 //! Two raw loops: on the token object (as a plain cryptoki program signs), and on a

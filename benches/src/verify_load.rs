@@ -6,8 +6,8 @@
 //! gateway's metrics). Usage:
 //!   cargo build --release --workspace && target/release/verify-load [SECONDS] [CLIENTS]
 //! The load client (hyper, keep-alive; its /healthz rate is printed) runs on the same cores as the gateway;
-//! with `BSN_BENCH_PIN=1` the gateway runs on core 0 alone and the client on the others, and
-//! the ratios are against the peer on one core.
+//! with `BSN_BENCH_PIN=K` the gateway runs on cores 0 to K-1 alone and the client on the
+//! others, and the ratios are against the peer on K cores (`BSN_BENCH_PIN=1`: one core).
 
 use bsn_benches::hload::{healthz_rate, LoadRequest, Metered};
 use bsn_benches::{
@@ -79,7 +79,6 @@ fn key_cache(gw: &Endpoint) -> anyhow::Result<(f64, f64)> {
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
-    let cores = cores();
     let clients: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
     let placement = Placement::from_env()?;
     let rounds = seconds.max(1);
@@ -138,7 +137,7 @@ fn main() -> anyhow::Result<()> {
         let mut per_round = Vec::new();
         for _ in 0..rounds {
             placement.as_any()?;
-            let p = peer(alg, 1, cores)?;
+            let p = peer(alg, 1, server_cores)?;
             placement.as_client()?;
             for (slot, (batch, req)) in pooled.iter_mut().zip(&requests) {
                 let run = gw.load(req, clients, threads, 1, all_valid)?;
@@ -196,8 +195,8 @@ fn main() -> anyhow::Result<()> {
     println!(
         "1 item per request against the peer ({}) in each round, lowest to highest:",
         match placement {
-            Placement::Shared => "all cores busy",
-            Placement::Pinned { .. } => "one core",
+            Placement::Pinned { server: 1, .. } => "one core".to_string(),
+            _ => format!("all {server_cores} of the server side's cores busy"),
         }
     );
     for (alg, ratios) in &round_rows {
