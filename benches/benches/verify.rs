@@ -108,6 +108,14 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, worker_counts: &[usize
         g.bench_function("parse-key", |b| {
             b.iter(|| bsn_gateway::verify::keys::parse_bytes(alg, &key).is_ok())
         });
+        if alg == Algorithm::Ed25519 {
+            // The part of "parse-key" that only a CPU with IFMA pays (A's affine
+            // coordinates for the lanes); it runs on any CPU, so it is measured on any.
+            let raw: [u8; 32] = key.as_slice().try_into().unwrap();
+            g.bench_function("decompress-for-lanes", |b| {
+                b.iter(|| bsn_gateway::verify::mb::ed25519_decompress(&raw).is_some())
+            });
+        }
         for &workers in worker_counts {
             let engine = Arc::new(
                 Engine::start(&VerifyConfig {

@@ -3,7 +3,9 @@
 
 use std::sync::OnceLock;
 
-use openssl::bn::{BigNum, BigNumContext, BigNumRef};
+use openssl::bn::{BigNum, BigNumContext};
+
+use super::fe51::Fe;
 
 /// One signature, its encodings already checked: A decompressed (affine, little-endian,
 /// canonical), R as encoded in the signature, s < L and k = SHA-512(R || A || M) mod L,
@@ -18,59 +20,54 @@ pub struct EdLane {
 }
 
 /// A's affine coordinates (little-endian) from its encoding, or None if it is no point.
-/// Done once per key (the engine caches parsed keys): x² = (y² - 1)/(d·y² + 1), the root
-/// whose parity the encoding's top bit names.
+/// Done once per key (the engine caches parsed keys), as RFC 8032 5.1.3 decodes:
+/// x = u v^3 (u v^7)^((p-5)/8) for u = y^2 - 1, v = d y^2 + 1, times sqrt(-1) where that
+/// squares to -u / v instead, then the root whose parity the encoding's top bit names.
 pub fn decompress(a: &[u8; 32]) -> Option<([u8; 32], [u8; 32])> {
-    let mut ctx = BigNumContext::new().ok()?;
-    let p = &ed_p().ok()?;
+    let (d, sqrt_m1) = constants();
     let mut y_le = *a;
     let odd = y_le[31] >> 7 == 1;
     y_le[31] &= 0x7f;
-    let mut be = y_le;
-    be.reverse();
-    let y = BigNum::from_slice(&be).ok()?;
-    if y >= *p {
+    let y = Fe::from_le(&y_le);
+    if y.to_le() != y_le {
+        return None; // y >= p
+    }
+    let y2 = y.sq();
+    let u = y2.sub(&Fe::ONE);
+    let v = d.mul(&y2).add(&Fe::ONE);
+    let v3 = v.sq().mul(&v);
+    let v7 = v3.sq().mul(&v);
+    let mut x = u.mul(&v3).mul(&u.mul(&v7).pow_p58());
+    let vx2 = v.mul(&x.sq());
+    if !vx2.equals(&u) {
+        if !vx2.equals(&u.neg()) {
+            return None;
+        }
+        x = x.mul(sqrt_m1);
+    }
+    if x.is_zero() && odd {
         return None;
     }
-    let d = BigNum::from_slice(d_be()).ok()?;
-    let mut y2 = BigNum::new().ok()?;
-    y2.mod_sqr(&y, p, &mut ctx).ok()?;
-    let mut num = BigNum::new().ok()?;
-    num.mod_sub(&y2, &*BigNum::from_u32(1).ok()?, p, &mut ctx)
-        .ok()?;
-    let mut den = BigNum::new().ok()?;
-    den.mod_mul(&d, &y2, p, &mut ctx).ok()?;
-    let mut den1 = BigNum::new().ok()?;
-    den1.mod_add(&den, &*BigNum::from_u32(1).ok()?, p, &mut ctx)
-        .ok()?;
-    let mut inv = BigNum::new().ok()?;
-    inv.mod_inverse(&den1, p, &mut ctx).ok()?;
-    let mut x2 = BigNum::new().ok()?;
-    x2.mod_mul(&num, &inv, p, &mut ctx).ok()?;
-    let mut x = BigNum::new().ok()?;
-    if x2.num_bits() == 0 {
-        if odd {
-            return None;
-        }
-    } else {
-        x.mod_sqrt(&x2, p, &mut ctx).ok()?;
-        let mut check = BigNum::new().ok()?;
-        check.mod_sqr(&x, p, &mut ctx).ok()?;
-        if check != x2 {
-            return None;
-        }
-        if x.is_bit_set(0) != odd {
-            let mut neg = BigNum::new().ok()?;
-            neg.checked_sub(p, &x).ok()?;
-            x = neg;
-        }
+    if x.is_odd() != odd {
+        x = x.neg();
     }
-    let le = |v: &BigNumRef| -> Option<[u8; 32]> {
-        let mut b = v.to_vec_padded(32).ok()?;
-        b.reverse();
-        b.try_into().ok()
-    };
-    Some((le(&x)?, y_le))
+    Some((x.to_le(), y_le))
+}
+
+#[cfg(test)]
+pub(super) fn constants_for_tests() -> (Fe, Fe) {
+    *constants()
+}
+
+/// d and sqrt(-1) = 2^((p-1)/4), where (p-1)/4 = 2 (p-5)/8 + 1.
+fn constants() -> &'static (Fe, Fe) {
+    static C: OnceLock<(Fe, Fe)> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut d = *d_be();
+        d.reverse();
+        let two = Fe::ONE.add(&Fe::ONE);
+        (Fe::from_le(&d), two.pow_p58().sq().mul(&two))
+    })
 }
 
 pub(super) fn ed_p() -> Result<BigNum, openssl::error::ErrorStack> {

@@ -8,7 +8,8 @@
 //! - `vector`: the entry points and the ECDSA/SM2 lanes, with `field`, `point`, `glv`,
 //!   and Ed25519's `edwards` and `f25519`: x86_64 only. Elsewhere (an ARM server) a
 //!   stand-in declines every lane, so the same callers run the scalar path.
-//! - `ed_input`: what an Ed25519 lane holds, on any architecture.
+//! - `ed_input`: what an Ed25519 lane holds, on any architecture, with `fe51` for the
+//!   decompression of keys.
 //! - `check`: the differential runs the tests and `verify-mb diff` make.
 //!
 //! This is the one module of the workspace that may use `unsafe`: converting registers
@@ -21,6 +22,7 @@ mod ed_input;
 mod edwards;
 #[cfg(target_arch = "x86_64")]
 mod f25519;
+mod fe51;
 #[cfg(target_arch = "x86_64")]
 mod field;
 #[cfg(target_arch = "x86_64")]

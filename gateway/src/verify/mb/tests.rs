@@ -8,7 +8,7 @@ use openssl::ecdsa::EcdsaSig;
 use openssl::nid::Nid;
 
 use super::*;
-use crate::verify::mb::{check, ed25519_decompress};
+use crate::verify::mb::{check, ed25519_decompress, ed_input};
 
 /// Random signatures per curve, each also checked in four altered forms.
 /// `BSN_MB_CASES` changes it (`verify-mb diff N` is the long run).
@@ -449,4 +449,106 @@ fn ed25519_points_decompress_as_dalek_does() {
         }
     }
     assert!(refused > 500, "about half of all y have no x: {refused}");
+}
+
+/// The decompression the gateway used before `fe51`, on OpenSSL's BIGNUM: the reference
+/// that the new one must equal, encoding for encoding.
+fn decompress_bn(a: &[u8; 32]) -> Option<([u8; 32], [u8; 32])> {
+    let mut ctx = BigNumContext::new().unwrap();
+    let p = &ed_input::ed_p().unwrap();
+    let mut y_le = *a;
+    let odd = y_le[31] >> 7 == 1;
+    y_le[31] &= 0x7f;
+    let mut be = y_le;
+    be.reverse();
+    let y = BigNum::from_slice(&be).unwrap();
+    if y >= *p {
+        return None;
+    }
+    let d = BigNum::from_slice(ed_input::d_be()).unwrap();
+    let (mut y2, mut num, mut den, mut inv, mut x2, mut x) = (
+        BigNum::new().unwrap(),
+        BigNum::new().unwrap(),
+        BigNum::new().unwrap(),
+        BigNum::new().unwrap(),
+        BigNum::new().unwrap(),
+        BigNum::new().unwrap(),
+    );
+    y2.mod_sqr(&y, p, &mut ctx).unwrap();
+    num.mod_sub(&y2, &BigNum::from_u32(1).unwrap(), p, &mut ctx)
+        .unwrap();
+    den.mod_mul(&d, &y2, p, &mut ctx).unwrap();
+    let one = BigNum::from_u32(1).unwrap();
+    let mut den1 = BigNum::new().unwrap();
+    den1.mod_add(&den, &one, p, &mut ctx).unwrap();
+    inv.mod_inverse(&den1, p, &mut ctx).unwrap();
+    x2.mod_mul(&num, &inv, p, &mut ctx).unwrap();
+    if x2.num_bits() == 0 {
+        if odd {
+            return None;
+        }
+    } else {
+        x.mod_sqrt(&x2, p, &mut ctx).ok()?;
+        let mut check = BigNum::new().unwrap();
+        check.mod_sqr(&x, p, &mut ctx).unwrap();
+        if check != x2 {
+            return None;
+        }
+        if x.is_bit_set(0) != odd {
+            let mut neg = BigNum::new().unwrap();
+            neg.checked_sub(p, &x).unwrap();
+            x = neg;
+        }
+    }
+    let mut x_le = x.to_vec_padded(32).unwrap();
+    x_le.reverse();
+    Some((x_le.try_into().unwrap(), y_le))
+}
+
+/// `ed25519_decompress` equals the BIGNUM decompression it replaced on every encoding
+/// tried: random ones with either sign bit, y near 0 and near p (x = 0 at y = 1 and
+/// y = p - 1, with and without the sign bit), and every y from p to 2^255 - 1.
+#[test]
+fn ed25519_decompression_equals_the_bignum_one() {
+    let le = |v: &BigNumRef| -> [u8; 32] {
+        let mut b = v.to_vec_padded(32).unwrap();
+        b.reverse();
+        b.try_into().unwrap()
+    };
+    let p = ed_input::ed_p().unwrap();
+    let mut cases: Vec<[u8; 32]> = Vec::new();
+    for k in 0..40u32 {
+        let small = BigNum::from_u32(k).unwrap();
+        let mut high = BigNum::new().unwrap();
+        high.checked_sub(&p, &small).unwrap(); // p - k
+        let mut over = BigNum::new().unwrap();
+        over.checked_add(&p, &small).unwrap(); // p + k, up to 2^255 - 1 for k < 19
+        for v in [&small, &high] {
+            cases.push(le(v));
+        }
+        if over.num_bits() <= 255 {
+            cases.push(le(&over));
+        }
+    }
+    for _ in 0..20_000 {
+        let mut enc = [0u8; 32];
+        openssl::rand::rand_bytes(&mut enc).unwrap();
+        cases.push(enc);
+    }
+    let (mut decoded, mut zero_x) = (0, 0);
+    for base in cases {
+        for sign in [0u8, 0x80] {
+            let mut enc = base;
+            enc[31] = (enc[31] & 0x7f) | sign;
+            let ours = ed25519_decompress(&enc);
+            assert_eq!(ours, decompress_bn(&enc), "{}", hex::encode(enc));
+            decoded += ours.is_some() as usize;
+            zero_x += ours.is_some_and(|(x, _)| x == [0; 32]) as usize;
+        }
+    }
+    assert!(decoded > 19_000, "about half decode: {decoded}");
+    assert_eq!(
+        zero_x, 2,
+        "x = 0 at y = 1 and y = p - 1, without the sign bit only"
+    );
 }
