@@ -8,6 +8,7 @@
 //! The load client (hyper, keep-alive; its /healthz rate is printed) runs on the same cores as the gateway;
 //! with `BSN_BENCH_PIN=K` the gateway runs on cores 0 to K-1 alone and the client on the
 //! others, and the ratios are against the peer on K cores (`BSN_BENCH_PIN=1`: one core).
+//! `BSN_BENCH_ALGORITHMS=ed25519,sm2` runs only those.
 
 use bsn_benches::hload::{healthz_rate, LoadRequest, Metered};
 use bsn_benches::{
@@ -76,6 +77,14 @@ fn key_cache(gw: &Endpoint) -> anyhow::Result<(f64, f64)> {
     Ok((count("hit")?, count("miss")?))
 }
 
+/// Items per micro-batch so far, as the gateway's histogram has them: (sum, count).
+fn batch_items(gw: &Endpoint) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        gw.metric("bsn_gateway_verify_batch_items_sum")?,
+        gw.metric("bsn_gateway_verify_batch_items_count")?,
+    ))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
@@ -116,7 +125,11 @@ fn main() -> anyhow::Result<()> {
     let mut cpu_rows = Vec::new();
     let mut round_rows = Vec::new();
     let mut fresh_rows = Vec::new();
-    for alg in ALGORITHMS {
+    let only = std::env::var("BSN_BENCH_ALGORITHMS").unwrap_or_default();
+    let algorithms = ALGORITHMS
+        .into_iter()
+        .filter(|a| only.is_empty() || only.split(',').any(|o| o == a.as_str()));
+    for alg in algorithms {
         placement.as_any()?;
         let fresh =
             LoadRequest::post_json_each("/v1/verify", &gw.endpoint.token, &signer_bodies(alg));
@@ -135,13 +148,21 @@ fn main() -> anyhow::Result<()> {
         let mut peers = Vec::new();
         let mut pooled: Vec<Option<Metered>> = vec![None, None];
         let mut per_round = Vec::new();
+        // Items per micro-batch over the 1-item runs: how full the lanes were.
+        let mut batches = (0.0, 0.0);
         for _ in 0..rounds {
             placement.as_any()?;
             let p = peer(alg, 1, server_cores)?;
             placement.as_client()?;
             for (slot, (batch, req)) in pooled.iter_mut().zip(&requests) {
+                let before = batch_items(&gw.endpoint)?;
                 let run = gw.load(req, clients, threads, 1, all_valid)?;
                 if *batch == 1 {
+                    let after = batch_items(&gw.endpoint)?;
+                    batches = (
+                        batches.0 + after.0 - before.0,
+                        batches.1 + after.1 - before.1,
+                    );
                     per_round.push(run.rate / p.against(placement));
                 }
                 Metered::pool_into(slot, run);
@@ -177,7 +198,7 @@ fn main() -> anyhow::Result<()> {
         }
         per_round.sort_by(f64::total_cmp);
         round_rows.push((alg, per_round));
-        cpu_rows.push((alg, all_busy, runs));
+        cpu_rows.push((alg, all_busy, runs, batches.0 / batches.1.max(1.0)));
         let ratios = |r: f64| format!("{:.2} / {:.2}", r / times_cores, r / all_busy);
         println!(
             "{:<16} {:>14} {:>12.0} {:>12.0} {:>12.0} {:>12} {:>12.0} {:>12}",
@@ -228,28 +249,30 @@ fn main() -> anyhow::Result<()> {
         "CPU per verification, microseconds of all cores (user + system), over the same runs:"
     );
     println!(
-        "{:<16} {:>10} {:>13} {:>13} {:>12} {:>9} {:>13}",
+        "{:<16} {:>10} {:>13} {:>13} {:>12} {:>9} {:>13} {:>15}",
         "algorithm",
         "peer",
         "gateway 1/req",
         "its client",
         "peer / gw",
         "gw cores",
-        "gateway 64/req"
+        "gateway 64/req",
+        "items/batch 1/req"
     );
-    for (alg, all_cores, runs) in &cpu_rows {
+    for (alg, all_cores, runs, per_batch) in &cpu_rows {
         // Every core busy for the whole run: its CPU per verification is cores / rate.
         let peer_us = 1e6 * server_cores as f64 / all_cores;
         let (client1, gw1) = runs[0].1.per_answer_us(runs[0].0 as f64);
         let (_, gw64) = runs[1].1.per_answer_us(runs[1].0 as f64);
         println!(
-            "{:<16} {peer_us:>10.1} {gw1:>13.1} {client1:>13.1} {:>12.2} {:>9.2} {gw64:>13.1}",
+            "{:<16} {peer_us:>10.1} {gw1:>13.1} {client1:>13.1} {:>12.2} {:>9.2} {gw64:>13.1} {per_batch:>15.1}",
             alg.as_str(),
             peer_us / gw1,
             runs[0].1.server_cpu / runs[0].1.seconds,
         );
     }
     println!("peer / gw: the peer's CPU per verification over the gateway's at 1 item per request (the 1/req ratio if the client had cores of its own and the gateway scaled with them)");
+    println!("items/batch: items per micro-batch over the 1-item runs (the gateway's bsn_gateway_verify_batch_items): eight fill a set of lanes");
     let floor = healthz_rate(&gw.endpoint.addr, clients, threads, seconds)?;
     println!("HTTP floor of this client (GET /healthz, same connections): {floor:.0} requests/s");
     println!("goal: 1 item per request >= 0.8 x the peer with all cores busy, every algorithm");
