@@ -77,12 +77,18 @@ fn key_cache(gw: &Endpoint) -> anyhow::Result<(f64, f64)> {
     Ok((count("hit")?, count("miss")?))
 }
 
-/// Items per micro-batch so far, as the gateway's histogram has them: (sum, count).
-fn batch_items(gw: &Endpoint) -> anyhow::Result<(f64, f64)> {
-    Ok((
+/// The gateway's verification counts so far: items in all micro-batches, micro-batches,
+/// and `alg`'s items verified on the lanes (zero where the path does not run).
+fn batch_items(gw: &Endpoint, alg: Algorithm) -> anyhow::Result<[f64; 3]> {
+    let a = alg.as_str();
+    Ok([
         gw.metric("bsn_gateway_verify_batch_items_sum")?,
         gw.metric("bsn_gateway_verify_batch_items_count")?,
-    ))
+        gw.metric(&format!(
+            "bsn_gateway_verify_multi_buffer_lanes_total{{algorithm=\"{a}\"}}"
+        ))
+        .unwrap_or(0.0),
+    ])
 }
 
 fn main() -> anyhow::Result<()> {
@@ -148,21 +154,21 @@ fn main() -> anyhow::Result<()> {
         let mut peers = Vec::new();
         let mut pooled: Vec<Option<Metered>> = vec![None, None];
         let mut per_round = Vec::new();
-        // Items per micro-batch over the 1-item runs: how full the lanes were.
-        let mut batches = (0.0, 0.0);
+        // Items and micro-batches over the 1-item runs, and the items the lanes took: how
+        // full the lanes were.
+        let mut batches = [0.0; 3];
         for _ in 0..rounds {
             placement.as_any()?;
             let p = peer(alg, 1, server_cores)?;
             placement.as_client()?;
             for (slot, (batch, req)) in pooled.iter_mut().zip(&requests) {
-                let before = batch_items(&gw.endpoint)?;
+                let before = batch_items(&gw.endpoint, alg)?;
                 let run = gw.load(req, clients, threads, 1, all_valid)?;
                 if *batch == 1 {
-                    let after = batch_items(&gw.endpoint)?;
-                    batches = (
-                        batches.0 + after.0 - before.0,
-                        batches.1 + after.1 - before.1,
-                    );
+                    let after = batch_items(&gw.endpoint, alg)?;
+                    for (i, b) in batches.iter_mut().enumerate() {
+                        *b += after[i] - before[i];
+                    }
                     per_round.push(run.rate / p.against(placement));
                 }
                 Metered::pool_into(slot, run);
@@ -198,7 +204,13 @@ fn main() -> anyhow::Result<()> {
         }
         per_round.sort_by(f64::total_cmp);
         round_rows.push((alg, per_round));
-        cpu_rows.push((alg, all_busy, runs, batches.0 / batches.1.max(1.0)));
+        cpu_rows.push((
+            alg,
+            all_busy,
+            runs,
+            batches[0] / batches[1].max(1.0),
+            batches[2] / batches[0].max(1.0),
+        ));
         let ratios = |r: f64| format!("{:.2} / {:.2}", r / times_cores, r / all_busy);
         println!(
             "{:<16} {:>14} {:>12.0} {:>12.0} {:>12.0} {:>12} {:>12.0} {:>12}",
@@ -249,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         "CPU per verification, microseconds of all cores (user + system), over the same runs:"
     );
     println!(
-        "{:<16} {:>10} {:>13} {:>13} {:>12} {:>9} {:>13} {:>15}",
+        "{:<16} {:>10} {:>13} {:>13} {:>12} {:>9} {:>13} {:>17} {:>11}",
         "algorithm",
         "peer",
         "gateway 1/req",
@@ -257,22 +269,24 @@ fn main() -> anyhow::Result<()> {
         "peer / gw",
         "gw cores",
         "gateway 64/req",
-        "items/batch 1/req"
+        "items/batch 1/req",
+        "lanes 1/req"
     );
-    for (alg, all_cores, runs, per_batch) in &cpu_rows {
+    for (alg, all_cores, runs, per_batch, on_lanes) in &cpu_rows {
         // Every core busy for the whole run: its CPU per verification is cores / rate.
         let peer_us = 1e6 * server_cores as f64 / all_cores;
         let (client1, gw1) = runs[0].1.per_answer_us(runs[0].0 as f64);
         let (_, gw64) = runs[1].1.per_answer_us(runs[1].0 as f64);
         println!(
-            "{:<16} {peer_us:>10.1} {gw1:>13.1} {client1:>13.1} {:>12.2} {:>9.2} {gw64:>13.1} {per_batch:>15.1}",
+            "{:<16} {peer_us:>10.1} {gw1:>13.1} {client1:>13.1} {:>12.2} {:>9.2} {gw64:>13.1} {per_batch:>17.1} {:>10.0}%",
             alg.as_str(),
             peer_us / gw1,
             runs[0].1.server_cpu / runs[0].1.seconds,
+            100.0 * on_lanes,
         );
     }
     println!("peer / gw: the peer's CPU per verification over the gateway's at 1 item per request (the 1/req ratio if the client had cores of its own and the gateway scaled with them)");
-    println!("items/batch: items per micro-batch over the 1-item runs (the gateway's bsn_gateway_verify_batch_items): eight fill a set of lanes");
+    println!("items/batch: items per micro-batch over the 1-item runs (the gateway's bsn_gateway_verify_batch_items): eight fill a set of lanes; lanes: the share of those items the multi-buffer path verified (shorter tails go to the scalar path)");
     let floor = healthz_rate(&gw.endpoint.addr, clients, threads, seconds)?;
     println!("HTTP floor of this client (GET /healthz, same connections): {floor:.0} requests/s");
     println!("goal: 1 item per request >= 0.8 x the peer with all cores busy, every algorithm");
