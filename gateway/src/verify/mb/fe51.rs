@@ -185,10 +185,7 @@ mod tests {
     use super::Fe;
 
     fn p() -> BigNum {
-        let mut p = BigNum::new().unwrap();
-        p.lshift(&BigNum::from_u32(1).unwrap(), 255).unwrap();
-        p.sub_word(19).unwrap();
-        p
+        super::super::ed_input::ed_p().unwrap()
     }
 
     fn bn(f: &Fe) -> BigNum {
