@@ -286,7 +286,8 @@ impl Placement {
                 cores()
             ),
             Placement::Pinned { cores, server } => format!(
-                "pinned: server side on cores {} alone, load client on cores {server}-{} (BSN_BENCH_PIN={server})",
+                "pinned: server side on {} {} alone, load client on cores {server}-{} (BSN_BENCH_PIN={server})",
+                if *server == 1 { "core" } else { "cores" },
                 self.server_cpus(),
                 cores - 1
             ),
