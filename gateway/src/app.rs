@@ -34,9 +34,7 @@ pub async fn run(
     std::fs::create_dir_all(data).with_context(|| format!("data dir {}", data.display()))?;
     let audit = AuditLog::open(&data.join("audit.log"), config.audit.checkpoint_lines)?;
     let prepare = dev.map(|dev| -> crate::custody::Prepare {
-        Box::new(move |pkcs11| {
-            crate::dev::ensure_token(pkcs11, &dev.label, &dev.so_pin, &dev.user_pin)
-        })
+        Box::new(move |pkcs11| crate::dev::ensure_token(pkcs11, &dev))
     });
     let custody = Custody::open(&config.hsm, &config.keys, data, audit.clone(), prepare).await?;
     let hsm = custody.hsm().clone();

@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cryptoki::context::Pkcs11;
@@ -27,6 +27,8 @@ pub struct DevToken {
     pub label: String,
     pub so_pin: Secret,
     pub user_pin: Secret,
+    /// SoftHSM2's token directory: a token is made only while it holds none.
+    pub tokens_dir: PathBuf,
 }
 
 /// Prepares DIR and returns the config it implies. Sets `SOFTHSM2_CONF`, so it must run
@@ -128,6 +130,7 @@ pub fn prepare(
             label: TOKEN_LABEL.into(),
             so_pin,
             user_pin,
+            tokens_dir: data_dir.join("tokens"),
         },
     ))
 }
@@ -146,16 +149,21 @@ pub fn existing(data_dir: &Path) -> anyhow::Result<Config> {
     Ok(prepare(data_dir, listen, ops, &[])?.0)
 }
 
-/// Initialises the token and its user PIN unless a token with this label exists.
-pub fn ensure_token(
-    pkcs11: &Pkcs11,
-    label: &str,
-    so_pin: &Secret,
-    user_pin: &Secret,
-) -> Result<(), HsmError> {
+/// Initialises the token and its user PIN on a data dir that has none. What decides is
+/// the token directory, not the module's list: SoftHSM2 leaves out a token whose file
+/// another process is writing as it loads, and a second token with the same label would
+/// hide the first one's keys and make every later start fail.
+pub fn ensure_token(pkcs11: &Pkcs11, dev: &DevToken) -> Result<(), HsmError> {
+    let (label, so_pin, user_pin) = (dev.label.as_str(), &dev.so_pin, &dev.user_pin);
     let selector = TokenSelector::Label(label.to_string());
     match find_slot(pkcs11, &selector) {
         Ok(_) => return Ok(()),
+        Err(HsmError::TokenNotFound(_)) if holds_token(&dev.tokens_dir)? => {
+            return Err(HsmError::TokenNotListed(format!(
+                "{} holds a token, but SoftHSM2 did not list one labelled {label:?} (its file unreadable, or being written by another process); no second token is made",
+                dev.tokens_dir.display()
+            )));
+        }
         Err(HsmError::TokenNotFound(_)) => {}
         Err(e) => return Err(e),
     }
@@ -183,6 +191,19 @@ pub fn ensure_token(
     session.logout().map_err(ck)?;
     tracing::info!(label, "initialised a new SoftHSM2 token");
     Ok(())
+}
+
+/// Whether SoftHSM2's token directory holds a token (one folder per token).
+fn holds_token(tokens_dir: &Path) -> Result<bool, HsmError> {
+    let entries = std::fs::read_dir(tokens_dir)
+        .map_err(|e| HsmError::Load(format!("{}: {e}", tokens_dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| HsmError::Load(format!("{}: {e}", tokens_dir.display())))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<Secret> {

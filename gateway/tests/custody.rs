@@ -254,3 +254,80 @@ fn imported_public_keys_are_verify_only() {
     // Nothing was put in the token for it.
     assert!(!pkcs11_tool(&g.dir, &["--list-objects"]).contains("uploaded"));
 }
+
+/// The embedded token is made once. A start that finds a token in the token directory
+/// but not in the module's list (SoftHSM2 leaves out a token whose file it cannot read,
+/// as while another process writes it) makes no second token, which would hide the
+/// first one's keys and fail every later start: it loads the module again and serves
+/// once the file reads, and stops with the reason if it never does.
+#[test]
+fn an_unreadable_embedded_token_is_waited_for_and_never_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start_dev_in(tmp.path());
+    let key = g.create_key("kept", "ecdsa-p256");
+    assert!(g.terminate().success(), "{}", g.log());
+    let tokens = tmp.path().join("tokens");
+    let token_dirs = || std::fs::read_dir(&tokens).unwrap().count();
+    assert_eq!(token_dirs(), 1);
+    let token_dir = std::fs::read_dir(&tokens).unwrap().next().unwrap().unwrap();
+    let file = token_dir.path().join("token.object");
+    let whole = std::fs::read(&file).unwrap();
+
+    // Unreadable for good: the start fails and says why; still one token.
+    std::fs::write(&file, b"").unwrap();
+    let err_file = tmp.path().join("refused.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--dev", "--data-dir"])
+        .arg(tmp.path())
+        .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+        .env("BSN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    // Bounded: a gateway that made a second token would serve on it and never exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&err_file).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "it started ({status:?}): {stderr}"
+    );
+    assert!(stderr.contains("attempt 4 of 5"), "{stderr}");
+    assert!(stderr.contains("no second token is made"), "{stderr}");
+    assert_eq!(token_dirs(), 1, "a second token was made: {stderr}");
+
+    // Unreadable as it starts, whole again once it has looked: the same token, its key.
+    let log = tmp.path().join("gateway.log");
+    let _ = std::fs::remove_file(&log);
+    let mend = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("loading the module again")
+        {
+            assert!(std::time::Instant::now() < deadline, "no retry was logged");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(&file, whole).unwrap();
+    });
+    let g = Gateway::start_dev_in(tmp.path());
+    mend.join().unwrap();
+    assert_eq!(token_dirs(), 1);
+    let id = key["id"].as_str().unwrap();
+    let r = g.post(
+        &format!("/v1/keys/{id}/sign"),
+        json!({"message_b64": b64(b"after the wait")}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}

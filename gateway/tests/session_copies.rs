@@ -45,9 +45,8 @@ async fn keys_sign_through_one_sensitive_session_copy_that_goes_with_the_key() {
         profile.quirks.sign_with_session_copy,
         "SoftHSM2's profile signs with session copies"
     );
-    let prepare: bsn_gateway::custody::Prepare = Box::new(move |pkcs11| {
-        bsn_gateway::dev::ensure_token(pkcs11, &dev.label, &dev.so_pin, &dev.user_pin)
-    });
+    let prepare: bsn_gateway::custody::Prepare =
+        Box::new(move |pkcs11| bsn_gateway::dev::ensure_token(pkcs11, &dev));
     let hsm: std::sync::Arc<Hsm> = config.hsm.open_hsm(&profile, 4, Some(prepare)).unwrap();
 
     let id = b"copy-test-key".to_vec();

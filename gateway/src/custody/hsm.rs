@@ -50,6 +50,10 @@ pub enum HsmError {
     TokenNotFound(String),
     #[error("{0} matches more than one token")]
     TokenAmbiguous(String),
+    /// The module lists no token that its store holds: SoftHSM2 leaves out a token whose
+    /// file another process was writing as the module loaded. A fresh load may list it.
+    #[error("{0}")]
+    TokenNotListed(String),
     #[error("all {0} HSM sessions are busy")]
     Busy(usize),
     #[error("key object {0} is not on the token")]

@@ -133,10 +133,7 @@ impl HsmConfig {
         }
         let module = profile.module_path(self.module.as_deref())?;
         let pin = self.pin.read()?;
-        let pkcs11 = hsm::load_module(&module)?;
-        if let Some(prepare) = prepare {
-            prepare(&pkcs11)?;
-        }
+        let pkcs11 = load_prepared(&module, prepare.as_ref())?;
         let slot = hsm::find_slot(&pkcs11, &self.selector())?;
         let connector = hsm::Connector {
             module,
@@ -164,6 +161,31 @@ impl HsmConfig {
 
     pub fn session_wait(&self) -> Duration {
         Duration::from_millis(self.session_wait_ms)
+    }
+}
+
+/// The module loaded and `prepare` run on it. A token the module did not list is looked
+/// for on fresh loads, five in all about 3 s apart in sum: another process writing the
+/// token file as it loaded is over by then.
+fn load_prepared(
+    module: &std::path::Path,
+    prepare: Option<&Prepare>,
+) -> Result<cryptoki::context::Pkcs11, HsmError> {
+    let mut wait = Duration::from_millis(200);
+    let mut tries = 1;
+    loop {
+        let pkcs11 = hsm::load_module(module)?;
+        match prepare.map_or(Ok(()), |p| p(&pkcs11)) {
+            Ok(()) => return Ok(pkcs11),
+            Err(HsmError::TokenNotListed(why)) if tries < 5 => {
+                tracing::warn!("{why}; loading the module again (attempt {tries} of 5)");
+                let _ = pkcs11.finalize();
+                std::thread::sleep(wait);
+                wait *= 2;
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -484,9 +506,10 @@ pub enum OpenError {
     Gap(String),
 }
 
-/// Runs once on the loaded module before the token is looked up (the embedded default
-/// initialises its SoftHSM2 token here).
-pub type Prepare = Box<dyn FnOnce(&cryptoki::context::Pkcs11) -> Result<(), HsmError> + Send>;
+/// Runs on the loaded module before the token is looked up (the embedded default
+/// initialises its SoftHSM2 token here); again on a fresh load of the module after
+/// `HsmError::TokenNotListed`.
+pub type Prepare = Box<dyn Fn(&cryptoki::context::Pkcs11) -> Result<(), HsmError> + Send>;
 
 impl Custody {
     /// Opens custody from its config section: the profile, the module, the token, the
