@@ -164,21 +164,26 @@ impl HsmConfig {
     }
 }
 
-/// The module loaded and `prepare` run on it. A token the module did not list is looked
-/// for on fresh loads, five in all about 3 s apart in sum: another process writing the
-/// token file as it loaded is over by then.
+/// Loads of the module that look for a token it did not list...
+const LOAD_TRIES: u32 = 5;
+/// ...waiting this long after the first, twice as long after each next one (about 3 s in
+/// all): another process writing the token file as it loaded is over by then.
+const LOAD_BACKOFF: Duration = Duration::from_millis(200);
+
+/// The module loaded and `prepare` run on it, loaded again where `prepare` found a token
+/// the module did not list (`LOAD_TRIES`).
 fn load_prepared(
     module: &std::path::Path,
     prepare: Option<&Prepare>,
 ) -> Result<cryptoki::context::Pkcs11, HsmError> {
-    let mut wait = Duration::from_millis(200);
+    let mut wait = LOAD_BACKOFF;
     let mut tries = 1;
     loop {
         let pkcs11 = hsm::load_module(module)?;
         match prepare.map_or(Ok(()), |p| p(&pkcs11)) {
             Ok(()) => return Ok(pkcs11),
-            Err(HsmError::TokenNotListed(why)) if tries < 5 => {
-                tracing::warn!("{why}; loading the module again (attempt {tries} of 5)");
+            Err(HsmError::TokenNotListed(why)) if tries < LOAD_TRIES => {
+                tracing::warn!("{why}; loading the module again (attempt {tries} of {LOAD_TRIES})");
                 let _ = pkcs11.finalize();
                 std::thread::sleep(wait);
                 wait *= 2;
