@@ -345,6 +345,57 @@ fn a_small_call_dropped_while_queued_takes_its_job_back() {
     assert_eq!(again, vec![Outcome::Valid]);
 }
 
+/// With the lanes running (`lane_wait_us`): a small call alone never waits; one that finds
+/// another queued, but fewer items than a set of lanes, yields again instead of taking,
+/// and if its caller goes away then, its job goes with it and the other is still answered.
+#[test]
+fn a_small_call_waits_for_company_only_when_there_is_some() {
+    use std::future::Future;
+    use std::task::Poll;
+    if !bsn_gateway::verify::mb::available() {
+        eprintln!("skipped: this CPU has no AVX-512 IFMA (or BSN_NO_IFMA is set): small calls never wait for lanes");
+        return;
+    }
+    let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+    let key = openssl::ec::EcKey::generate(&group).unwrap();
+    let item = p256_item(&key, b"x");
+    let wait = std::time::Duration::from_millis(10);
+    let e = Engine::start(&VerifyConfig {
+        workers: 1,
+        lane_wait_us: wait.as_micros() as u64,
+        ..VerifyConfig::default()
+    })
+    .unwrap();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Alone: the second poll takes the job and answers.
+    let mut alone = Box::pin(e.run(vec![Task::Verify(item.clone())]));
+    assert!(alone.as_mut().poll(&mut cx).is_pending());
+    assert!(
+        matches!(alone.as_mut().poll(&mut cx), Poll::Ready(Ok(ref o)) if *o == vec![Outcome::Valid]),
+        "a call queued alone does not wait"
+    );
+    // Two calls queued: the first yields again, unless its wait ran out meanwhile.
+    let started = std::time::Instant::now();
+    let mut first = Box::pin(e.run(vec![Task::Verify(item.clone()); 2]));
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    let mut second = Box::pin(e.run(vec![Task::Verify(item.clone())]));
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(e.queued_items(), 3);
+    if first.as_mut().poll(&mut cx).is_ready() {
+        assert!(
+            started.elapsed() >= wait,
+            "the first call took the queue without waiting for more"
+        );
+        eprintln!("this thread was held up past the wait: its drop is not checked");
+        return;
+    }
+    drop(first);
+    assert_eq!(e.queued_items(), 1, "the dropped call's items left with it");
+    let answer = rt().block_on(second).unwrap();
+    assert_eq!(answer, vec![Outcome::Valid]);
+    assert_eq!(e.queued_items(), 0);
+}
+
 #[test]
 fn a_full_queue_refuses_at_once_and_memory_stays_bounded() {
     let e = std::sync::Arc::new(

@@ -37,6 +37,11 @@ struct Shared {
     cache: KeyCache,
     /// Small calls, verified together on the callers' runtime threads (`run_inline`).
     inline: Combiner<Job>,
+    /// The items of the jobs in `inline`.
+    inline_items: AtomicUsize,
+    /// How long a small call waits for a set of lanes' worth of company (`lane_wait_us`;
+    /// zero where the multi-buffer path does not run).
+    lane_wait: Duration,
     verifier: Verifier,
     multi_buffer: bool,
 }
@@ -64,6 +69,8 @@ impl Engine {
             queued: AtomicUsize::new(0),
             cache: KeyCache::new(config.key_cache_entries),
             inline: Combiner::default(),
+            inline_items: AtomicUsize::new(0),
+            lane_wait: lane_wait(config),
             verifier: Verifier::default(),
             multi_buffer: config.multi_buffer_active(),
         });
@@ -168,33 +175,49 @@ impl Engine {
     }
 
     /// A small call: queued, then verified with the calls queued beside it by whichever
-    /// of their tasks gets there first (see `combine`), up to `max_batch` items at a time.
+    /// of their tasks gets there first (see `combine`), up to `max_batch` items at a time
+    /// (with lanes, whole sets of them: see `Take`).
     async fn run_inline(&self, tasks: Vec<Task>) -> Result<Vec<Outcome>, EngineError> {
+        let shared = &*self.shared;
         let n = tasks.len();
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let ticket = self.shared.inline.push(Job {
+        let enqueued = Instant::now();
+        shared.inline_items.fetch_add(n, Ordering::AcqRel);
+        let ticket = shared.inline.push(Job {
             tasks,
             reply,
-            enqueued: Instant::now(),
+            enqueued,
         });
         // A caller that goes away while its job is still queued takes it back.
-        let queued = Queued {
-            shared: &self.shared,
-            ticket,
-            n,
-        };
+        let queued = Queued { shared, ticket, n };
         combine::settle().await;
+        // On many cores each runtime thread holds only a few requests, and a yield finds
+        // two or three jobs queued: below a set's minimum, they go to the scalar path at
+        // several times the cost per item. So, while other calls are queued but not a set
+        // of lanes' worth, yield again until one is, or `lane_wait` has passed. A call
+        // queued alone does not wait: at low load no company comes.
+        while {
+            let queued = shared.inline_items.load(Ordering::Acquire);
+            queued > n && queued < mb::LANES
+        } && enqueued.elapsed() < shared.lane_wait
+            && shared.inline.waiting(ticket)
+        {
+            combine::settle().await;
+        }
         std::mem::forget(queued);
         let mut stats = Stats::default();
-        while self.shared.inline.waiting(ticket) {
-            let (mut jobs, mut items) = (Vec::new(), 0);
-            while let Some(job) = self.shared.inline.take_if(ticket, |job, _| {
-                items == 0 || items + job.tasks.len() <= self.max_batch
-            }) {
-                items += job.tasks.len();
+        while shared.inline.waiting(ticket) {
+            let mut jobs = Vec::new();
+            let mut take = Take::new(self.max_batch, shared.multi_buffer);
+            while let Some(job) = shared
+                .inline
+                .take_if(ticket, |job, _| take.wants(job.tasks.len()))
+            {
+                take.add(job.tasks.iter().map(Task::algorithm));
                 jobs.push(job);
             }
-            run_jobs(&self.shared, jobs, items, &mut stats);
+            shared.inline_items.fetch_sub(take.items, Ordering::AcqRel);
+            run_jobs(shared, jobs, take.items, &mut stats);
         }
         rx.await.map_err(|_| EngineError::Stopped)
     }
@@ -211,8 +234,57 @@ struct Queued<'a> {
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
         if self.shared.inline.withdraw(self.ticket).is_some() {
+            self.shared.inline_items.fetch_sub(self.n, Ordering::AcqRel);
             let left = self.shared.queued.fetch_sub(self.n, Ordering::AcqRel) - self.n;
             gauge!(m::VERIFY_QUEUE_ITEMS).set(left as f64);
+        }
+    }
+}
+
+/// Zero where the multi-buffer path does not run: there are no lanes to fill.
+fn lane_wait(config: &VerifyConfig) -> Duration {
+    if config.multi_buffer_active() {
+        Duration::from_micros(config.lane_wait_us)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// What one take from the small calls' queue holds so far, and whether it should go on.
+struct Take {
+    items: usize,
+    per_algorithm: [usize; Algorithm::ALL.len()],
+    max_batch: usize,
+    /// End the take once every algorithm's items fill whole sets of lanes.
+    lane_sets: bool,
+}
+
+impl Take {
+    fn new(max_batch: usize, lane_sets: bool) -> Take {
+        Take {
+            items: 0,
+            per_algorithm: [0; Algorithm::ALL.len()],
+            max_batch,
+            lane_sets,
+        }
+    }
+
+    /// Whether to take a job of `len` items too. With lanes, a take that already fills
+    /// whole sets stops: the queue's next jobs are then taken, and verified, by the other
+    /// runtime threads at the same time instead of after these on this one. Mixed
+    /// algorithms rarely fill every set, and go on to `max_batch` as before.
+    fn wants(&self, len: usize) -> bool {
+        if self.items == 0 {
+            return true;
+        }
+        let full = self.lane_sets && self.per_algorithm.iter().all(|n| n % mb::LANES == 0);
+        !full && self.items + len <= self.max_batch
+    }
+
+    fn add(&mut self, algorithms: impl Iterator<Item = Algorithm>) {
+        for algorithm in algorithms {
+            self.items += 1;
+            self.per_algorithm[algorithm as usize] += 1;
         }
     }
 }
@@ -547,5 +619,65 @@ impl Stats {
         for ((alg, result), n) in self.counts.drain() {
             counter!(m::VERIFY_TOTAL, "algorithm" => alg.as_str(), "result" => result).increment(n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(max_batch: usize, lane_sets: bool, jobs: &[(usize, Algorithm)]) -> usize {
+        let mut take = Take::new(max_batch, lane_sets);
+        for &(len, alg) in jobs {
+            if !take.wants(len) {
+                break;
+            }
+            take.add(std::iter::repeat_n(alg, len));
+        }
+        take.items
+    }
+
+    #[test]
+    fn with_lanes_a_take_ends_when_its_sets_are_full() {
+        use Algorithm::*;
+        let ones = [(1, EcdsaP256); 40];
+        assert_eq!(take(64, true, &ones), 8);
+        assert_eq!(take(64, false, &ones), 40, "without lanes: up to max_batch");
+        assert_eq!(take(32, false, &ones), 32);
+        // Three-item jobs fill whole sets at 24.
+        assert_eq!(take(64, true, &[(3, Sm2); 20]), 24);
+        // A set of P-256 and one of Ed25519.
+        let two: Vec<_> = (0..20)
+            .map(|i| (1, if i % 2 == 0 { EcdsaP256 } else { Ed25519 }))
+            .collect();
+        assert_eq!(take(64, true, &two), 16);
+        let three: Vec<_> = (0..100)
+            .map(|i| (1, [EcdsaP256, EcdsaSecp256k1, Sm2][i % 3]))
+            .collect();
+        assert_eq!(take(64, true, &three), 24);
+        // Sets that never come out whole go on to max_batch, as before.
+        let odd: Vec<_> = std::iter::once((1, EcdsaSecp256k1))
+            .chain([(1, EcdsaP256); 99])
+            .collect();
+        assert_eq!(take(64, true, &odd), 64);
+        // The first job is always taken, and a job that would pass max_batch is not.
+        assert_eq!(take(4, true, &[(6, Ed25519), (1, Ed25519)]), 6);
+        assert_eq!(take(8, true, &[(5, Ed25519), (4, Ed25519)]), 5);
+    }
+
+    #[test]
+    fn no_lane_wait_where_there_are_no_lanes() {
+        let off = VerifyConfig {
+            multi_buffer: false,
+            lane_wait_us: 500,
+            ..VerifyConfig::default()
+        };
+        assert_eq!(lane_wait(&off), Duration::ZERO);
+        let on = VerifyConfig {
+            lane_wait_us: 500,
+            ..VerifyConfig::default()
+        };
+        let expected = if mb::available() { 500 } else { 0 };
+        assert_eq!(lane_wait(&on), Duration::from_micros(expected));
     }
 }

@@ -47,6 +47,11 @@ pub struct VerifyConfig {
     /// off, or on a CPU without it, every item takes the scalar path.
     #[serde(default = "yes")]
     pub multi_buffer: bool,
+    /// With the multi-buffer path running: a small call that finds other calls queued, but
+    /// fewer than a set of lanes' items, waits up to this long for more before they are
+    /// verified (its runtime thread serves other requests meanwhile); 0 never waits.
+    #[serde(default = "default_lane_wait_us")]
+    pub lane_wait_us: u64,
 }
 
 fn yes() -> bool {
@@ -58,6 +63,9 @@ fn default_max_batch() -> usize {
 }
 fn default_max_wait_us() -> u64 {
     100
+}
+fn default_lane_wait_us() -> u64 {
+    50
 }
 fn default_queue_items() -> usize {
     65_536
@@ -75,6 +83,7 @@ impl Default for VerifyConfig {
             queue_items: default_queue_items(),
             key_cache_entries: default_cache(),
             multi_buffer: true,
+            lane_wait_us: default_lane_wait_us(),
         }
     }
 }
@@ -89,6 +98,9 @@ impl VerifyConfig {
         }
         if self.max_wait_us > 100_000 {
             return Err("[verify]: max_wait_us above 100000 (0.1 s) only adds latency".into());
+        }
+        if self.lane_wait_us > 10_000 {
+            return Err("[verify]: lane_wait_us above 10000 (10 ms) only adds latency".into());
         }
         if self.key_cache_entries == 0 {
             return Err("[verify]: key_cache_entries must be at least 1".into());
