@@ -83,13 +83,28 @@ pub fn start_gateway_placed(
     extra: &[String],
     placement: Placement,
 ) -> anyhow::Result<Gateway> {
-    let bin = std::env::current_exe()?.with_file_name("bsn-gateway");
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release --workspace",
-            bin.display()
-        );
-    }
+    // `BSN_BENCH_GATEWAY=PATH`: another build of the gateway against the same client and
+    // peers, for a before-and-after where only one build of the bench is at hand.
+    let bin = match std::env::var_os("BSN_BENCH_GATEWAY").filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_file() {
+                bail!("BSN_BENCH_GATEWAY={}: no such file", path.display());
+            }
+            println!("gateway: {} (BSN_BENCH_GATEWAY)", path.display());
+            path
+        }
+        None => {
+            let path = std::env::current_exe()?.with_file_name("bsn-gateway");
+            if !path.exists() {
+                bail!(
+                    "{} not found: cargo build --release --workspace",
+                    path.display()
+                );
+            }
+            path
+        }
+    };
     let mut cmd = match placement {
         Placement::Shared => Command::new(&bin),
         Placement::Pinned { .. } => {
