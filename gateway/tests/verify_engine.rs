@@ -345,11 +345,11 @@ fn a_small_call_dropped_while_queued_takes_its_job_back() {
     assert_eq!(again, vec![Outcome::Valid]);
 }
 
-/// With the lanes running (`lane_wait_us`): a small call alone never waits; one that finds
-/// another queued, but fewer items than a set of lanes, yields again instead of taking,
-/// and if its caller goes away then, its job goes with it and the other is still answered.
+/// With the lanes running (`lane_wait_us`): a small call does not wait while fewer than
+/// a set of lanes' items are under way; with a set's worth under way and fewer queued, it
+/// yields again instead of taking, and if its caller goes away then, its job goes with it.
 #[test]
-fn a_small_call_waits_for_company_only_when_there_is_some() {
+fn a_small_call_waits_for_company_only_when_enough_are_under_way() {
     use std::future::Future;
     use std::task::Poll;
     if !bsn_gateway::verify::mb::available() {
@@ -359,6 +359,7 @@ fn a_small_call_waits_for_company_only_when_there_is_some() {
     let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
     let key = openssl::ec::EcKey::generate(&group).unwrap();
     let item = p256_item(&key, b"x");
+    let valid = |p: Poll<Result<Vec<Outcome>, EngineError>>, n: usize| matches!(p, Poll::Ready(Ok(ref o)) if *o == vec![Outcome::Valid; n]);
     let wait = std::time::Duration::from_millis(10);
     let e = Engine::start(&VerifyConfig {
         workers: 1,
@@ -367,32 +368,47 @@ fn a_small_call_waits_for_company_only_when_there_is_some() {
     })
     .unwrap();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    // Alone: the second poll takes the job and answers.
-    let mut alone = Box::pin(e.run(vec![Task::Verify(item.clone())]));
-    assert!(alone.as_mut().poll(&mut cx).is_pending());
-    assert!(
-        matches!(alone.as_mut().poll(&mut cx), Poll::Ready(Ok(ref o)) if *o == vec![Outcome::Valid]),
-        "a call queued alone does not wait"
-    );
-    // Two calls queued: the first yields again, unless its wait ran out meanwhile.
-    let started = std::time::Instant::now();
-    let mut first = Box::pin(e.run(vec![Task::Verify(item.clone()); 2]));
+    let call = |n: usize| Box::pin(e.run(vec![Task::Verify(item.clone()); n]));
+    // Two calls, three items under way: the second poll takes both and answers.
+    let mut first = call(2);
+    let mut second = call(1);
     assert!(first.as_mut().poll(&mut cx).is_pending());
-    let mut second = Box::pin(e.run(vec![Task::Verify(item.clone())]));
     assert!(second.as_mut().poll(&mut cx).is_pending());
-    assert_eq!(e.queued_items(), 3);
-    if first.as_mut().poll(&mut cx).is_ready() {
+    assert!(
+        valid(first.as_mut().poll(&mut cx), 2),
+        "too few under way to wait for"
+    );
+    assert!(valid(second.as_mut().poll(&mut cx), 1));
+    // Eight calls verified together whose callers have not yet come back for the answers:
+    // eight items under way.
+    let mut answered: Vec<_> = (0..8).map(|_| call(1)).collect();
+    for c in &mut answered {
+        assert!(c.as_mut().poll(&mut cx).is_pending());
+    }
+    assert!(answered[7].as_mut().poll(&mut cx).is_ready());
+    assert_eq!(e.queued_items(), 0);
+    // Now two more calls, with nine items under way and two queued: the first yields again
+    // instead of taking, unless its wait ran out meanwhile.
+    let started = std::time::Instant::now();
+    let mut waiting = call(1);
+    let mut other = call(1);
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    assert!(other.as_mut().poll(&mut cx).is_pending());
+    if waiting.as_mut().poll(&mut cx).is_ready() {
         assert!(
             started.elapsed() >= wait,
-            "the first call took the queue without waiting for more"
+            "the call took the queue without waiting for more"
         );
         eprintln!("this thread was held up past the wait: its drop is not checked");
         return;
     }
-    drop(first);
+    drop(waiting);
     assert_eq!(e.queued_items(), 1, "the dropped call's items left with it");
-    let answer = rt().block_on(second).unwrap();
-    assert_eq!(answer, vec![Outcome::Valid]);
+    // The answered callers come back; with one call under way, the other does not wait.
+    for mut c in answered.drain(..7) {
+        assert!(valid(c.as_mut().poll(&mut cx), 1));
+    }
+    assert!(valid(other.as_mut().poll(&mut cx), 1));
     assert_eq!(e.queued_items(), 0);
 }
 
