@@ -47,9 +47,10 @@ pub struct VerifyConfig {
     /// off, or on a CPU without it, every item takes the scalar path.
     #[serde(default = "yes")]
     pub multi_buffer: bool,
-    /// With the multi-buffer path running: a small call that finds other calls queued, but
-    /// fewer than a set of lanes' items, waits up to this long for more before they are
-    /// verified (its runtime thread serves other requests meanwhile); 0 never waits.
+    /// With the multi-buffer path running: while small calls of a set of lanes' items or
+    /// more are under way but fewer items are queued, a small call waits up to this long
+    /// for more before they are verified (its runtime thread serves other requests
+    /// meanwhile); 0 never waits.
     #[serde(default = "default_lane_wait_us")]
     pub lane_wait_us: u64,
 }
