@@ -8,6 +8,8 @@
 # BSN_BIN_DIR: where verify-mb, verify-load and bsn-gateway are (default target/release);
 # BSN_OUT: where the logs go (default many-core-logs). SoftHSM2 must be installed (the
 # gateway's embedded token); `openssl` on the PATH is the peer.
+# BSN_BASE_GATEWAY=PATH: another build of the gateway (an earlier commit) to compare with,
+# runs of the two interleaved at 64 and at 4 connections (ab.log), after the per-core runs.
 set -u
 budget=${1:-540}
 bin=${BSN_BIN_DIR:-target/release}
@@ -36,6 +38,13 @@ step() {
 }
 if [ "$ifma" -gt 0 ]; then
   for _ in 1 2 3; do step mb.log 80 "$bin/verify-mb" 3; done
+fi
+if [ -n "${BSN_BASE_GATEWAY:-}" ]; then
+  for conns in 64 4; do
+    for gw in "$BSN_BASE_GATEWAY" "$bin/bsn-gateway" "$BSN_BASE_GATEWAY" "$bin/bsn-gateway"; do
+      step ab.log 80 BSN_BENCH_GATEWAY="$gw" "$bin/verify-load" 2 "$conns"
+    done
+  done
 fi
 step verify-64.log 170 "$bin/verify-load" 3 64
 step verify-256.log 120 "$bin/verify-load" 2 256
