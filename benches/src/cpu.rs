@@ -12,44 +12,82 @@ use anyhow::Context;
 /// `None`.
 pub fn seconds(pid: u32, prefix: Option<&str>) -> anyhow::Result<f64> {
     let ticks = match prefix {
-        None => parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?.1,
-        Some(_) => per_thread(pid, prefix, "stat", parse_stat)?,
+        None => parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)?.1[0],
+        Some(_) => per_thread(pid, prefix, "stat", parse_stat)?[0],
     };
     Ok(ticks as f64 / clock_ticks()?)
 }
 
-/// How many times the threads of `pid` whose name starts with `prefix` (every thread when
-/// `None`; threads that have exited are not counted) were preempted: switched out while
-/// they could still run (`nonvoluntary_ctxt_switches`). A thread that is preempted in the
-/// middle of a long call pays for it in cold caches too, which CPU time alone hides.
-pub fn preemptions(pid: u32, prefix: Option<&str>) -> anyhow::Result<u64> {
-    per_thread(pid, prefix, "status", parse_status)
+/// How often the threads of `pid` whose name starts with `prefix` (every thread when
+/// `None`; threads that have exited are not counted) were switched out, from their
+/// status(5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// Gave up the CPU to wait (`voluntary_ctxt_switches`): parked, or blocked on a lock
+    /// or a read. Each such wait ends with a wake-up, which costs the waker a system
+    /// call and, on a virtual machine, the sleeper's core a trip through the hypervisor.
+    pub slept: u64,
+    /// Preempted (`nonvoluntary_ctxt_switches`): switched out while it could still run.
+    /// A thread preempted in the middle of a long call pays for it in cold caches too,
+    /// which CPU time alone hides.
+    pub preempted: u64,
 }
 
-/// The sum, over the threads of `pid` whose name starts with `prefix` (all when `None`),
-/// of the count `parse` reads, with the thread's name, from its `/proc` `file`.
-fn per_thread(
+impl Switches {
+    /// Those since `earlier`.
+    pub fn since(self, earlier: Switches) -> Switches {
+        Switches {
+            slept: self.slept.saturating_sub(earlier.slept),
+            preempted: self.preempted.saturating_sub(earlier.preempted),
+        }
+    }
+}
+
+impl std::ops::Add for Switches {
+    type Output = Switches;
+    fn add(self, other: Switches) -> Switches {
+        Switches {
+            slept: self.slept + other.slept,
+            preempted: self.preempted + other.preempted,
+        }
+    }
+}
+
+pub fn switches(pid: u32, prefix: Option<&str>) -> anyhow::Result<Switches> {
+    let [slept, preempted] = per_thread(pid, prefix, "status", parse_status)?;
+    Ok(Switches { slept, preempted })
+}
+
+/// Reads a thread's name and N counts from one of its `/proc` texts.
+type Parse<const N: usize> = fn(&str) -> anyhow::Result<(String, [u64; N])>;
+
+/// The sums, over the threads of `pid` whose name starts with `prefix` (all when `None`),
+/// of the counts `parse` reads, with the thread's name, from its `/proc` `file`.
+fn per_thread<const N: usize>(
     pid: u32,
     prefix: Option<&str>,
     file: &str,
-    parse: fn(&str) -> anyhow::Result<(String, u64)>,
-) -> anyhow::Result<u64> {
-    let mut sum = 0;
+    parse: Parse<N>,
+) -> anyhow::Result<[u64; N]> {
+    let mut sum = [0; N];
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         // A thread may end between the listing and the read.
         let Ok(text) = std::fs::read_to_string(task?.path().join(file)) else {
             continue;
         };
-        let (name, count) = parse(&text)?;
+        let (name, counts) = parse(&text)?;
         if prefix.is_none_or(|p| name.starts_with(p)) {
-            sum += count;
+            for (s, c) in sum.iter_mut().zip(counts) {
+                *s += c;
+            }
         }
     }
     Ok(sum)
 }
 
-/// The name and `nonvoluntary_ctxt_switches` of one status(5) text.
-fn parse_status(text: &str) -> anyhow::Result<(String, u64)> {
+/// The name, `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` of one status(5)
+/// text.
+fn parse_status(text: &str) -> anyhow::Result<(String, [u64; 2])> {
     let field = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -58,12 +96,15 @@ fn parse_status(text: &str) -> anyhow::Result<(String, u64)> {
     };
     Ok((
         field("Name:")?.to_string(),
-        field("nonvoluntary_ctxt_switches:")?.parse()?,
+        [
+            field("voluntary_ctxt_switches:")?.parse()?,
+            field("nonvoluntary_ctxt_switches:")?.parse()?,
+        ],
     ))
 }
 
 /// The name and utime + stime, in clock ticks, of one stat(5) line.
-fn parse_stat(text: &str) -> anyhow::Result<(String, u64)> {
+fn parse_stat(text: &str) -> anyhow::Result<(String, [u64; 1])> {
     // The name is in parentheses and may itself hold spaces or parentheses.
     let open = text.find('(').context("stat: no name")?;
     let close = text.rfind(')').context("stat: no name")?;
@@ -73,7 +114,7 @@ fn parse_stat(text: &str) -> anyhow::Result<(String, u64)> {
     let field = |n: usize| -> anyhow::Result<u64> {
         Ok(fields.get(n - 3).context("stat: short")?.parse()?)
     };
-    Ok((name, field(14)? + field(15)?))
+    Ok((name, [field(14)? + field(15)?]))
 }
 
 fn clock_ticks() -> anyhow::Result<f64> {
@@ -115,14 +156,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_status_text_gives_its_involuntary_switches() {
+    fn a_status_text_gives_its_voluntary_and_involuntary_switches() {
         let text =
             "Name:\tload-client\nvoluntary_ctxt_switches:\t7\nnonvoluntary_ctxt_switches:\t42\n";
-        assert_eq!(parse_status(text).unwrap(), ("load-client".to_string(), 42));
+        assert_eq!(
+            parse_status(text).unwrap(),
+            ("load-client".to_string(), [7, 42])
+        );
         assert!(parse_status("Name:\tx\nvoluntary_ctxt_switches:\t7\n").is_err());
+        assert!(parse_status("Name:\tx\nnonvoluntary_ctxt_switches:\t7\n").is_err());
         assert!(parse_status("nonvoluntary_ctxt_switches:\t7\n").is_err());
-        // This process has a main thread whose status reads, whatever its count.
-        preemptions(std::process::id(), None).unwrap();
+        // This process has a main thread whose status reads; a sleep is a voluntary switch.
+        let before = switches(std::process::id(), None).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = switches(std::process::id(), None).unwrap();
+        assert!(after.since(before).slept >= 1, "{before:?} then {after:?}");
     }
 
     #[test]
@@ -131,7 +179,7 @@ mod tests {
         let line = "4242 (load (client) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 3 0 100 0 0";
         assert_eq!(
             parse_stat(line).unwrap(),
-            ("load (client) 1".to_string(), 1290)
+            ("load (client) 1".to_string(), [1290])
         );
         assert!(parse_stat("4242 (short) S 1 2").is_err());
         assert!(parse_stat("no name here").is_err());

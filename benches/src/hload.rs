@@ -90,8 +90,8 @@ pub struct Metered {
     pub client_cpu: f64,
     /// CPU seconds of the server party named to `http_load_metered`.
     pub server_cpu: f64,
-    /// How often the server party's threads were preempted (`cpu::preemptions`).
-    pub server_preempted: u64,
+    /// How often the server party's threads slept and were preempted (`cpu::switches`).
+    pub server_switches: cpu::Switches,
 }
 
 impl Metered {
@@ -103,7 +103,7 @@ impl Metered {
             seconds,
             client_cpu: self.client_cpu + other.client_cpu,
             server_cpu: self.server_cpu + other.server_cpu,
-            server_preempted: self.server_preempted + other.server_preempted,
+            server_switches: self.server_switches + other.server_switches,
         }
     }
 
@@ -160,29 +160,33 @@ where
         while count.load(Ordering::Relaxed) < conns as u64 && Instant::now() < warm {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let preemptions_now = || server.map_or(Ok(0), |(pid, p)| cpu::preemptions(pid, p));
+        let switches_now = || {
+            server.map_or(Ok(cpu::Switches::default()), |(pid, p)| {
+                cpu::switches(pid, p)
+            })
+        };
         let meter = cpu::Meter::start(&parties);
-        let preempted_from = preemptions_now();
+        let switches_from = switches_now();
         let (started, from) = (Instant::now(), count.load(Ordering::Relaxed));
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let answers = count.load(Ordering::Relaxed) - from;
         let used = meter.and_then(|m| m.read());
-        let preempted = preempted_from.and_then(|from| Ok(preemptions_now()?.saturating_sub(from)));
+        let switches = switches_from.and_then(|from| Ok(switches_now()?.since(from)));
         let elapsed = started.elapsed();
         stop.store(true, Ordering::Relaxed);
-        ((answers, elapsed, used, preempted), tasks.join_all().await)
+        ((answers, elapsed, used, switches), tasks.join_all().await)
     });
     for r in results {
         r?;
     }
-    let (answers, elapsed, used, preempted) = measured;
+    let (answers, elapsed, used, switches) = measured;
     let used = used?;
     Ok(Metered {
         rate: answers as f64 / elapsed.as_secs_f64(),
         seconds: elapsed.as_secs_f64(),
         client_cpu: used[0],
         server_cpu: used.get(1).copied().unwrap_or(0.0),
-        server_preempted: preempted?,
+        server_switches: switches?,
     })
 }
 

@@ -242,7 +242,7 @@ fn main() -> anyhow::Result<()> {
             gw_run.client_cpu / gw_run.seconds,
             token_us / gw_us,
             copy_us / gw_us,
-            gw_run.server_preempted as f64 / (gw_run.rate * gw_run.seconds),
+            gw_run.server_switches.preempted as f64 / (gw_run.rate * gw_run.seconds),
         );
     }
     println!("/token, /copy: the raw loop's CPU per signature over the gateway's (what the rate ratio would be if the gateway had every core to itself and scaled with them)");
@@ -381,7 +381,7 @@ fn raw_loop(
         seconds: seconds as f64,
         client_cpu: 0.0,
         server_cpu: meter.read()?[0],
-        server_preempted: 0,
+        server_switches: Default::default(),
     })
 }
 

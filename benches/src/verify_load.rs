@@ -261,13 +261,14 @@ fn main() -> anyhow::Result<()> {
         "CPU per verification, microseconds of all cores (user + system), over the same runs:"
     );
     println!(
-        "{:<16} {:>10} {:>13} {:>13} {:>12} {:>9} {:>13} {:>17} {:>11}",
+        "{:<16} {:>10} {:>13} {:>13} {:>12} {:>9} {:>13} {:>13} {:>17} {:>11}",
         "algorithm",
         "peer",
         "gateway 1/req",
         "its client",
         "peer / gw",
         "gw cores",
+        "gw sleeps/req",
         "gateway 64/req",
         "items/batch 1/req",
         "lanes 1/req"
@@ -277,15 +278,18 @@ fn main() -> anyhow::Result<()> {
         let peer_us = 1e6 * server_cores as f64 / all_cores;
         let (client1, gw1) = runs[0].1.per_answer_us(runs[0].0 as f64);
         let (_, gw64) = runs[1].1.per_answer_us(runs[1].0 as f64);
+        let one = &runs[0].1;
         println!(
-            "{:<16} {peer_us:>10.1} {gw1:>13.1} {client1:>13.1} {:>12.2} {:>9.2} {gw64:>13.1} {per_batch:>17.1} {:>10.0}%",
+            "{:<16} {peer_us:>10.1} {gw1:>13.1} {client1:>13.1} {:>12.2} {:>9.2} {:>13.2} {gw64:>13.1} {per_batch:>17.1} {:>10.0}%",
             alg.as_str(),
             peer_us / gw1,
-            runs[0].1.server_cpu / runs[0].1.seconds,
+            one.server_cpu / one.seconds,
+            one.server_switches.slept as f64 / (one.rate * one.seconds),
             100.0 * on_lanes,
         );
     }
     println!("peer / gw: the peer's CPU per verification over the gateway's at 1 item per request (the 1/req ratio if the client had cores of its own and the gateway scaled with them)");
+    println!("gw sleeps/req: how often the gateway's threads went to sleep (parked or blocked; each sleep ends in a wake-up), per 1-item request (voluntary_ctxt_switches in /proc)");
     println!("items/batch: items per micro-batch over the 1-item runs (the gateway's bsn_gateway_verify_batch_items): eight fill a set of lanes; lanes: the share of those items the multi-buffer path verified (shorter tails go to the scalar path)");
     let floor = healthz_rate(&gw.endpoint.addr, clients, threads, seconds)?;
     println!("HTTP floor of this client (GET /healthz, same connections): {floor:.0} requests/s");
