@@ -195,10 +195,9 @@ pub fn ensure_token(pkcs11: &Pkcs11, dev: &DevToken) -> Result<(), HsmError> {
 
 /// Whether SoftHSM2's token directory holds a token (one folder per token).
 fn holds_token(tokens_dir: &Path) -> Result<bool, HsmError> {
-    let entries = std::fs::read_dir(tokens_dir)
-        .map_err(|e| HsmError::Load(format!("{}: {e}", tokens_dir.display())))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| HsmError::Load(format!("{}: {e}", tokens_dir.display())))?;
+    let unreadable = |e: std::io::Error| HsmError::Load(format!("{}: {e}", tokens_dir.display()));
+    for entry in std::fs::read_dir(tokens_dir).map_err(unreadable)? {
+        let entry = entry.map_err(unreadable)?;
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             return Ok(true);
         }
